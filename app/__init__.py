@@ -1,0 +1,1 @@
+"""The inference service: HTTP -> tokenizer -> batcher -> ONNX Runtime -> postprocess."""

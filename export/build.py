@@ -1,0 +1,247 @@
+"""The export pipeline: resolve, convert, verify, write the manifest, publish atomically.
+
+Everything is written into a hidden staging folder beside the output and renamed into
+place only after fp32 verification passed, so a failed export never leaves a folder
+that looks good.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from export import convert, verify
+from export.errors import BadOption, OutputExists, SourceNotFound, TaskMismatch, UnsupportedModel, VerificationFailed
+from export.manifest import MANIFEST_NAME, file_entry, tool_versions, write_manifest
+from export.source import (
+    Checkpoint,
+    check_supported,
+    default_max_seq_len,
+    fingerprint,
+    resolve_checkpoint,
+    resolve_task,
+)
+
+FILENAMES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model: str
+    output: Path
+    task: str | None = None
+    quantize: str | None = None  # "int8"
+    per_channel: bool = True
+    fp16: bool = False
+    optimize: bool = False
+    opset: int | None = None
+    max_seq_len: int | None = None
+    atol: float = 1e-4
+    eval_file: Path | None = None
+    force: bool = False
+    revision: str | None = None
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def export_model(options: ExportOptions, log: Callable[[str], None] = _stderr) -> dict:
+    """Run the whole export; returns the manifest written into `options.output`."""
+    output = Path(options.output).expanduser().absolute()
+    _check_output(output, options.force)
+    if options.quantize not in (None, "int8"):
+        raise BadOption(f"--quantize {options.quantize} is not supported; use --quantize int8")
+    checkpoint = resolve_checkpoint(options.model, options.revision)
+    check_supported(checkpoint)
+    task = resolve_task(checkpoint, options.task)
+    max_seq_len = _max_seq_len(checkpoint, options.max_seq_len)
+    if options.eval_file is not None:
+        if task != "text-classification":
+            raise BadOption("--eval-file measures classification accuracy; it needs --task text-classification")
+        if not Path(options.eval_file).is_file():
+            raise SourceNotFound(f"no such eval file: {options.eval_file}")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
+    try:
+        manifest = _build(checkpoint, task, max_seq_len, options, staging, log)
+        _publish(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"wrote {output}")
+    return manifest
+
+
+def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportOptions, staging: Path, log) -> dict:
+    timings: dict[str, float] = {}
+
+    def step(name: str, fn, *args, **kwargs):
+        log(f"{name} ...")
+        started = time.perf_counter()
+        result = fn(*args, **kwargs)
+        timings[name] = round(time.perf_counter() - started, 3)
+        log(f"{name}: {timings[name]:.1f} s")
+        return result
+
+    model, tokenizer = step("load PyTorch checkpoint", _load_pytorch, checkpoint, task)
+    config = model.config.to_dict()
+
+    fp32 = staging / FILENAMES["fp32"]
+    step("export fp32 ONNX", convert.export_fp32, checkpoint.path, task, staging, options.opset)
+    if options.optimize:
+        fused = staging / "model.fused.onnx"
+        step("fuse transformer ops", convert.optimize, fp32, fused, config)
+        fused.replace(fp32)
+    tokenizer.save_pretrained(str(staging))  # tokenizer.json and its configs, whatever the source shipped
+    model.config.save_pretrained(str(staging))
+
+    batch = verify.encode(tokenizer, verify.probe_texts(task, tokenizer.mask_token), max_seq_len)
+    reference = verify.torch_runner(model)(batch)
+    variants = {"fp32": fp32}
+    results = {"fp32": step("verify fp32", _verify, fp32, batch, reference, task)}
+    if results["fp32"]["max_abs_diff"] > options.atol or results["fp32"]["top1_agreement"] < 1.0:
+        raise VerificationFailed(
+            f"fp32 ONNX differs from PyTorch by {results['fp32']['max_abs_diff']:.3g} "
+            f"(tolerance {options.atol:g}, top-1 agreement {results['fp32']['top1_agreement']:.0%}); "
+            "try another --opset, or raise --atol if this difference is acceptable"
+        )
+    results["fp32"]["passed"] = True
+
+    if options.quantize == "int8":
+        variants["int8"] = step(
+            "quantize INT8", convert.quantize_int8, fp32, staging / FILENAMES["int8"], per_channel=options.per_channel
+        )
+        results["int8"] = step("verify INT8", _verify, variants["int8"], batch, reference, task)
+    if options.fp16:
+        variants["fp16"] = step("convert FP16", convert.convert_fp16, fp32, staging / FILENAMES["fp16"], config)
+        results["fp16"] = step("verify FP16", _verify, variants["fp16"], batch, reference, task)
+
+    evaluation = None
+    if options.eval_file is not None:
+        evaluation = step("evaluate", _evaluate, options.eval_file, model, tokenizer, variants, config, max_seq_len)
+
+    for leftover in staging.glob("*.onnx"):
+        if leftover not in variants.values():
+            leftover.unlink()
+    manifest = {
+        "task": task,
+        "model_type": checkpoint.model_type,
+        "architecture": (checkpoint.architectures or [type(model).__name__])[0],
+        "source": {
+            "model": checkpoint.source,
+            "path": str(checkpoint.path),
+            "revision": checkpoint.revision,
+            "sha256": fingerprint(checkpoint.path),
+        },
+        "labels": _labels(config) if task == "text-classification" else None,
+        "problem_type": config.get("problem_type"),
+        "max_seq_len": max_seq_len,
+        "opset": convert.opset_of(fp32),
+        "optimized": options.optimize,
+        "quantization": {"int8": {"weight_type": "QInt8", "per_channel": options.per_channel, "dynamic": True}}
+        if "int8" in variants
+        else {},
+        "files": {name: {"path": path.name, **file_entry(path)} for name, path in variants.items()},
+        "verification": {"atol": options.atol, "probe_texts": len(batch["input_ids"]), **results},
+        "evaluation": evaluation,
+        "tools": tool_versions(),
+        "timings_s": timings,
+    }
+    write_manifest(staging, manifest)
+    _summarise(manifest, log)
+    return manifest
+
+
+def _load_pytorch(checkpoint: Checkpoint, task: str):
+    import transformers
+    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    model_class = AutoModelForSequenceClassification if task == "text-classification" else AutoModelForMaskedLM
+    model, info = model_class.from_pretrained(str(checkpoint.path), output_loading_info=True, local_files_only=True)
+    missing = [key for key in info["missing_keys"] if not key.endswith("position_ids")]
+    if missing:
+        raise TaskMismatch(
+            f"the checkpoint has no trained weights for {', '.join(missing[:3])}: it was not trained for {task}; "
+            "pass the --task its head was trained for"
+        )
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path), use_fast=True, local_files_only=True)
+    if not tokenizer.is_fast:
+        raise UnsupportedModel("the service needs a fast tokenizer (tokenizer.json); this checkpoint has none")
+    if task == "fill-mask" and tokenizer.mask_token is None:
+        raise UnsupportedModel("fill-mask needs a tokenizer with a mask token; this one has none")
+    return model, tokenizer
+
+
+def _verify(path: Path, batch, reference, task: str) -> dict:
+    candidate = verify.onnx_runner(path)(batch)
+    return verify.compare(reference, candidate, batch["attention_mask"], task).as_dict()
+
+
+def _evaluate(eval_file: Path, model, tokenizer, variants: dict[str, Path], config: dict, max_seq_len: int) -> dict:
+    label2id = {name: int(idx) for name, idx in config["label2id"].items()}
+    texts, labels = verify.read_eval_file(Path(eval_file), label2id)
+    runners = {"pytorch": verify.torch_runner(model)}
+    runners.update({name: verify.onnx_runner(path) for name, path in variants.items()})
+    accuracy = {
+        name: round(float((verify.predict(run, tokenizer, texts, max_seq_len) == labels).mean()), 6)
+        for name, run in runners.items()
+    }
+    return {"file": Path(eval_file).name, "rows": len(texts), "accuracy": accuracy}
+
+
+def _labels(config: dict) -> list[str]:
+    id2label = {int(idx): name for idx, name in config["id2label"].items()}
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def _max_seq_len(checkpoint: Checkpoint, requested: int | None) -> int:
+    limit = default_max_seq_len(checkpoint)
+    if requested is None:
+        return limit
+    if not 1 <= requested <= limit:
+        raise BadOption(f"--max-seq-len must be between 1 and {limit} for this checkpoint (got {requested})")
+    return requested
+
+
+def _check_output(output: Path, force: bool) -> None:
+    if not output.exists():
+        return
+    if not force:
+        raise OutputExists(f"{output} already exists; pass --force to replace it or choose another --output")
+    is_export = output.is_dir() and ((output / MANIFEST_NAME).is_file() or not any(output.iterdir()))
+    if not is_export:
+        raise OutputExists(f"{output} exists and is not an export folder; --force only replaces exports, remove it yourself")
+
+
+def _publish(staging: Path, output: Path) -> None:
+    os.chmod(staging, 0o755)  # mkdtemp makes it 0700
+    if output.exists():
+        retired = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
+        output.replace(retired / output.name)
+        staging.replace(output)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.replace(output)
+
+
+def _summarise(manifest: dict, log) -> None:
+    for name, result in manifest["verification"].items():
+        if isinstance(result, dict):
+            size = manifest["files"][name]["size_bytes"] / 1e6
+            log(
+                f"{name}: {size:.1f} MB, max |logit diff| {result['max_abs_diff']:.2e}, "
+                f"top-1 agreement {result['top1_agreement']:.1%}"
+            )
+    if manifest["evaluation"]:
+        accuracy = ", ".join(f"{k} {v:.2%}" for k, v in manifest["evaluation"]["accuracy"].items())
+        log(f"accuracy on {manifest['evaluation']['file']}: {accuracy}")

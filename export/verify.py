@@ -1,0 +1,146 @@
+"""Does the ONNX file answer like PyTorch? Probe-batch logit differences and eval accuracy.
+
+The probe batch mixes lengths so that right padding and the attention mask are
+exercised: an export that ignores the mask would pass on a single sentence.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export.errors import BadOption
+
+Batch = dict[str, np.ndarray]
+Runner = Callable[[Batch], np.ndarray]
+
+PROBE_TEXTS = (
+    "Hello world.",
+    "The movie was surprisingly good, and the acting was superb.",
+    "a",
+    "Unicode survives: naïve café, Tōkyō and an emoji 🙂.",
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light.",
+    "I would not recommend this to anyone.",
+)
+PROBE_MASKED = (
+    "Hello {mask}.",
+    "The movie was surprisingly {mask}, and the acting was superb.",
+    "{mask}",
+    "Unicode survives: naïve café, Tōkyō and an {mask} 🙂.",
+    "It was the best of times, it was the worst of {mask}, it was the age of wisdom, it was the age of "
+    "foolishness, it was the epoch of belief, it was the {mask} of incredulity, it was the season of Light.",
+    "I would not {mask} this to anyone.",
+)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    max_abs_diff: float
+    mean_abs_diff: float
+    top1_agreement: float
+    compared: int  # sequences (classification) or token positions (fill-mask)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe_texts(task: str, mask_token: str) -> list[str]:
+    if task == "fill-mask":
+        return [text.format(mask=mask_token) for text in PROBE_MASKED]
+    return list(PROBE_TEXTS)
+
+
+def encode(tokenizer, texts: Sequence[str], max_seq_len: int) -> Batch:
+    """Right-padded, truncated batch: the layout the service feeds the model."""
+    tokenizer.padding_side = "right"
+    encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=max_seq_len, return_tensors="np")
+    return {name: np.asarray(value, dtype=np.int64) for name, value in encoded.items()}
+
+
+def torch_runner(model) -> Runner:
+    import torch
+
+    def run(batch: Batch) -> np.ndarray:
+        with torch.inference_mode():
+            inputs = {name: torch.from_numpy(value) for name, value in batch.items()}
+            return model(**inputs).logits.float().numpy()
+
+    return run
+
+
+def onnx_runner(path: Path) -> Runner:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    wanted = [node.name for node in session.get_inputs()]
+
+    def run(batch: Batch) -> np.ndarray:
+        missing = [name for name in wanted if name not in batch]
+        if missing:
+            raise BadOption(f"{path.name} wants inputs {missing} that the tokenizer does not produce")
+        return session.run(["logits"], {name: batch[name] for name in wanted})[0].astype(np.float32)
+
+    return run
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, attention_mask: np.ndarray, task: str) -> Comparison:
+    if reference.shape != candidate.shape:
+        return Comparison(float("inf"), float("inf"), 0.0, 0)
+    if task == "fill-mask":
+        # Logits at padded positions are never read; compare only real tokens.
+        keep = attention_mask.astype(bool)
+        reference, candidate = reference[keep], candidate[keep]
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    agree = reference.argmax(axis=-1) == candidate.argmax(axis=-1)
+    return Comparison(
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        top1_agreement=float(agree.mean()),
+        compared=int(agree.size),
+    )
+
+
+def read_eval_file(path: Path, label2id: dict[str, int]) -> tuple[list[str], np.ndarray]:
+    """TSV of text<TAB>label, label as an id or a name; a header row is skipped."""
+    names = {name.lower(): idx for name, idx in label2id.items()}
+    texts, labels = [], []
+    with path.open(encoding="utf-8", newline="") as handle:
+        for number, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+            if not row or not row[0].strip():
+                continue
+            if len(row) < 2:
+                raise BadOption(f"{path}:{number}: expected text<TAB>label")
+            label = _parse_label(row[-1].strip(), names, len(label2id))
+            if label is None:
+                if number == 1:
+                    continue  # header
+                raise BadOption(f"{path}:{number}: unknown label '{row[-1].strip()}'; use one of {sorted(label2id)}")
+            texts.append("\t".join(row[:-1]).strip())
+            labels.append(label)
+    if not texts:
+        raise BadOption(f"{path} has no rows of text<TAB>label")
+    return texts, np.asarray(labels)
+
+
+def predict(run: Runner, tokenizer, texts: Sequence[str], max_seq_len: int, batch_size: int = 32) -> np.ndarray:
+    """Argmax labels, batched in length order so padding does not dominate the time."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    predictions = np.empty(len(texts), dtype=np.int64)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        logits = run(encode(tokenizer, [texts[i] for i in chunk], max_seq_len))
+        predictions[chunk] = logits.argmax(axis=-1)
+    return predictions
+
+
+def _parse_label(value: str, names: dict[str, int], count: int) -> int | None:
+    if value.lower() in names:
+        return names[value.lower()]
+    if value.isdigit() and int(value) < count:
+        return int(value)
+    return None

@@ -1,0 +1,45 @@
+"""Write a roberta-base-shaped checkpoint with random weights and the real roberta-base tokenizer.
+
+For speed and size measurements only: the answers mean nothing. The tokenizer files are
+read from ../shared/data/roberta-base-tokenizer (never copied into the repo).
+
+    python scripts/random_roberta.py --task text-classification --output /tmp/rb-cls
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "roberta-base-tokenizer"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=["text-classification", "fill-mask"], default="text-classification")
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification, RobertaTokenizerFast
+
+    torch.manual_seed(args.seed)
+    tokenizer = RobertaTokenizerFast(
+        vocab_file=str(args.tokenizer / "vocab.json"), merges_file=str(args.tokenizer / "merges.txt"), model_max_length=512
+    )
+    if args.task == "fill-mask":
+        model = RobertaForMaskedLM(RobertaConfig())
+    else:
+        labels = {0: "negative", 1: "positive"}
+        model = RobertaForSequenceClassification(
+            RobertaConfig(id2label=labels, label2id={v: k for k, v in labels.items()})
+        )
+    model.save_pretrained(args.output)
+    tokenizer.save_pretrained(args.output)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

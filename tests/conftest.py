@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny_models  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    return tiny_models.build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory, tiny_tokenizer) -> Path:
+    return tiny_models.build_checkpoint(tmp_path_factory.mktemp("ckpt") / "cls", "text-classification", tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_mlm(tmp_path_factory, tiny_tokenizer) -> Path:
+    return tiny_models.build_checkpoint(tmp_path_factory.mktemp("ckpt") / "mlm", "fill-mask", tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def exported_classifier(tmp_path_factory, tiny_classifier) -> Path:
+    from export.build import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("onnx") / "cls"
+    export_model(ExportOptions(model=str(tiny_classifier), output=out, quantize="int8"), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_mlm(tmp_path_factory, tiny_mlm) -> Path:
+    from export.build import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("onnx") / "mlm"
+    export_model(ExportOptions(model=str(tiny_mlm), output=out, quantize="int8"), log=lambda _: None)
+    return out

@@ -1,0 +1,31 @@
+"""The pipeline's guarantees: verification gates publishing; failures leave nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from export.build import ExportOptions, export_model
+from export.errors import BadOption, VerificationFailed
+
+
+def test_fp32_outside_tolerance_fails_and_publishes_nothing(tiny_mlm, tmp_path):
+    out = tmp_path / "out"
+    # No float pipeline matches to 1e-12 across 2 layers and a 400-word vocabulary: verification must refuse.
+    with pytest.raises(VerificationFailed, match="differs from PyTorch"):
+        export_model(ExportOptions(model=str(tiny_mlm), output=out, atol=1e-12), log=lambda _: None)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_quantization_is_refused_before_any_work(tiny_mlm, tmp_path):
+    with pytest.raises(BadOption, match="--quantize int8"):
+        export_model(ExportOptions(model=str(tiny_mlm), output=tmp_path / "o", quantize="int4"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_is_reported_step_by_step(tiny_classifier, tmp_path):
+    lines: list[str] = []
+    manifest = export_model(ExportOptions(model=str(tiny_classifier), output=tmp_path / "o"), log=lines.append)
+    assert any(line.startswith("export fp32 ONNX:") for line in lines)
+    assert any(line.startswith("fp32:") and "top-1 agreement 100.0%" in line for line in lines)
+    assert set(manifest["timings_s"]) >= {"load PyTorch checkpoint", "export fp32 ONNX", "verify fp32"}

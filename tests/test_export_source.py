@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from export.errors import SourceNotFound, TaskMismatch, UnsupportedModel
+from export.source import (
+    Checkpoint,
+    check_supported,
+    default_max_seq_len,
+    fingerprint,
+    resolve_checkpoint,
+    resolve_task,
+)
+
+
+def checkpoint(**config) -> Checkpoint:
+    return Checkpoint(path=None, source="x", revision=None, config=config)  # type: ignore[arg-type]
+
+
+def test_local_folder_is_resolved_with_its_config(tiny_classifier):
+    found = resolve_checkpoint(str(tiny_classifier))
+    assert found.path == tiny_classifier.resolve()
+    assert found.model_type == "roberta"
+    assert found.architectures == ["RobertaForSequenceClassification"]
+    assert found.revision is None
+
+
+@pytest.mark.parametrize("name", ["./missing", "/no/such/dir", "a/b/c", "~/nothing-here-either"])
+def test_path_like_names_that_do_not_exist_are_not_sent_to_the_hub(name):
+    with pytest.raises(SourceNotFound, match="no such folder"):
+        resolve_checkpoint(name)
+
+
+@pytest.mark.parametrize(
+    ("architectures", "requested", "expected"),
+    [
+        (["RobertaForSequenceClassification"], None, "text-classification"),
+        (["RobertaForMaskedLM"], None, "fill-mask"),
+        (["RobertaForMaskedLM"], "fill-mask", "fill-mask"),
+        ([], "fill-mask", "fill-mask"),
+    ],
+)
+def test_task_comes_from_the_head(architectures, requested, expected):
+    assert resolve_task(checkpoint(architectures=architectures), requested) == expected
+
+
+@pytest.mark.parametrize(
+    ("architectures", "requested", "message"),
+    [
+        (["RobertaForSequenceClassification"], "fill-mask", "pass --task text-classification"),
+        (["RobertaModel"], "fill-mask", "ForMaskedLM head"),
+        (["RobertaModel"], None, "pass --task"),
+        ([], None, "pass --task"),
+    ],
+)
+def test_task_disagreement_is_refused(architectures, requested, message):
+    with pytest.raises(TaskMismatch, match=message):
+        resolve_task(checkpoint(architectures=architectures), requested)
+
+
+def test_only_roberta_family_is_supported():
+    check_supported(checkpoint(model_type="roberta"))
+    check_supported(checkpoint(model_type="xlm-roberta"))
+    with pytest.raises(UnsupportedModel, match="supported model types: camembert, roberta, xlm-roberta"):
+        check_supported(checkpoint(model_type="gpt2"))
+
+
+def test_roberta_positions_reserve_padding_offset():
+    assert default_max_seq_len(checkpoint(model_type="roberta", max_position_embeddings=514, pad_token_id=1)) == 512
+
+
+def test_fingerprint_follows_content(tiny_classifier, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_classifier, copy)
+    assert fingerprint(copy) == fingerprint(tiny_classifier)
+    config = json.loads((copy / "config.json").read_text())
+    config["id2label"] = {"0": "neg", "1": "pos"}
+    (copy / "config.json").write_text(json.dumps(config))
+    assert fingerprint(copy) != fingerprint(tiny_classifier)

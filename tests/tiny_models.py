@@ -1,0 +1,69 @@
+"""Tiny RoBERTa checkpoints built offline: random weights, a BPE tokenizer trained here.
+
+Small enough that exporting one takes about a second, real enough that every layer of
+the export and serving path runs as it would for roberta-base.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from pathlib import Path
+
+SUBJECTS = ["the film", "this movie", "the acting", "the plot", "her voice", "the ending", "the story", "his music"]
+VERBS = ["is", "was", "seems", "felt", "looks", "became"]
+ADJECTIVES = ["good", "bad", "wonderful", "awful", "boring", "brilliant", "dull", "moving", "funny", "slow"]
+TAILS = ["", " and I loved it", " but too long", ", sadly", " from start to finish", " for a sequel"]
+
+LABELS = {0: "negative", 1: "positive"}
+
+
+def sentences(count: int = 400, seed: int = 0) -> list[str]:
+    combos = [f"{s} {v} {a}{t}." for s, v, a, t in itertools.product(SUBJECTS, VERBS, ADJECTIVES, TAILS)]
+    random.Random(seed).shuffle(combos)
+    return [text[0].upper() + text[1:] for text in combos[:count]]
+
+
+def build_tokenizer(folder: Path):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    corpus = sentences() + ["Hello world.", "Unicode: naïve café, Tōkyō 🙂."]
+    bpe.train_from_iterator(
+        corpus, vocab_size=400, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    )
+    bpe.save_model(str(folder))
+    return RobertaTokenizerFast(
+        vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"), model_max_length=64
+    )
+
+
+def build_checkpoint(folder: Path, task: str, tokenizer, *, num_labels: int = 2, seed: int = 0, **config) -> Path:
+    import torch
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification
+
+    torch.manual_seed(seed)
+    shape = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,  # 64 tokens after RoBERTa's padding_idx offset
+    )
+    shape.update(config)
+    if task == "fill-mask":
+        model = RobertaForMaskedLM(RobertaConfig(**shape))
+    else:
+        labels = LABELS if num_labels == 2 else {i: f"label_{i}" for i in range(num_labels)}
+        shape.setdefault("id2label", labels)
+        shape.setdefault("label2id", {v: k for k, v in shape["id2label"].items()})
+        model = RobertaForSequenceClassification(RobertaConfig(**shape))
+        # Random heads give near-identical logits; spread them so labels and top-k are not ties.
+        with torch.no_grad():
+            model.classifier.out_proj.weight.mul_(40.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
