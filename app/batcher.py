@@ -1,0 +1,226 @@
+"""Dynamic batching: one task per model owns the queue and decides every batch.
+
+Callers may only `submit` (and be refused at once when the queue is full); the task
+alone reads the queue. A batch closes when it holds `max_batch_size` sequences, when
+its padded tokens would pass `max_batch_tokens`, or `max_wait_s` after its oldest
+sequence arrived. Waiting sequences are sorted by length and cut into batches, and the
+batch that holds the oldest sequence runs next: similar lengths ride together, so
+little compute goes to padding, and nobody waits behind a stream of newcomers.
+Sequences whose deadline passed, or whose caller left, are dropped before the model
+sees them; every future is resolved exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.errors import DeadlineExceeded, InferenceFailed, NotReady, QueueFull
+from app.metrics import ModelMetrics
+
+log = logging.getLogger("app.batcher")
+
+RunBatch = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
+
+
+@dataclass(eq=False)
+class Item:
+    ids: np.ndarray
+    deadline: float  # time.monotonic()
+    future: asyncio.Future
+    positions: np.ndarray | None = None  # output rows to keep (mask positions); None keeps the whole row
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def length(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_size: int = 32
+    max_batch_tokens: int = 16384
+    max_wait_s: float = 0.005
+    max_queue: int = 1024
+
+
+def padded_tokens(lengths: Sequence[int]) -> int:
+    return len(lengths) * max(lengths) if lengths else 0
+
+
+def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], list[Item]]:
+    """Split `pending` into (the batch to run now, what keeps waiting).
+
+    Sort by length, cut consecutive runs that fit both limits, and take the run that
+    holds the oldest item. A sequence longer than the token budget still runs, alone.
+    """
+    oldest = min(pending, key=lambda item: item.enqueued_at)
+    ordered = sorted(pending, key=lambda item: item.length)
+    start = 0
+    for end in range(1, len(ordered) + 1):
+        size = end - start
+        full = size > limits.max_batch_size or size * ordered[end - 1].length > limits.max_batch_tokens
+        if full and size > 1:
+            group = ordered[start : end - 1]
+            if oldest in group:
+                return group, ordered[: start] + ordered[end - 1 :]
+            start = end - 1
+    return ordered[start:], ordered[:start]
+
+
+def right_pad(items: Sequence[Item], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right padding: left padding shifts RoBERTa's position ids and changes classifier logits."""
+    width = max(item.length for item in items)
+    input_ids = np.full((len(items), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(items), width), dtype=np.int64)
+    for row, item in enumerate(items):
+        input_ids[row, : item.length] = item.ids
+        attention_mask[row, : item.length] = 1
+    return input_ids, attention_mask
+
+
+class Batcher:
+    def __init__(self, run: RunBatch, *, pad_id: int, limits: BatchLimits, metrics: ModelMetrics) -> None:
+        self._run = run
+        self._pad_id = pad_id
+        self.limits = limits
+        self._metrics = metrics
+        self._queue: asyncio.Queue[Item | None] = asyncio.Queue()
+        self._depth = 0  # sequences submitted and not yet batched or dropped
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        self.batches_run = 0
+        self.consecutive_failures = 0
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def check_room(self, count: int) -> None:
+        """Raise now if `count` more sequences cannot be accepted."""
+        if self._closing:
+            raise NotReady("the server is shutting down", headers={"Retry-After": "1"})
+        if self._depth + count > self.limits.max_queue:
+            self._metrics.rejected.inc()
+            raise QueueFull("the server is at capacity; retry shortly", headers={"Retry-After": "1"})
+
+    def submit(self, sequences: Sequence[np.ndarray], deadline: float, positions: Sequence[np.ndarray | None] | None = None) -> list[asyncio.Future]:
+        """Queue one request's sequences; refused whole, at once, if they do not all fit."""
+        self.check_room(len(sequences))
+        loop = asyncio.get_running_loop()
+        futures = []
+        for index, ids in enumerate(sequences):
+            item = Item(ids=ids, deadline=deadline, future=loop.create_future(), positions=positions[index] if positions else None)
+            self._queue.put_nowait(item)
+            futures.append(item.future)
+        self._depth += len(sequences)
+        self._metrics.queue_depth.set(self._depth)
+        return futures
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="batcher")
+
+    async def stop(self) -> None:
+        """Refuse new work, finish everything already accepted, then end the task."""
+        self._closing = True
+        self._queue.put_nowait(None)
+        if self._task is not None:
+            await self._task
+
+    async def _loop(self) -> None:
+        pending: list[Item] = []
+        while True:
+            if not pending:
+                if self._closing and self._queue.empty():
+                    return
+                self._take(await self._queue.get(), pending)
+            self._drain(pending)
+            await self._wait_for_company(pending)
+            pending = self._drop_abandoned(pending)
+            if not pending:
+                continue
+            batch, pending = plan_batch(pending, self.limits)
+            self._depth -= len(batch)
+            self._metrics.queue_depth.set(self._depth)
+            await self._execute(batch)
+
+    def _take(self, item: Item | None, pending: list[Item]) -> None:
+        if item is not None:
+            pending.append(item)
+
+    def _drain(self, pending: list[Item]) -> None:
+        while not self._queue.empty():
+            self._take(self._queue.get_nowait(), pending)
+
+    async def _wait_for_company(self, pending: list[Item]) -> None:
+        """Hold the batch open until it is full or its oldest sequence has waited max_wait."""
+        while pending and not self._closing and not self._is_full(pending):
+            oldest = min(item.enqueued_at for item in pending)
+            remaining = oldest + self.limits.max_wait_s - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout=remaining)
+            except TimeoutError:
+                return
+            self._take(item, pending)
+            self._drain(pending)
+
+    def _is_full(self, pending: list[Item]) -> bool:
+        if len(pending) >= self.limits.max_batch_size:
+            return True
+        return padded_tokens([item.length for item in pending]) >= self.limits.max_batch_tokens
+
+    def _drop_abandoned(self, pending: list[Item]) -> list[Item]:
+        now = time.monotonic()
+        keep = []
+        for item in pending:
+            if item.deadline <= now:
+                if not item.future.done():
+                    item.future.set_exception(DeadlineExceeded("the request's deadline passed before it reached the model"))
+                self._metrics.dropped_deadline.inc()
+            elif item.future.done():  # cancelled: the caller disconnected
+                self._metrics.dropped_disconnected.inc()
+            else:
+                keep.append(item)
+                continue
+            self._depth -= 1
+        self._metrics.queue_depth.set(self._depth)
+        return keep
+
+    async def _execute(self, batch: list[Item]) -> None:
+        started = time.monotonic()
+        for item in batch:
+            self._metrics.queue_wait.observe(started - item.enqueued_at)
+        input_ids, attention_mask = right_pad(batch, self._pad_id)
+        real = int(attention_mask.sum())
+        self._metrics.batch_size.observe(len(batch))
+        self._metrics.padded_tokens.observe(input_ids.size)
+        self._metrics.padding_ratio.observe(1.0 - real / input_ids.size)
+        try:
+            logits = await self._run(input_ids, attention_mask)
+            if len(logits) != len(batch):
+                raise RuntimeError(f"model returned {len(logits)} rows for a batch of {len(batch)}")
+        except Exception as exc:
+            log.exception("inference failed for a batch of %d", len(batch))
+            self._metrics.failed_batches.inc()
+            self.consecutive_failures += 1
+            for item in batch:
+                if not item.future.done():
+                    failure = InferenceFailed("inference failed for this request's batch")
+                    failure.__cause__ = exc
+                    item.future.set_exception(failure)
+            return
+        finally:
+            self._metrics.inference.observe(time.monotonic() - started)
+            self.batches_run += 1
+        self.consecutive_failures = 0
+        for row, item in enumerate(batch):
+            if not item.future.done():
+                result = logits[row] if item.positions is None else logits[row, item.positions]
+                item.future.set_result(np.array(result, copy=True))

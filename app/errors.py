@@ -1,0 +1,103 @@
+"""Service errors and the one table that maps them to HTTP.
+
+    ServiceError
+    ├── InvalidJSON        400  invalid_json
+    ├── UnsupportedMediaType 415 unsupported_media_type   a POST body not sent as JSON
+    ├── InvalidInput       422  validation   a body the schema or the model cannot take
+    ├── TooManyInputs      413  too_many_inputs
+    ├── PayloadTooLarge    413  payload_too_large
+    ├── InputTooLong       413  input_too_long   more tokens than the model takes, truncation off
+    ├── Unauthorized       401  unauthorized
+    ├── NotFound           404  not_found        an endpoint whose model is not loaded
+    ├── QueueFull          429  overloaded       (Retry-After)
+    ├── NotReady           503  not_ready        warming up, unhealthy, or shutting down
+    ├── DeadlineExceeded   504  timeout
+    └── InferenceFailed    500  inference
+Clients see `{"error": message, "error_type": type}`; messages never carry tracebacks or file paths.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    error_type = "internal"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidJSON(ServiceError):
+    error_type = "invalid_json"
+
+
+class UnsupportedMediaType(ServiceError):
+    error_type = "unsupported_media_type"
+
+
+class InvalidInput(ServiceError):
+    error_type = "validation"
+
+
+class TooManyInputs(ServiceError):
+    error_type = "too_many_inputs"
+
+
+class PayloadTooLarge(ServiceError):
+    error_type = "payload_too_large"
+
+
+class InputTooLong(ServiceError):
+    error_type = "input_too_long"
+
+
+class Unauthorized(ServiceError):
+    error_type = "unauthorized"
+
+
+class NotFound(ServiceError):
+    error_type = "not_found"
+
+
+class QueueFull(ServiceError):
+    error_type = "overloaded"
+
+
+class NotReady(ServiceError):
+    error_type = "not_ready"
+
+
+class DeadlineExceeded(ServiceError):
+    error_type = "timeout"
+
+
+class InferenceFailed(ServiceError):
+    error_type = "inference"
+
+
+HTTP_STATUS: dict[type[ServiceError], int] = {
+    InvalidJSON: 400,
+    UnsupportedMediaType: 415,
+    InvalidInput: 422,
+    TooManyInputs: 413,
+    PayloadTooLarge: 413,
+    InputTooLong: 413,
+    Unauthorized: 401,
+    NotFound: 404,
+    QueueFull: 429,
+    NotReady: 503,
+    DeadlineExceeded: 504,
+    InferenceFailed: 500,
+}
+
+
+def status_of(error: ServiceError) -> int:
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def error_body(message: str, error_type: str) -> dict[str, str]:
+    return {"error": message, "error_type": error_type}

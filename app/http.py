@@ -1,0 +1,91 @@
+"""HTTP plumbing shared by every route: request metrics and the one error format.
+
+Every error a client can see, FastAPI's own included, is `{"error", "error_type"}`
+with the status from app.errors' table; nothing leaks a traceback or a file path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import InvalidInput, InvalidJSON, ServiceError, UnsupportedMediaType, error_body, status_of
+from app.metrics import Metrics
+
+log = logging.getLogger("app.http")
+
+ENDPOINTS = frozenset({"/classify", "/fill-mask", "/healthz", "/readyz", "/info", "/metrics"})
+_HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+class RequestMetrics:
+    """Counts every request by endpoint and status and times it end to end (pure ASGI: no buffering)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
+            return error_response(UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`"))
+        if any(error.get("type") == "json_invalid" for error in errors):
+            return error_response(InvalidJSON("the body is not valid JSON"))
+        return error_response(InvalidInput(describe_validation_errors(errors)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+        return JSONResponse(error_body(str(exc.detail), error_type), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(error_body("internal error", "internal"), status_code=500)
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(error_body(error.message, error.error_type), status_code=status_of(error), headers=error.headers)
+
+
+def describe_validation_errors(errors) -> str:
+    """`body.parameters.top_k: Input should be greater than or equal to 1` — location and rule, never the input."""
+    parts = []
+    for error in errors[:3]:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+        parts.append(f"{location}: {error.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(parts) + more

@@ -1,0 +1,83 @@
+"""Read an exported model folder (written by `python -m export`): what it is, which files it has.
+
+Startup fails here, with a message naming the folder, before any session is built.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+TASKS = ("text-classification", "fill-mask")
+PRECISION_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+
+
+class ModelFolderError(Exception):
+    """The folder cannot be served; the message says which folder and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    path: Path
+    task: str
+    labels: tuple[str, ...]  # empty for fill-mask
+    problem_type: str | None
+    max_seq_len: int
+    files: dict[str, Path]  # precision -> ONNX file that exists
+    manifest: dict
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    @property
+    def tokenizer_config(self) -> dict:
+        path = self.path / "tokenizer_config.json"
+        return _read_json(path) if path.is_file() else {}
+
+
+def load_model_folder(path: Path, expected_task: str) -> ModelFolder:
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFolderError(f"model folder {path} does not exist; export one with `python -m export`")
+    manifest = _read_json(path / "manifest.json")
+    config = _read_json(path / "config.json")
+    task = manifest.get("task")
+    if task != expected_task:
+        raise ModelFolderError(f"{path} holds a '{task}' model; this setting needs a '{expected_task}' export")
+    if not (path / "tokenizer.json").is_file():
+        raise ModelFolderError(f"{path} has no tokenizer.json; re-export it with `python -m export`")
+    files = {name: path / filename for name, filename in PRECISION_FILES.items() if (path / filename).is_file()}
+    if not files:
+        raise ModelFolderError(f"{path} has no ONNX model file (model.onnx); re-export it with `python -m export`")
+    labels: tuple[str, ...] = ()
+    if task == "text-classification":
+        id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+        labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(len(id2label)))
+        if not labels:
+            raise ModelFolderError(f"{path}/config.json has no id2label; a classifier needs its labels")
+    max_seq_len = int(manifest.get("max_seq_len") or 0)
+    if max_seq_len <= 2:
+        raise ModelFolderError(f"{path}/manifest.json has no usable max_seq_len")
+    return ModelFolder(
+        path=path,
+        task=task,
+        labels=labels,
+        problem_type=config.get("problem_type"),
+        max_seq_len=max_seq_len,
+        files=files,
+        manifest=manifest,
+    )
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelFolderError(f"{path} is missing; is {path.parent} a folder written by `python -m export`?")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelFolderError(f"{path} is not valid JSON ({exc}); re-export the model") from exc
+    if not isinstance(value, dict):
+        raise ModelFolderError(f"{path} is not a JSON object; re-export the model")
+    return value

@@ -1,0 +1,90 @@
+"""Logits -> answers, shaped as transformers' pipelines shape them. Pure functions of arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+ACTIVATIONS = ("softmax", "sigmoid", "none")
+
+
+def default_activation(problem_type: str | None, num_labels: int) -> str:
+    """transformers' TextClassificationPipeline rule, in the same order."""
+    if problem_type == "multi_label_classification" or num_labels == 1:
+        return "sigmoid"
+    if problem_type == "single_label_classification" or num_labels > 1:
+        return "softmax"
+    return "none"
+
+
+def activate(logits: np.ndarray, function: str) -> np.ndarray:
+    logits = logits.astype(np.float32, copy=False)
+    if function == "softmax":
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    if function == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    if function == "none":
+        return logits
+    raise ValueError(f"unknown activation {function!r}; use one of {ACTIVATIONS}")
+
+
+def label_scores(scores: np.ndarray, labels: Sequence[str], top_k: int | None) -> list[dict]:
+    """Labels by descending score, cut to top_k (None: all)."""
+    order = np.argsort(-scores, kind="stable")
+    if top_k is not None:
+        order = order[:top_k]
+    return [{"label": labels[i], "score": float(scores[i])} for i in order]
+
+
+def classify(logits: np.ndarray, labels: Sequence[str], function: str, top_k: int | None) -> list[dict]:
+    return label_scores(activate(logits, function), labels, top_k)
+
+
+def fill_mask(
+    mask_logits: np.ndarray,
+    input_ids: np.ndarray,
+    mask_positions: np.ndarray,
+    *,
+    top_k: int,
+    target_ids: np.ndarray | None,
+    decode: Callable[[Sequence[int], bool], str],
+) -> list[list[dict]] | list[dict]:
+    """One text's answer: a flat list for one mask, one list per mask for several (the pipeline's shape).
+
+    `mask_logits` holds the rows at `mask_positions` only; `input_ids` is the text
+    unpadded. `decode(ids, skip_special_tokens)` turns ids into text.
+    """
+    probs = activate(mask_logits, "softmax")
+    if target_ids is not None:
+        probs = probs[:, target_ids]
+        top_k = min(top_k, len(target_ids))
+    single = len(mask_positions) == 1
+    answers = []
+    for row, position in enumerate(mask_positions):
+        best = _top_k(probs[row], top_k)
+        proposals = []
+        for index in best:
+            token = int(target_ids[index]) if target_ids is not None else int(index)
+            filled = input_ids.copy()
+            filled[position] = token
+            proposals.append(
+                {
+                    "score": float(probs[row, index]),
+                    "token": token,
+                    "token_str": decode([token], False),
+                    "sequence": decode(filled.tolist(), single),
+                }
+            )
+        answers.append(proposals)
+    return answers[0] if single else answers
+
+
+def _top_k(values: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, len(values))
+    if k < len(values):
+        candidates = np.argpartition(-values, k - 1)[:k]
+    else:
+        candidates = np.arange(len(values))
+    return candidates[np.argsort(-values[candidates], kind="stable")]

@@ -1,0 +1,130 @@
+"""Thin handlers: parse, pick the model, call it, shape the answer."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app import __version__
+from app.errors import InvalidInput, TooManyInputs, Unauthorized, error_body
+from app.schemas import ClassifyRequest, ErrorBody, FillMaskRequest, FillMaskResponse, LabelScore, TextPair
+from app.service import ClassifyOptions, FillMaskOptions
+from app.state import AppState
+from app.tokenize import TextInput
+
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 429, 500, 503, 504)}
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.services
+
+
+def require_api_key(request: Request) -> None:
+    key = get_state(request).settings.api_key
+    if key is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.get_secret_value().encode()):
+        raise Unauthorized("missing or wrong API key; send `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"})
+
+
+router = APIRouter()
+inference = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS)
+
+
+@inference.post("/classify", response_model=list[list[LabelScore]], summary="Classify texts or text pairs")
+async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
+    arrived = time.monotonic()
+    state = get_state(request)
+    service = state.service("text-classification")
+    options = ClassifyOptions(
+        top_k=body.parameters.top_k,
+        function_to_apply=body.parameters.function_to_apply,
+        truncation=body.parameters.truncation,
+    )
+    inputs = _classify_inputs(body.inputs)
+    _check_count(len(inputs), state)
+    answers = await service.classify(inputs, options, arrived + state.settings.request_timeout_s)
+    return JSONResponse(answers)
+
+
+@inference.post("/fill-mask", response_model=FillMaskResponse, summary="Fill the mask token in texts")
+async def fill_mask(body: FillMaskRequest, request: Request) -> JSONResponse:
+    arrived = time.monotonic()
+    state = get_state(request)
+    service = state.service("fill-mask")
+    targets = body.parameters.targets
+    options = FillMaskOptions(
+        top_k=body.parameters.top_k,
+        targets=(targets,) if isinstance(targets, str) else (tuple(targets) if targets is not None else None),
+        truncation=body.parameters.truncation,
+    )
+    texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
+    _check_count(len(texts), state)
+    answers, warnings = await service.fill_mask(texts, options, arrived + state.settings.request_timeout_s)
+    headers = {"X-Warning": _header_safe("; ".join(warnings))} if warnings else None
+    return JSONResponse(answers[0] if isinstance(body.inputs, str) else answers, headers=headers)
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: models loaded, warm and healthy", responses={503: {"model": ErrorBody}})
+async def readyz(request: Request):
+    ready, reason = get_state(request).readiness()
+    if not ready:
+        return JSONResponse(error_body(reason, "not_ready"), status_code=503, headers={"Retry-After": "1"})
+    return {"status": "ready"}
+
+
+@router.get("/info", summary="Models, precisions, providers in use and batching settings")
+async def info(request: Request) -> dict:
+    import onnxruntime
+
+    state = get_state(request)
+    return {
+        "version": __version__,
+        "onnxruntime": onnxruntime.__version__,
+        "ready": state.readiness()[0],
+        "max_inputs": state.settings.max_inputs,
+        "request_timeout_s": state.settings.request_timeout_s,
+        "models": {task: service.info() for task, service in state.services.items()},
+    }
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> PlainTextResponse:
+    registry = get_state(request).metrics.registry
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+router.include_router(inference)
+
+
+def _classify_inputs(inputs) -> list[TextInput]:
+    items = inputs if isinstance(inputs, list) else [inputs]
+    return [_as_text_input(item) for item in items]
+
+
+def _as_text_input(item: str | TextPair) -> TextInput:
+    if isinstance(item, str):
+        return item
+    return item.text if item.text_pair is None else (item.text, item.text_pair)
+
+
+def _check_count(count: int, state: AppState) -> None:
+    if count == 0:
+        raise InvalidInput("inputs is an empty list; send at least one text")
+    if count > state.settings.max_inputs:
+        raise TooManyInputs(f"{count} inputs in one request; at most {state.settings.max_inputs} are allowed")
+
+
+def _header_safe(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+

@@ -1,0 +1,131 @@
+"""One ONNX Runtime session per model, owned by one thread.
+
+The session runs on a single-worker executor: the event loop never blocks on the
+model, and batches reach the session one at a time in the order the batcher sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.model_folder import ModelFolder, ModelFolderError
+
+log = logging.getLogger("app.runtime")
+
+PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    precision: str = "auto"
+    providers: tuple[str, ...] = ("cuda", "cpu")
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+
+
+def requested_providers(wanted: tuple[str, ...], available: list[str]) -> list[str]:
+    """ONNX Runtime names of the wanted providers this build has, CPU always last as the fallback."""
+    chosen = [PROVIDER_NAMES[name] for name in wanted if PROVIDER_NAMES[name] in available]
+    if PROVIDER_NAMES["cpu"] not in chosen:
+        chosen.append(PROVIDER_NAMES["cpu"])
+    return chosen
+
+
+def choose_precision(requested: str, exported: set[str], on_cuda: bool) -> str:
+    """auto: fp16 on CUDA if exported, int8 on CPU if exported, else fp32."""
+    if requested != "auto":
+        if requested not in exported:
+            raise ModelFolderError(
+                f"precision {requested} was asked for but not exported (have: {', '.join(sorted(exported))}); "
+                f"re-export with {'--fp16' if requested == 'fp16' else '--quantize int8'} or set ROBERTA_PRECISION=auto"
+            )
+        return requested
+    preferred = ("fp16", "fp32") if on_cuda else ("int8", "fp32")
+    for name in preferred:
+        if name in exported:
+            return name
+    return sorted(exported)[0]
+
+
+class ModelRuntime:
+    def __init__(self, folder: ModelFolder, config: SessionConfig) -> None:
+        self.folder = folder
+        available = ort.get_available_providers()
+        providers = requested_providers(config.providers, available)
+        cuda_wanted = "cuda" in config.providers
+        if cuda_wanted and PROVIDER_NAMES["cuda"] not in available:
+            log.warning("%s: CUDA requested but this onnxruntime build has no CUDA provider; running on CPU", folder.path.name)
+        self.precision = choose_precision(config.precision, set(folder.files), PROVIDER_NAMES["cuda"] in providers)
+        self._session = self._open(folder.files[self.precision], providers, config)
+        self.providers_in_use = [SHORT_NAMES.get(p, p) for p in self._session.get_providers()]
+        if self.precision == "fp16" and config.precision == "auto" and "cuda" not in self.providers_in_use:
+            # onnxruntime-gpu on a machine without a GPU falls back to CPU without raising: pick the CPU file.
+            self.precision = choose_precision("auto", set(folder.files), on_cuda=False)
+            self._session = self._open(folder.files[self.precision], providers, config)
+            self.providers_in_use = [SHORT_NAMES.get(p, p) for p in self._session.get_providers()]
+        if cuda_wanted and PROVIDER_NAMES["cuda"] in available and "cuda" not in self.providers_in_use:
+            log.warning("%s: CUDA provider could not start (no GPU?); running on %s", folder.path.name, ",".join(self.providers_in_use))
+        self.input_names = [node.name for node in self._session.get_inputs()]
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnx-{folder.task}")
+        log.info(
+            "%s: %s %s on %s", folder.task, folder.files[self.precision].name, self.precision, ",".join(self.providers_in_use)
+        )
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs the model's heavy operators (the first one in use)."""
+        return self.providers_in_use[0]
+
+    @staticmethod
+    def _open(path: Path, providers: list[str], config: SessionConfig) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = config.intra_op_threads
+        options.inter_op_num_threads = config.inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
+            raise ModelFolderError(f"{path} could not be loaded by ONNX Runtime ({type(exc).__name__}); re-export it") from exc
+
+    def run_sync(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        return self._session.run(["logits"], {name: feeds[name] for name in self.input_names})[0]
+
+    async def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_sync, input_ids, attention_mask)
+
+    async def warm_up(self, shapes: list[tuple[int, int]], pad_id: int) -> float:
+        """Run each (batch, length) once so first requests do not pay for allocation and kernel setup."""
+        started = time.perf_counter()
+        for batch, length in shapes:
+            ids = np.full((batch, length), pad_id, dtype=np.int64)
+            await self.run(ids, np.ones_like(ids))
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def warm_up_shapes(max_batch_size: int, max_batch_tokens: int, max_seq_len: int, on_cuda: bool) -> list[tuple[int, int]]:
+    lengths = sorted({min(16, max_seq_len), min(64, max_seq_len), max_seq_len})
+    budget = max_batch_tokens if on_cuda else min(max_batch_tokens, 2048)  # keep CPU start-up short
+    shapes = []
+    for length in lengths:
+        for batch in sorted({1, max_batch_size}):
+            batch = min(batch, max(1, budget // length))
+            if (batch, length) not in shapes:
+                shapes.append((batch, length))
+    return shapes

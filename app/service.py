@@ -1,0 +1,182 @@
+"""One served model: validate -> tokenize (off the loop) -> batcher -> postprocess.
+
+Handlers call `classify` or `fill_mask` with already-parsed bodies; everything the
+model itself decides (token limits, mask tokens, targets) is checked here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from app import postprocess
+from app.batcher import Batcher, BatchLimits
+from app.errors import DeadlineExceeded, InputTooLong, InvalidInput
+from app.metrics import ModelMetrics
+from app.model_folder import ModelFolder
+from app.runtime import ModelRuntime
+from app.tokenize import Encoded, TextEncoder, TextInput
+
+log = logging.getLogger("app.service")
+
+MAX_MASKS = 8  # per text: each mask is a full-vocabulary softmax in the response path
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    top_k: int | None = None
+    function_to_apply: str | None = None
+    truncation: bool = False
+
+
+@dataclass(frozen=True)
+class FillMaskOptions:
+    top_k: int = 5
+    targets: tuple[str, ...] | None = None
+    truncation: bool = False
+
+
+class ModelService:
+    def __init__(
+        self,
+        folder: ModelFolder,
+        encoder: TextEncoder,
+        runtime: ModelRuntime,
+        limits: BatchLimits,
+        metrics: ModelMetrics,
+        tokenize_executor: Executor,
+    ) -> None:
+        self.folder = folder
+        self.encoder = encoder
+        self.runtime = runtime
+        self.metrics = metrics
+        self.batcher = Batcher(runtime.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics)
+        self._tokenize_executor = tokenize_executor
+        self.default_activation = postprocess.default_activation(folder.problem_type, len(folder.labels))
+
+    @property
+    def task(self) -> str:
+        return self.folder.task
+
+    async def classify(self, inputs: list[TextInput], options: ClassifyOptions, deadline: float) -> list[list[dict]]:
+        for index, item in enumerate(inputs):
+            texts = item if isinstance(item, tuple) else (item,)
+            if any(not text.strip() for text in texts):
+                raise InvalidInput(f"inputs[{index}] is empty; send some text")
+        encoded = await self._encode(inputs, options.truncation)
+        rows = await self._infer([e.ids for e in encoded], deadline)
+        function = options.function_to_apply or self.default_activation
+        return [postprocess.classify(row, self.folder.labels, function, options.top_k) for row in rows]
+
+    async def fill_mask(self, texts: list[str], options: FillMaskOptions, deadline: float) -> list:
+        mask = self.encoder.mask_token
+        for index, text in enumerate(texts):
+            if not text.strip():
+                raise InvalidInput(f"inputs[{index}] is empty; send a text with {mask} in it")
+        if options.top_k > self.encoder.vocab_size:
+            raise InvalidInput(f"top_k must be at most the vocabulary size, {self.encoder.vocab_size}")
+        target_ids, warnings = self.target_ids(options.targets) if options.targets is not None else (None, [])
+        encoded = await self._encode(texts, options.truncation)
+        positions = [np.flatnonzero(e.ids == self.encoder.mask_id) for e in encoded]
+        for index, found in enumerate(positions):
+            if len(found) == 0:
+                raise InvalidInput(f"inputs[{index}] has no mask token; put {mask} where the answer goes")
+            if len(found) > MAX_MASKS:
+                raise InvalidInput(f"inputs[{index}] has {len(found)} mask tokens; at most {MAX_MASKS} are allowed")
+        rows = await self._infer([e.ids for e in encoded], deadline, positions)
+        answers = [
+            postprocess.fill_mask(
+                row,
+                e.ids,
+                found,
+                top_k=options.top_k,
+                target_ids=target_ids,
+                decode=lambda ids, skip: self.encoder.decode(ids, skip_special_tokens=skip),
+            )
+            for row, e, found in zip(rows, encoded, positions)
+        ]
+        return answers, warnings
+
+    def target_ids(self, targets: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+        """transformers' rule: an exact vocabulary entry, else the word's first sub-token (with a warning)."""
+        ids, warnings = [], []
+        for target in targets:
+            token_id = self.encoder.token_id(target)
+            if token_id is None:
+                token_id = self.encoder.first_subtoken(target)
+                if token_id is None:
+                    warnings.append(f"target {target!r} is not in the vocabulary and was ignored")
+                    continue
+                warnings.append(
+                    f"target {target!r} is not in the vocabulary; using {self.encoder.id_to_token(token_id)!r}"
+                )
+            ids.append(token_id)
+        if not ids:
+            raise InvalidInput("targets must name at least one word the model can produce")
+        return np.array(sorted(set(ids)), dtype=np.int64), warnings
+
+    async def _encode(self, inputs: list[TextInput], truncation: bool) -> list[Encoded]:
+        self.batcher.check_room(len(inputs))  # refuse before tokenizing: overload should cost little
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        encoded = await loop.run_in_executor(self._tokenize_executor, self.encoder.encode, inputs)
+        self.metrics.tokenize.observe(time.perf_counter() - started)
+        if not truncation:
+            for index, item in enumerate(encoded):
+                if item.truncated:
+                    length = self.encoder.count_tokens(inputs[index])
+                    raise InputTooLong(
+                        f"inputs[{index}] is {length} tokens; the model takes at most {self.encoder.max_seq_len}. "
+                        'Shorten it or pass "truncation": true'
+                    )
+        return encoded
+
+    async def _infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[np.ndarray]:
+        futures = self.batcher.submit(sequences, deadline, positions)
+        try:
+            return await asyncio.wait_for(asyncio.gather(*futures), timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise DeadlineExceeded("the request did not finish before its deadline") from None
+        finally:
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # mark retrieved: a failed batch fails every member at once
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self.runtime.close()
+
+    def info(self) -> dict:
+        limits = self.batcher.limits
+        return {
+            "task": self.task,
+            "labels": list(self.folder.labels) or None,
+            "precision": self.runtime.precision,
+            "providers": self.runtime.providers_in_use,
+            "file": self.folder.files[self.runtime.precision].name,
+            "max_seq_len": self.folder.max_seq_len,
+            "mask_token": self.encoder.mask_token if self.task == "fill-mask" else None,
+            "default_activation": self.default_activation if self.task == "text-classification" else None,
+            "batching": {
+                "max_batch_size": limits.max_batch_size,
+                "max_batch_tokens": limits.max_batch_tokens,
+                "max_wait_ms": limits.max_wait_s * 1000,
+                "max_queue": limits.max_queue,
+            },
+            "export": {
+                "source": self.folder.manifest.get("source", {}).get("model"),
+                "created_at": self.folder.manifest.get("created_at"),
+                "tools": self.folder.manifest.get("tools"),
+            },
+        }
+

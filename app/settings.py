@@ -1,0 +1,62 @@
+"""The one place that reads configuration: ROBERTA_* environment variables, or the same names as CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Precision = Literal["auto", "fp32", "int8", "fp16"]
+Provider = Literal["cuda", "cpu"]
+
+
+class Settings(BaseSettings):
+    """Every field is `ROBERTA_<NAME>` in the environment and `--<name>` (kebab case) on `python -m app`."""
+
+    model_config = SettingsConfigDict(env_prefix="ROBERTA_", extra="ignore", frozen=True)
+
+    classify_model: Path | None = Field(None, description="exported text-classification folder")
+    fill_mask_model: Path | None = Field(None, description="exported fill-mask folder")
+    precision: Precision = Field("auto", description="auto: fp16 on CUDA if exported, else int8 on CPU if exported, else fp32")
+    providers: Annotated[tuple[Provider, ...], NoDecode] = Field(
+        ("cuda", "cpu"), description="execution providers in order of preference, comma separated"
+    )
+
+    max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per batch")
+    max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per batch (batch size x longest sequence)")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits for company after its first request")
+    max_queue: int = Field(1024, ge=1, description="sequences waiting per model; beyond it requests get 429")
+    max_inputs: int = Field(64, ge=1, description="texts per request; beyond it 413")
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request from arrival to answer")
+
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads inside an operator (0: one per core)")
+    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
+    tokenizer_threads: int = Field(1, ge=1, description="threads that tokenize requests off the event loop")
+
+    api_key: SecretStr | None = Field(None, description="when set, inference endpoints need `Authorization: Bearer <key>`")
+
+    host: str = Field("127.0.0.1", description="address to bind (python -m app)")
+    port: int = Field(8000, ge=0, le=65535, description="port to bind (python -m app)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value):
+        if isinstance(value, str):
+            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _some_provider(cls, value):
+        if not value:
+            raise ValueError("name at least one provider: cuda, cpu")
+        return value
+
+    @model_validator(mode="after")
+    def _some_model(self):
+        if self.classify_model is None and self.fill_mask_model is None:
+            raise ValueError("set ROBERTA_CLASSIFY_MODEL or ROBERTA_FILL_MASK_MODEL (an exported model folder)")
+        return self

@@ -1,0 +1,221 @@
+"""Batch closing rules, fan-out, deadlines, cancellation, overload and failure, against a recording model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from app.batcher import Batcher, BatchLimits, Item, plan_batch, right_pad
+from app.errors import DeadlineExceeded, InferenceFailed, NotReady, QueueFull
+from app.metrics import Metrics
+
+
+class RecordingModel:
+    """Answers each row with (sum of its real ids, its length), so every result names its input."""
+
+    def __init__(self, delay: float = 0.0, failures: int = 0) -> None:
+        self.delay = delay
+        self.failures = failures
+        self.batches: list[np.ndarray] = []
+
+    async def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        self.batches.append(input_ids.copy())
+        await asyncio.sleep(self.delay)
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("boom")
+        real = attention_mask.astype(bool)
+        return np.stack([(input_ids * real).sum(axis=1), real.sum(axis=1)], axis=1).astype(np.float32)
+
+    def seen(self) -> set[int]:
+        return {int(x) for batch in self.batches for x in batch.ravel()}
+
+
+def make(model, **limits) -> tuple[Batcher, Metrics]:
+    metrics = Metrics()
+    batcher = Batcher(model, pad_id=0, limits=BatchLimits(**limits), metrics=metrics.for_model("m"))
+    return batcher, metrics
+
+
+def seq(*ids: int) -> np.ndarray:
+    return np.array(ids, dtype=np.int64)
+
+
+def far() -> float:
+    return time.monotonic() + 60
+
+
+def test_batches_close_at_the_size_limit_and_results_reach_their_callers():
+    async def scenario():
+        model = RecordingModel()
+        batcher, _ = make(model, max_batch_size=4, max_wait_s=0.05)
+        batcher.start()
+        inputs = [seq(i + 10, i + 100) for i in range(10)]
+        futures = batcher.submit(inputs, far())
+        results = await asyncio.gather(*futures)
+        await batcher.stop()
+        return model, inputs, results
+
+    model, inputs, results = asyncio.run(scenario())
+    assert [len(b) for b in model.batches][:2] == [4, 4] and sum(len(b) for b in model.batches) == 10
+    for ids, result in zip(inputs, results):
+        assert result.tolist() == [ids.sum(), len(ids)]
+
+
+def test_batches_close_at_the_padded_token_budget():
+    async def scenario():
+        model = RecordingModel()
+        batcher, _ = make(model, max_batch_size=32, max_batch_tokens=20, max_wait_s=0.05)
+        batcher.start()
+        await asyncio.gather(*batcher.submit([seq(*range(1, 11))] * 6, far()))
+        await batcher.stop()
+        return model
+
+    model = asyncio.run(scenario())
+    assert [b.shape for b in model.batches] == [(2, 10)] * 3
+
+
+def test_a_lone_request_waits_at_most_max_wait():
+    async def scenario():
+        model = RecordingModel()
+        batcher, _ = make(model, max_batch_size=8, max_wait_s=0.05)
+        batcher.start()
+        started = time.monotonic()
+        (future,) = batcher.submit([seq(5)], far())
+        await future
+        elapsed = time.monotonic() - started
+        await batcher.stop()
+        return elapsed, model
+
+    elapsed, model = asyncio.run(scenario())
+    assert 0.04 <= elapsed < 1.0
+    assert len(model.batches) == 1 and model.batches[0].shape == (1, 1)
+
+
+def test_requests_arriving_within_the_wait_share_a_batch():
+    async def scenario():
+        model = RecordingModel()
+        batcher, _ = make(model, max_batch_size=8, max_wait_s=0.2)
+        batcher.start()
+        first = batcher.submit([seq(1)], far())
+        await asyncio.sleep(0.05)
+        second = batcher.submit([seq(2, 3)], far())
+        await asyncio.gather(*first, *second)
+        await batcher.stop()
+        return model
+
+    model = asyncio.run(scenario())
+    assert len(model.batches) == 1 and model.batches[0].tolist() == [[1, 0], [2, 3]]  # right-padded
+
+
+def test_plan_groups_similar_lengths_and_runs_the_oldest_first():
+    now = time.monotonic()
+    lengths = [1, 50, 2, 49, 3, 48]
+    pending = [Item(ids=np.ones(n, dtype=np.int64), deadline=0, future=None, enqueued_at=now + i) for i, n in enumerate(lengths)]
+    batch, rest = plan_batch(pending, BatchLimits(max_batch_size=3, max_batch_tokens=10_000))
+    assert sorted(item.length for item in batch) == [1, 2, 3]
+    assert sorted(item.length for item in rest) == [48, 49, 50]
+    # When the oldest is long, its group of long ones goes first.
+    pending[1].enqueued_at = now - 1
+    batch, _ = plan_batch(pending, BatchLimits(max_batch_size=3, max_batch_tokens=10_000))
+    assert sorted(item.length for item in batch) == [48, 49, 50]
+    # A sequence over the token budget runs alone rather than never.
+    batch, _ = plan_batch(pending, BatchLimits(max_batch_size=3, max_batch_tokens=10))
+    assert [item.length for item in batch] == [50]
+
+
+def test_right_pad_builds_mask_and_padding():
+    items = [Item(ids=seq(5, 6, 7), deadline=0, future=None), Item(ids=seq(8), deadline=0, future=None)]
+    ids, mask = right_pad(items, pad_id=1)
+    assert ids.tolist() == [[5, 6, 7], [8, 1, 1]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_expired_work_is_dropped_before_the_model_sees_it():
+    async def scenario():
+        model = RecordingModel(delay=0.2)
+        batcher, metrics = make(model, max_batch_size=1, max_wait_s=0.0)
+        batcher.start()
+        slow = batcher.submit([seq(1)], far())
+        await asyncio.sleep(0.02)  # the model is now busy for 0.2 s
+        (doomed,) = batcher.submit([seq(777)], time.monotonic() + 0.05)
+        with pytest.raises(DeadlineExceeded):
+            await doomed
+        await asyncio.gather(*slow)
+        await batcher.stop()
+        return model, metrics
+
+    model, metrics = asyncio.run(scenario())
+    assert 777 not in model.seen()
+    assert metrics.dropped.labels("m", "deadline")._value.get() == 1
+
+
+def test_work_whose_caller_left_is_skipped():
+    async def scenario():
+        model = RecordingModel(delay=0.1)
+        batcher, metrics = make(model, max_batch_size=1, max_wait_s=0.0)
+        batcher.start()
+        busy = batcher.submit([seq(1)], far())
+        await asyncio.sleep(0.02)
+        (gone,) = batcher.submit([seq(888)], far())
+        gone.cancel()
+        await asyncio.gather(*busy)
+        await batcher.stop()
+        return model, metrics, batcher
+
+    model, metrics, batcher = asyncio.run(scenario())
+    assert 888 not in model.seen()
+    assert metrics.dropped.labels("m", "disconnected")._value.get() == 1
+    assert batcher.depth == 0
+
+
+def test_a_full_queue_refuses_at_once_and_whole():
+    async def scenario():
+        model = RecordingModel()
+        batcher, metrics = make(model, max_queue=3)
+        batcher.submit([seq(1), seq(2)], far())
+        with pytest.raises(QueueFull) as refused:
+            batcher.submit([seq(3), seq(4)], far())
+        return batcher, metrics, refused.value
+
+    batcher, metrics, refused = asyncio.run(scenario())
+    assert batcher.depth == 2
+    assert refused.headers["Retry-After"] == "1"
+    assert metrics.rejected.labels("m")._value.get() == 1
+
+
+def test_a_failed_batch_fails_its_members_and_the_next_batch_works():
+    async def scenario():
+        model = RecordingModel(failures=1)
+        batcher, metrics = make(model, max_batch_size=2, max_wait_s=0.0)
+        batcher.start()
+        failed = batcher.submit([seq(1), seq(2)], far())
+        outcomes = await asyncio.gather(*failed, return_exceptions=True)
+        failures_after_first = batcher.consecutive_failures
+        (ok,) = batcher.submit([seq(3)], far())
+        result = await ok
+        await batcher.stop()
+        return outcomes, failures_after_first, result, batcher, metrics
+
+    outcomes, failures_after_first, result, batcher, metrics = asyncio.run(scenario())
+    assert all(isinstance(o, InferenceFailed) for o in outcomes)
+    assert failures_after_first == 1 and batcher.consecutive_failures == 0
+    assert result.tolist() == [3, 1]
+    assert metrics.failed_batches.labels("m")._value.get() == 1
+
+
+def test_stop_finishes_accepted_work_and_refuses_new():
+    async def scenario():
+        model = RecordingModel(delay=0.01)
+        batcher, _ = make(model, max_batch_size=2, max_wait_s=1.0)
+        batcher.start()
+        futures = batcher.submit([seq(i) for i in range(1, 8)], far())
+        await batcher.stop()
+        done = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
+        with pytest.raises(NotReady):
+            batcher.submit([seq(9)], far())
+        return done
+
+    assert all(asyncio.run(scenario()))

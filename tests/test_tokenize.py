@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from app.tokenize import TextEncoder
+
+
+def make_encoder(folder, max_seq_len):
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    return TextEncoder(folder / "tokenizer.json", max_seq_len=max_seq_len, tokenizer_config=config)
+
+
+@pytest.fixture(scope="module")
+def encoder(exported_mlm):
+    return make_encoder(exported_mlm, 64)
+
+
+@pytest.fixture(scope="module")
+def reference(exported_mlm):
+    return AutoTokenizer.from_pretrained(str(exported_mlm))
+
+
+def test_ids_equal_transformers_for_texts_and_pairs(encoder, reference):
+    texts = ["The film was <mask>.", "Unicode: naïve café, Tōkyō 🙂.", "a"]
+    for text, encoded in zip(texts, encoder.encode(texts)):
+        assert encoded.ids.tolist() == reference(text)["input_ids"]
+        assert encoded.ids.dtype == np.int64 and not encoded.truncated
+    (pair,) = encoder.encode([("the plot", "was dull")])
+    assert pair.ids.tolist() == reference("the plot", "was dull")["input_ids"]
+
+
+def test_mask_and_pad_come_from_the_tokenizer_config(encoder, reference):
+    assert encoder.mask_token == "<mask>" and encoder.mask_id == reference.mask_token_id
+    assert encoder.pad_id == reference.pad_token_id
+
+
+def test_long_inputs_are_truncated_and_flagged(exported_mlm, reference):
+    encoder = make_encoder(exported_mlm, 16)
+    text = "the film was good and the acting was brilliant " * 5
+    (encoded,) = encoder.encode([text])
+    assert encoded.truncated and len(encoded) == 16
+    assert encoded.ids[-1] == reference.eos_token_id  # still closed by </s>
+    assert encoder.count_tokens(text) == len(reference(text)["input_ids"])
+
+
+def test_decode_matches_transformers(encoder, reference):
+    ids = reference("The ending was brilliant, sadly.")["input_ids"]
+    assert encoder.decode(ids, skip_special_tokens=True) == reference.decode(ids, skip_special_tokens=True)
+    assert encoder.decode(ids, skip_special_tokens=False) == reference.decode(ids)
