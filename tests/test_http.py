@@ -1,0 +1,213 @@
+"""The service over real HTTP (uvicorn on 127.0.0.1) on tiny exported models, against transformers' pipelines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from transformers import pipeline
+
+from app.settings import Settings
+from server import ServerThread
+
+TEXTS = ["the film was good.", "this movie is awful, sadly.", "a", "her voice felt moving and I loved it from start to finish."]
+
+
+@pytest.fixture(scope="module")
+def served(exported_classifier, exported_mlm):
+    settings = Settings(
+        classify_model=exported_classifier,
+        fill_mask_model=exported_mlm,
+        precision="fp32",
+        max_wait_ms=20,
+        max_batch_size=16,
+    )
+    with ServerThread(settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def classifier_pipeline(tiny_classifier):
+    return pipeline("text-classification", model=str(tiny_classifier), top_k=None)
+
+
+@pytest.fixture(scope="module")
+def fill_mask_pipeline(tiny_mlm):
+    return pipeline("fill-mask", model=str(tiny_mlm))
+
+
+def post(server, path, body, **kwargs):
+    return httpx.post(f"{server.url}{path}", json=body, timeout=30, **kwargs)
+
+
+def as_dict(answer):
+    return {item["label"]: item["score"] for item in answer}
+
+
+@pytest.mark.parametrize("function", [None, "softmax", "sigmoid", "none"])
+def test_classify_equals_the_transformers_pipeline(served, classifier_pipeline, function):
+    parameters = {} if function is None else {"function_to_apply": function}
+    response = post(served, "/classify", {"inputs": TEXTS, "parameters": parameters})
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    kwargs = {} if function is None else {"function_to_apply": function}
+    expected = classifier_pipeline(TEXTS, **kwargs)
+    assert len(answers) == len(TEXTS)
+    for got, want in zip(answers, expected):
+        assert [x["label"] for x in got] == [x["label"] for x in want]
+        for label, score in as_dict(want).items():
+            assert as_dict(got)[label] == pytest.approx(score, abs=1e-4)
+
+
+def test_classify_shapes_single_inputs_pairs_and_top_k(served, classifier_pipeline):
+    single = post(served, "/classify", {"inputs": "the plot was dull."}).json()
+    assert len(single) == 1 and len(single[0]) == 2  # always a list of lists
+    top1 = post(served, "/classify", {"inputs": ["the plot was dull."], "parameters": {"top_k": 1}}).json()
+    assert top1[0] == single[0][:1]
+    pair = post(served, "/classify", {"inputs": {"text": "the plot", "text_pair": "was dull"}}).json()
+    want = classifier_pipeline({"text": "the plot", "text_pair": "was dull"})
+    assert as_dict(pair[0]) == pytest.approx(as_dict(want), abs=1e-4)
+
+
+def test_fill_mask_equals_the_transformers_pipeline(served, fill_mask_pipeline):
+    text = "The film was <mask>."
+    got = post(served, "/fill-mask", {"inputs": text}).json()
+    want = fill_mask_pipeline(text)
+    assert [a["token"] for a in got] == [a["token"] for a in want]
+    for mine, theirs in zip(got, want):
+        assert mine["token_str"] == theirs["token_str"] and mine["sequence"] == theirs["sequence"]
+        assert mine["score"] == pytest.approx(theirs["score"], abs=1e-5)
+
+
+def test_fill_mask_several_masks_and_lists(served, fill_mask_pipeline):
+    text = "The <mask> was <mask>."
+    got = post(served, "/fill-mask", {"inputs": text, "parameters": {"top_k": 3}}).json()
+    want = fill_mask_pipeline(text, top_k=3)
+    assert len(got) == 2 and all(len(row) == 3 for row in got)
+    assert [[a["token"] for a in row] for row in got] == [[a["token"] for a in row] for row in want]
+    assert [[a["sequence"] for a in row] for row in got] == [[a["sequence"] for a in row] for row in want]
+    # A list of texts: one entry each, and a one-item list stays a list.
+    listed = post(served, "/fill-mask", {"inputs": ["The film was <mask>.", text]}).json()
+    assert len(listed) == 2 and isinstance(listed[0][0], dict) and isinstance(listed[1][0], list)
+    one = post(served, "/fill-mask", {"inputs": ["The film was <mask>."]}).json()
+    assert len(one) == 1 and one[0] == post(served, "/fill-mask", {"inputs": "The film was <mask>."}).json()
+
+
+def test_fill_mask_targets_follow_the_pipeline_and_warn(served, fill_mask_pipeline):
+    text = "The film was <mask>."
+    targets = [" good", "brilliantness"]
+    response = post(served, "/fill-mask", {"inputs": text, "parameters": {"targets": targets}})
+    assert response.status_code == 200
+    want = fill_mask_pipeline(text, targets=targets)
+    assert sorted(a["token"] for a in response.json()) == sorted(a["token"] for a in want)
+    assert "brilliantness" in response.headers["x-warning"]
+
+
+def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(served):
+    sentences = [f"{t} number {i}" for i in range(6) for t in TEXTS]
+    sequential = [post(served, "/classify", {"inputs": s}).json() for s in sentences]
+    before = _metric(served, "roberta_batch_size", "sum", model="text-classification")
+    batches_before = _metric(served, "roberta_batch_size", "count", model="text-classification")
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
+            responses = await asyncio.gather(*(client.post("/classify", json={"inputs": s}) for s in sentences))
+        return [r.json() for r in responses]
+
+    concurrent = asyncio.run(burst())
+    for one, other in zip(sequential, concurrent):
+        assert as_dict(one[0]) == pytest.approx(as_dict(other[0]), abs=1e-5)
+    sequences = _metric(served, "roberta_batch_size", "sum", model="text-classification") - before
+    batches = _metric(served, "roberta_batch_size", "count", model="text-classification") - batches_before
+    assert sequences == len(sentences)
+    assert sequences / batches > 1.5, f"{batches} batches for {sequences} sequences: not batched"
+
+
+def test_huggingface_hub_inference_client_works_unchanged(served):
+    from huggingface_hub import InferenceClient
+
+    labels = InferenceClient(model=f"{served.url}/classify").text_classification("the ending was brilliant.")
+    assert {item.label for item in labels} == {"negative", "positive"}
+    assert sum(item.score for item in labels) == pytest.approx(1.0, abs=1e-4)
+    answers = InferenceClient(model=f"{served.url}/fill-mask").fill_mask("The film was <mask>.", top_k=3)
+    assert len(answers) == 3 and all(isinstance(a.token, int) and a.sequence for a in answers)
+
+
+def test_errors_are_json_with_a_type(served):
+    cases = [
+        ("/classify", {"inputs": "x", "parameters": {"top_k": 0}}, 422, "validation"),
+        ("/classify", {"text": "x"}, 422, "validation"),
+        ("/classify", {"inputs": []}, 422, "validation"),
+        ("/classify", {"inputs": ["x"] * 65}, 413, "too_many_inputs"),
+        ("/classify", {"inputs": "good " * 200}, 413, "input_too_long"),
+        ("/fill-mask", {"inputs": "no mask here"}, 422, "validation"),
+    ]
+    for path, body, status, error_type in cases:
+        response = post(served, path, body)
+        assert response.status_code == status, (body, response.text)
+        assert response.json()["error_type"] == error_type and response.json()["error"]
+    assert "<mask>" in post(served, "/fill-mask", {"inputs": "no mask here"}).json()["error"]
+    truncated = post(served, "/classify", {"inputs": "good " * 200, "parameters": {"truncation": True}})
+    assert truncated.status_code == 200
+    bad_json = httpx.post(f"{served.url}/classify", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad_json.status_code == 400 and bad_json.json()["error_type"] == "invalid_json"
+
+
+def test_health_readiness_and_info(served):
+    assert httpx.get(f"{served.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{served.url}/readyz").status_code == 200
+    info = httpx.get(f"{served.url}/info").json()
+    classify = info["models"]["text-classification"]
+    assert classify["labels"] == ["negative", "positive"] and classify["precision"] == "fp32"
+    assert classify["providers"] == ["cpu"] and classify["max_seq_len"] == 64
+    assert classify["batching"]["max_batch_size"] == 16
+    assert info["models"]["fill-mask"]["mask_token"] == "<mask>"
+
+
+def test_metrics_parse_and_name_what_the_readme_lists(served):
+    post(served, "/classify", {"inputs": "fine"})
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{served.url}/metrics").text)}
+    for name in [
+        "roberta_requests",
+        "roberta_request_duration_seconds",
+        "roberta_queue_wait_seconds",
+        "roberta_tokenize_duration_seconds",
+        "roberta_inference_duration_seconds",
+        "roberta_batch_size",
+        "roberta_batch_padded_tokens",
+        "roberta_batch_padding_ratio",
+        "roberta_queue_depth",
+        "roberta_rejected",
+        "roberta_dropped_sequences",
+        "roberta_model_info",
+        "roberta_ready",
+    ]:
+        assert name in families, name
+    requests = {tuple(sorted(s.labels.items())): s.value for s in families["roberta_requests"].samples if s.name.endswith("_total")}
+    assert requests[(("endpoint", "/classify"), ("status", "200"))] >= 1
+    providers = [s.labels for s in families["roberta_model_info"].samples]
+    assert {"model": "text-classification", "task": "text-classification", "precision": "fp32", "provider": "cpu"} in providers
+
+
+def test_cuda_requested_without_cuda_falls_back_to_cpu_and_says_so(exported_classifier, caplog):
+    settings = Settings(classify_model=exported_classifier, providers="cuda,cpu")
+    with caplog.at_level(logging.WARNING, logger="app.runtime"), ServerThread(settings) as server:
+        info = httpx.get(f"{server.url}/info").json()["models"]["text-classification"]
+        metrics = httpx.get(f"{server.url}/metrics").text
+        answer = post(server, "/classify", {"inputs": "good"})
+    assert info["providers"] == ["cpu"] and info["precision"] == "int8"  # auto picks INT8 on the CPU
+    assert 'provider="cpu"' in metrics
+    assert answer.status_code == 200
+    assert any("CUDA" in record.getMessage() and "CPU" in record.getMessage() for record in caplog.records)
+
+
+def _metric(server, name, suffix, **labels) -> float:
+    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == f"{name}_{suffix}" and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+
+def test_environment_variables_use_the_roberta_prefix(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROBERTA_CLASSIFY_MODEL", str(tmp_path))
+    monkeypatch.setenv("ROBERTA_PROVIDERS", "CPU, cuda")
+    monkeypatch.setenv("ROBERTA_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("ROBERTA_API_KEY", "s3cret")
+    settings = Settings()
+    assert settings.classify_model == tmp_path
+    assert settings.providers == ("cpu", "cuda")
+    assert settings.max_batch_size == 8
+    assert settings.api_key.get_secret_value() == "s3cret" and "s3cret" not in repr(settings)
+
+
+def test_cli_flags_have_the_same_names(tmp_path):
+    settings = Settings(
+        _cli_parse_args=["--fill-mask-model", str(tmp_path), "--max-wait-ms", "2.5", "--precision", "int8"],
+        _cli_kebab_case=True,
+    )
+    assert settings.fill_mask_model == tmp_path and settings.max_wait_ms == 2.5 and settings.precision == "int8"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},  # no model at all
+        {"ROBERTA_CLASSIFY_MODEL": "x", "ROBERTA_PROVIDERS": "tpu"},
+        {"ROBERTA_CLASSIFY_MODEL": "x", "ROBERTA_MAX_BATCH_SIZE": "0"},
+        {"ROBERTA_CLASSIFY_MODEL": "x", "ROBERTA_PRECISION": "int4"},
+    ],
+)
+def test_bad_settings_fail_loudly(monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
