@@ -7,6 +7,7 @@ that looks good.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -45,7 +46,21 @@ class ExportOptions:
     atol: float = 1e-4
     eval_file: Path | None = None
     force: bool = False
+    reuse: bool = False  # keep an existing export of the same source made with the same options
     revision: str | None = None
+
+    def recipe(self) -> dict:
+        """What, besides the source, decides the files: two exports with equal recipes are interchangeable."""
+        return {
+            "task": self.task,
+            "quantize": self.quantize,
+            "per_channel": self.per_channel,
+            "fp16": self.fp16,
+            "optimize": self.optimize,
+            "opset": self.opset,
+            "max_seq_len": self.max_seq_len,
+            "atol": self.atol,
+        }
 
 
 def _stderr(message: str) -> None:
@@ -55,10 +70,15 @@ def _stderr(message: str) -> None:
 def export_model(options: ExportOptions, log: Callable[[str], None] = _stderr) -> dict:
     """Run the whole export; returns the manifest written into `options.output`."""
     output = Path(options.output).expanduser().absolute()
-    _check_output(output, options.force)
     if options.quantize not in (None, "int8"):
         raise BadOption(f"--quantize {options.quantize} is not supported; use --quantize int8")
     checkpoint = resolve_checkpoint(options.model, options.revision)
+    if options.reuse:
+        existing = _reusable(output, checkpoint, options)
+        if existing is not None:
+            log(f"{output} is up to date (same source sha256 and options); nothing to do")
+            return existing
+    _check_output(output, options.force or options.reuse)
     check_supported(checkpoint)
     task = resolve_task(checkpoint, options.task)
     max_seq_len = _max_seq_len(checkpoint, options.max_seq_len)
@@ -152,6 +172,7 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
         "files": {name: {"path": path.name, **file_entry(path)} for name, path in variants.items()},
         "verification": {"atol": options.atol, "probe_texts": len(batch["input_ids"]), **results},
         "evaluation": evaluation,
+        "options": options.recipe(),
         "tools": tool_versions(),
         "timings_s": timings,
     }
@@ -211,6 +232,19 @@ def _max_seq_len(checkpoint: Checkpoint, requested: int | None) -> int:
     if not 1 <= requested <= limit:
         raise BadOption(f"--max-seq-len must be between 1 and {limit} for this checkpoint (got {requested})")
     return requested
+
+
+def _reusable(output: Path, checkpoint: Checkpoint, options: ExportOptions) -> dict | None:
+    try:
+        manifest = json.loads((output / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files_present = all((output / entry["path"]).is_file() for entry in manifest.get("files", {}).values())
+    same = (
+        manifest.get("options") == options.recipe()
+        and manifest.get("source", {}).get("sha256") == fingerprint(checkpoint.path)
+    )
+    return manifest if same and files_present else None
 
 
 def _check_output(output: Path, force: bool) -> None:

@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-file", type=Path, help="TSV text<TAB>label: record accuracy of each variant")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--force", action="store_true", help="replace an existing export folder")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep an up-to-date export (same source and options), else replace it"
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="library warnings and tracebacks")
     return parser.parse_args(argv)
 
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         atol=args.atol,
         eval_file=args.eval_file,
         force=args.force,
+        reuse=args.reuse,
         revision=args.revision,
     )
     try:

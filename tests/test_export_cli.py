@@ -191,3 +191,29 @@ def test_force_replaces_a_previous_export_but_not_other_folders(tiny_classifier,
     result = run_export(tiny_classifier, "--output", precious, "--force")
     assert result.returncode != 0 and "not an export folder" in error_line(result)
     assert (precious / "thesis.txt").exists()
+
+
+def test_reuse_skips_an_up_to_date_export_and_redoes_a_stale_one(tiny_classifier, tmp_path):
+    import shutil
+
+    source = tmp_path / "src"
+    shutil.copytree(tiny_classifier, source)
+    out = tmp_path / "out"
+    assert run_export(source, "--output", out, "--reuse").returncode == 0
+    created = json.loads((out / "manifest.json").read_text())["created_at"]
+
+    again = run_export(source, "--output", out, "--reuse")
+    assert again.returncode == 0 and "up to date" in again.stderr
+    assert json.loads((out / "manifest.json").read_text())["created_at"] == created
+
+    other_options = run_export(source, "--output", out, "--reuse", "--quantize", "int8")
+    assert other_options.returncode == 0 and "up to date" not in other_options.stderr
+    assert "int8" in json.loads((out / "manifest.json").read_text())["files"]
+
+    config = json.loads((source / "config.json").read_text())
+    config["id2label"] = {"0": "bad", "1": "good"}
+    config["label2id"] = {"bad": 0, "good": 1}
+    (source / "config.json").write_text(json.dumps(config))
+    changed = run_export(source, "--output", out, "--reuse", "--quantize", "int8")
+    assert changed.returncode == 0 and "up to date" not in changed.stderr
+    assert json.loads((out / "manifest.json").read_text())["labels"] == ["bad", "good"]

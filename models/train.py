@@ -1,0 +1,244 @@
+"""Train the embedded default models from ../shared/data, the RoBERTa way, on a 2-core CPU in about an hour.
+
+1. a byte-level BPE tokenizer (RoBERTa's special tokens, `<mask>` with lstrip) on the books and SST-2 train text;
+2. a small RobertaForMaskedLM pretrained with dynamic masking (15%, 80/10/10 re-drawn each time a sequence is
+   seen), no next-sentence prediction, full sentences packed to the maximum length;
+3. a RobertaForSequenceClassification (negative/positive) fine-tuned from that encoder on SST-2 train, the
+   checkpoint with the best SST-2 dev accuracy kept.
+
+    python models/train.py            # the shipped models (about an hour on 2 cores)
+    python models/train.py --quick    # a minute-long smoke run into a temporary folder
+
+Weights are saved in float16 to keep both checkpoints under 40 MB; transformers loads them as float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"
+SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train the embedded default RoBERTa models.")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--output", type=Path, default=HERE)
+    parser.add_argument("--quick", action="store_true", help="tiny run for tests: minutes, not an hour")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--max-len", type=int, default=128, help="tokens per packed pretraining sequence")
+    parser.add_argument("--mlm-steps", type=int, default=1000)
+    parser.add_argument("--mlm-batch", type=int, default=64)
+    parser.add_argument("--mlm-lr", type=float, default=7e-4)
+    parser.add_argument("--cls-epochs", type=float, default=1.5)
+    parser.add_argument("--cls-batch", type=int, default=32)
+    parser.add_argument("--cls-lr", type=float, default=1e-4)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.quick:
+        args.vocab_size, args.layers, args.hidden, args.heads = 1000, 2, 64, 2
+        args.mlm_steps, args.mlm_batch, args.cls_epochs, args.eval_every = 30, 16, 0.02, 20
+    return args
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def read_sst2(path: Path) -> tuple[list[str], list[int]]:
+    texts, labels = [], []
+    for row in path.read_text(encoding="utf-8").splitlines()[1:]:
+        text, _, label = row.rpartition("\t")
+        if text.strip():
+            texts.append(text.strip())
+            labels.append(int(label))
+    return texts, labels
+
+
+def train_tokenizer(corpus: list[str], vocab_size: int, folder: Path):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL, show_progress=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe.save_model(str(folder))
+    # RobertaTokenizerFast gives <mask> lstrip=True: "the <mask>" masks the word with its leading space.
+    return RobertaTokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt"))
+
+
+def pack(tokenizer, lines: list[str], max_len: int) -> list[list[int]]:
+    """FULL-SENTENCES: one token stream cut into max_len blocks, each wrapped in <s> ... </s>."""
+    body = max_len - 2
+    stream: list[int] = []
+    for start in range(0, len(lines), 2000):
+        for ids in tokenizer(lines[start : start + 2000], add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return [[bos, *stream[i : i + body], eos] for i in range(0, len(stream) - body + 1, body)]
+
+
+def schedule(optimizer, total: int, warmup: int):
+    import torch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def pretrain(args, tokenizer, blocks: list[list[int]]):
+    import torch
+    from transformers import DataCollatorForLanguageModeling, RobertaConfig, RobertaForMaskedLM
+
+    config = RobertaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.hidden,
+        max_position_embeddings=args.max_len + 2,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = RobertaForMaskedLM(config)
+    # Masks are drawn anew every time a block is batched: RoBERTa's dynamic masking, 80/10/10.
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.mlm_lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    scheduler = schedule(optimizer, args.mlm_steps, warmup=max(1, args.mlm_steps // 16))
+    rng = random.Random(args.seed)
+    order: list[int] = []
+    model.train()
+    started, seen = time.time(), 0
+    for step in range(args.mlm_steps):
+        if len(order) < args.mlm_batch:
+            order.extend(rng.sample(range(len(blocks)), len(blocks)))
+        batch = collator([{"input_ids": blocks[i]} for i in order[: args.mlm_batch]])
+        del order[: args.mlm_batch]
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        seen += args.mlm_batch
+        if step % 50 == 0 or step == args.mlm_steps - 1:
+            rate = seen / (time.time() - started)
+            log(f"mlm step {step + 1}/{args.mlm_steps} loss {loss.item():.3f} ({rate:.0f} seq/s, "
+                f"epoch {seen / len(blocks):.2f})")
+    model.eval()
+    return model
+
+
+def evaluate(model, tokenizer, texts, labels, batch_size=128) -> float:
+    import torch
+
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            predictions = model(**batch).logits.argmax(-1)
+            correct += int((predictions == torch.tensor(labels[start : start + batch_size])).sum())
+    return correct / len(texts)
+
+
+def finetune(args, tokenizer, mlm_folder: Path, train, dev):
+    import torch
+    from transformers import RobertaForSequenceClassification
+
+    labels = {0: "negative", 1: "positive"}
+    model = RobertaForSequenceClassification.from_pretrained(
+        str(mlm_folder), num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()},
+        problem_type="single_label_classification",
+    )
+    texts, targets = train
+    steps = max(1, int(args.cls_epochs * len(texts) / args.cls_batch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.cls_lr, weight_decay=0.01)
+    scheduler = schedule(optimizer, steps, warmup=max(1, steps // 10))
+    rng = random.Random(args.seed + 1)
+    order: list[int] = []
+    best, best_state, started = -1.0, None, time.time()
+    for step in range(steps):
+        model.train()
+        if len(order) < args.cls_batch:
+            order.extend(rng.sample(range(len(texts)), len(texts)))
+        chosen, order[:] = order[: args.cls_batch], order[args.cls_batch :]
+        batch = tokenizer([texts[i] for i in chosen], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        loss = model(**batch, labels=torch.tensor([targets[i] for i in chosen])).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % args.eval_every == 0 or step == steps - 1:
+            model.eval()
+            accuracy = evaluate(model, tokenizer, *dev)
+            log(f"cls step {step + 1}/{steps} loss {loss.item():.3f} dev accuracy {accuracy:.4f} "
+                f"({(step + 1) * args.cls_batch / (time.time() - started):.0f} seq/s)")
+            if accuracy > best:
+                best, best_state = accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, best
+
+
+def save(model, tokenizer, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.half().save_pretrained(folder, safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("torch_dtype", None)
+    config["dtype"] = "float32"  # load as float32: the fp16 file is only a smaller container
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer.save_pretrained(folder)
+    model.float()
+
+
+def main() -> None:
+    args = parse_args()
+    import torch
+
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    output = args.output if not args.quick or args.output != HERE else Path("/tmp/roberta-train-quick")
+    train_texts, train_labels = read_sst2(args.data / "sst2" / "train.tsv")
+    dev = read_sst2(args.data / "sst2" / "dev.tsv")
+    books = [line.strip() for line in (args.data / "books" / "books_clean.txt").read_text(encoding="utf-8").splitlines()]
+    books = [line for line in books if line]
+    if args.quick:
+        books, train_texts, train_labels = books[:3000], train_texts[:2000], train_labels[:2000]
+        dev = (dev[0][:200], dev[1][:200])
+    log(f"{len(books)} book lines, {len(train_texts)} SST-2 train sentences, {len(dev[0])} dev sentences")
+
+    tokenizer = train_tokenizer(books + train_texts, args.vocab_size, output / ".tokenizer")
+    log(f"tokenizer: {len(tokenizer)} tokens")
+    blocks = pack(tokenizer, books + train_texts, args.max_len)
+    log(f"pretraining on {len(blocks)} packed blocks of {args.max_len} tokens")
+
+    mlm = pretrain(args, tokenizer, blocks)
+    mlm_folder = output / "roberta-mini-mlm"
+    save(mlm, tokenizer, mlm_folder)
+    log(f"saved {mlm_folder}")
+
+    classifier, accuracy = finetune(args, tokenizer, mlm_folder, (train_texts, train_labels), dev)
+    cls_folder = output / "roberta-mini-sst2"
+    save(classifier, tokenizer, cls_folder)
+    log(f"saved {cls_folder}: best SST-2 dev accuracy {accuracy:.4f}")
+
+
+if __name__ == "__main__":
+    main()

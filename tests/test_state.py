@@ -1,0 +1,47 @@
+"""Start-up order and readiness, through the real lifespan pieces on a tiny export."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from app.errors import NotFound, NotReady
+from app.metrics import Metrics
+from app.model_folder import ModelFolderError
+from app.settings import Settings
+from app.state import FAILURES_BEFORE_UNREADY, AppState
+
+
+def test_not_ready_until_warm_then_ready_then_draining(exported_classifier):
+    async def scenario():
+        state = AppState.build(Settings(classify_model=exported_classifier), Metrics())
+        before = state.readiness()
+        with pytest.raises(NotReady):
+            state.service("text-classification")
+        await state.start()
+        await state._warm_up_task
+        warm = state.readiness()
+        with pytest.raises(NotFound, match="ROBERTA_FILL_MASK_MODEL"):
+            state.service("fill-mask")
+        state.services["text-classification"].batcher.consecutive_failures = FAILURES_BEFORE_UNREADY
+        failing = state.readiness()
+        state.services["text-classification"].batcher.consecutive_failures = 0
+        await state.stop()
+        return before, warm, failing, state.readiness()
+
+    before, warm, failing, after = asyncio.run(scenario())
+    assert before == (False, "models are warming up")
+    assert warm == (True, "ready")
+    assert failing[0] is False and "failing" in failing[1]
+    assert after == (False, "the server is shutting down")
+
+
+def test_a_folder_of_the_wrong_task_is_refused_at_start(exported_mlm):
+    with pytest.raises(ModelFolderError, match="holds a 'fill-mask' model"):
+        AppState.build(Settings(classify_model=exported_mlm), Metrics())
+
+
+def test_precision_that_was_not_exported_is_refused_at_start(exported_classifier):
+    with pytest.raises(ModelFolderError, match="re-export with --fp16"):
+        AppState.build(Settings(classify_model=exported_classifier, precision="fp16"), Metrics())
