@@ -73,7 +73,8 @@ class ModelService:
         function = options.function_to_apply or self.default_activation
         return [postprocess.classify(row, self.folder.labels, function, options.top_k) for row in rows]
 
-    async def fill_mask(self, texts: list[str], options: FillMaskOptions, deadline: float) -> list:
+    async def fill_mask(self, texts: list[str], options: FillMaskOptions, deadline: float) -> tuple[list, list[str]]:
+        """One answer per text, and warnings about targets that had to be approximated."""
         mask = self.encoder.mask_token
         for index, text in enumerate(texts):
             if not text.strip():
@@ -96,11 +97,14 @@ class ModelService:
                 found,
                 top_k=options.top_k,
                 target_ids=target_ids,
-                decode=lambda ids, skip: self.encoder.decode(ids, skip_special_tokens=skip),
+                decode=self._decode,
             )
             for row, e, found in zip(rows, encoded, positions)
         ]
         return answers, warnings
+
+    def _decode(self, ids, skip_special_tokens: bool) -> str:
+        return self.encoder.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def target_ids(self, targets: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
         """transformers' rule: an exact vocabulary entry, else the word's first sub-token (with a warning)."""

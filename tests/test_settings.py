@@ -20,10 +20,12 @@ def test_environment_variables_use_the_roberta_prefix(monkeypatch, tmp_path):
 
 def test_cli_flags_have_the_same_names(tmp_path):
     settings = Settings(
-        _cli_parse_args=["--fill-mask-model", str(tmp_path), "--max-wait-ms", "2.5", "--precision", "int8"],
+        _cli_parse_args=["--fill-mask-model", str(tmp_path), "--max-wait-ms", "2.5", "--precision", "int8",
+                         "--providers", "cuda,cpu"],
         _cli_kebab_case=True,
     )
     assert settings.fill_mask_model == tmp_path and settings.max_wait_ms == 2.5 and settings.precision == "int8"
+    assert settings.providers == ("cuda", "cpu")
 
 
 @pytest.mark.parametrize(
