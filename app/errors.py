@@ -12,6 +12,7 @@
     ├── QueueFull          429  overloaded       (Retry-After)
     ├── NotReady           503  not_ready        warming up, unhealthy, or shutting down
     ├── DeadlineExceeded   504  timeout
+    ├── ClientClosedRequest 499 client_closed   the client hung up first (logged and counted; nobody reads it)
     └── InferenceFailed    500  inference
 Clients see `{"error": message, "error_type": type}`; messages never carry tracebacks or file paths.
 """
@@ -72,6 +73,10 @@ class DeadlineExceeded(ServiceError):
     error_type = "timeout"
 
 
+class ClientClosedRequest(ServiceError):
+    error_type = "client_closed"
+
+
 class InferenceFailed(ServiceError):
     error_type = "inference"
 
@@ -88,6 +93,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     QueueFull: 429,
     NotReady: 503,
     DeadlineExceeded: 504,
+    ClientClosedRequest: 499,
     InferenceFailed: 500,
 }
 

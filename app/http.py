@@ -6,8 +6,11 @@ with the status from app.errors' table; nothing leaks a traceback or a file path
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,13 +18,25 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import InvalidInput, InvalidJSON, ServiceError, UnsupportedMediaType, error_body, status_of
+from app.errors import (
+    ClientClosedRequest,
+    InvalidInput,
+    InvalidJSON,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+    error_body,
+    status_of,
+)
 from app.metrics import Metrics
 
 log = logging.getLogger("app.http")
 
+T = TypeVar("T")
+
 ENDPOINTS = frozenset({"/classify", "/fill-mask", "/healthz", "/readyz", "/info", "/metrics"})
-_HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+# FastAPI answers 400 itself only when the body cannot be decoded at all (bytes that are not UTF-8).
+_HTTP_ERROR_TYPES = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 class RequestMetrics:
@@ -50,6 +65,71 @@ class RequestMetrics:
             endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
+
+
+class BodySizeLimit:
+    """413 for bodies over `max_bytes`: at once from Content-Length, or as soon as a chunked body passes it.
+
+    The body is never held whole. (Starlette's own `max_body_size` answers in plain text
+    whenever Content-Length is over the limit; this keeps the JSON error format.)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await error_response(PayloadTooLarge(self._message()))(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI lets an HTTPException out of body parsing unchanged; our handler formats it.
+                    raise StarletteHTTPException(413, self._message())
+            return message
+
+        await self.app(scope, receive_within_limit, send)
+
+    def _message(self) -> str:
+        return f"the request body is larger than {self.max_bytes} bytes"
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, or cancel it when the client hangs up first.
+
+    Starlette does not cancel a handler whose client left; without this, queued
+    sequences would still reach the model and compute answers nobody reads.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, ServiceError):
+        pass
+    raise ClientClosedRequest("the client closed the connection before the answer")
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the ASGI server reports `http.disconnect` (the body has already been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def install_error_handlers(app: FastAPI) -> None:

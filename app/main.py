@@ -1,4 +1,4 @@
-"""The ASGI app: `uvicorn app.main:app`, or `create_app(settings)` in tests and `python -m app`."""
+"""The ASGI app: `uvicorn --factory app.main:create_app`, `python -m app`, or `create_app(settings)` in tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.http import RequestMetrics, install_error_handlers
+from app.http import BodySizeLimit, RequestMetrics, install_error_handlers
 from app.metrics import Metrics
 from app.routes import router
 from app.settings import Settings
@@ -17,21 +17,21 @@ from app.state import AppState
 log = logging.getLogger("app")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Nothing is loaded here: the lifespan reads settings (the environment, unless given) and builds the state."""
-    metrics = Metrics()
+def create_app(settings: Settings | None = None, state: AppState | None = None) -> FastAPI:
+    """Models load in the lifespan, unless `state` was built already (`python -m app` does, to fail before binding)."""
+    settings = settings if settings is not None else (state.settings if state is not None else Settings())
+    metrics = state.metrics if state is not None else Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        resolved = settings if settings is not None else Settings()
-        _configure_logging(resolved.log_level)
-        state = AppState.build(resolved, metrics)
-        app.state.services = state
-        await state.start()
+        configure_logging(settings.log_level)
+        services = state if state is not None else AppState.build(settings, metrics)
+        app.state.services = services
+        await services.start()
         try:
             yield
         finally:
-            await state.stop()
+            await services.stop()
 
     app = FastAPI(
         title="roberta-serve",
@@ -39,15 +39,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Dynamic-batching inference for fine-tuned RoBERTa models on ONNX Runtime.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app)
     app.include_router(router)
     return app
 
 
-def _configure_logging(level: str) -> None:
+def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("app").setLevel(level.upper())
-
-
-app = create_app()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 
@@ -11,12 +12,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
 from app.errors import InvalidInput, TooManyInputs, Unauthorized, error_body
+from app.http import unless_disconnected
 from app.schemas import ClassifyRequest, ErrorBody, FillMaskRequest, FillMaskResponse, LabelScore, TextPair
 from app.service import ClassifyOptions, FillMaskOptions
 from app.state import AppState
 from app.tokenize import TextInput
 
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 422, 429, 500, 503, 504)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)}
+TIMEOUT_HEADER = "x-request-timeout"
 
 
 def get_state(request: Request) -> AppState:
@@ -27,12 +30,39 @@ def require_api_key(request: Request) -> None:
     key = get_state(request).settings.api_key
     if key is None:
         return
+    _check_api_key(request, key.get_secret_value())
+
+
+def require_api_key_if_protected(request: Request) -> None:
+    settings = get_state(request).settings
+    if settings.api_key is not None and settings.protect_health_and_metrics:
+        _check_api_key(request, settings.api_key.get_secret_value())
+
+
+def _check_api_key(request: Request, key: str) -> None:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.get_secret_value().encode()):
+    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
         raise Unauthorized("missing or wrong API key; send `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"})
 
 
-router = APIRouter()
+def deadline_of(request: Request, arrived: float) -> float:
+    """The server's default deadline, or the one the client asks for in X-Request-Timeout (seconds)."""
+    settings = get_state(request).settings
+    asked = request.headers.get(TIMEOUT_HEADER)
+    if asked is None:
+        return arrived + settings.request_timeout_s
+    try:
+        seconds = float(asked)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= settings.max_request_timeout_s:  # also false for nan and inf
+        raise InvalidInput(
+            f"X-Request-Timeout must be a number of seconds above 0 and at most {settings.max_request_timeout_s:g}"
+        )
+    return arrived + seconds
+
+
+router = APIRouter(dependencies=[Depends(require_api_key_if_protected)])
 inference = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS)
 
 
@@ -40,7 +70,7 @@ inference = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS)
 async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
     arrived = time.monotonic()
     state = get_state(request)
-    service = state.service("text-classification")
+    deadline = deadline_of(request, arrived)
     options = ClassifyOptions(
         top_k=body.parameters.top_k,
         function_to_apply=body.parameters.function_to_apply,
@@ -48,7 +78,8 @@ async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
     )
     inputs = _classify_inputs(body.inputs)
     _check_count(len(inputs), state)
-    answers = await service.classify(inputs, options, arrived + state.settings.request_timeout_s)
+    with state.admit("text-classification") as service:
+        answers = await unless_disconnected(request, service.classify(inputs, options, deadline))
     return JSONResponse(answers)
 
 
@@ -56,7 +87,7 @@ async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
 async def fill_mask(body: FillMaskRequest, request: Request) -> JSONResponse:
     arrived = time.monotonic()
     state = get_state(request)
-    service = state.service("fill-mask")
+    deadline = deadline_of(request, arrived)
     targets = body.parameters.targets
     options = FillMaskOptions(
         top_k=body.parameters.top_k,
@@ -65,7 +96,8 @@ async def fill_mask(body: FillMaskRequest, request: Request) -> JSONResponse:
     )
     texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
     _check_count(len(texts), state)
-    answers, warnings = await service.fill_mask(texts, options, arrived + state.settings.request_timeout_s)
+    with state.admit("fill-mask") as service:
+        answers, warnings = await unless_disconnected(request, service.fill_mask(texts, options, deadline))
     headers = {"X-Warning": _header_safe("; ".join(warnings))} if warnings else None
     return JSONResponse(answers[0] if isinstance(body.inputs, str) else answers, headers=headers)
 

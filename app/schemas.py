@@ -2,30 +2,52 @@
 
 Unknown keys are rejected (422) rather than ignored, so a misspelt parameter
 (`topk`) is an error instead of a silent default. `options`, which older Inference
-API clients send, is accepted and ignored.
+API clients send, is accepted and ignored. Types are strict: `"top_k": "5"` or
+`"truncation": "yes"` is a 422, not a guess.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-Strict = ConfigDict(extra="forbid")
+Strict = ConfigDict(extra="forbid", strict=True)
+MAX_FILL_MASK_TOP_K = 100  # answers per mask: 64 texts x 8 masks x 100 is already a 5 MB response
+MAX_TARGETS = 1000
+
+
+def _encodable(text: str) -> str:
+    """JSON can carry lone UTF-16 surrogates ("\\ud800"); no tokenizer can."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (it holds a lone surrogate)") from None
+    return text
+
+
+def _a_word(text: str) -> str:
+    if not text.strip():
+        raise ValueError("a target must be a word, not empty or blank")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+Target = Annotated[Text, AfterValidator(_a_word)]
 
 
 class TextPair(BaseModel):
     model_config = Strict
-    text: str
-    text_pair: str | None = None
+    text: Text
+    text_pair: Text | None = None
 
 
-ClassifyInput = str | TextPair
+ClassifyInput = Text | TextPair
 
 
 class ClassifyParameters(BaseModel):
     model_config = Strict
-    top_k: int | None = Field(None, ge=1, description="labels per input; null or missing: all")
+    top_k: int | None = Field(None, ge=1, description="labels per input; null, missing or more than there are: all")
     function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
         None, description="default: from the model config, as transformers' pipeline decides"
     )
@@ -46,14 +68,16 @@ class LabelScore(BaseModel):
 
 class FillMaskParameters(BaseModel):
     model_config = Strict
-    top_k: int = Field(5, ge=1, description="answers per mask")
-    targets: list[str] | str | None = Field(None, description="restrict answers to these words")
+    top_k: int = Field(5, ge=1, le=MAX_FILL_MASK_TOP_K, description="answers per mask")
+    targets: Annotated[list[Target], Field(min_length=1, max_length=MAX_TARGETS)] | Target | None = Field(
+        None, description="restrict answers to these words"
+    )
     truncation: bool = Field(False, description="cut inputs longer than the model's limit instead of refusing them (413)")
 
 
 class FillMaskRequest(BaseModel):
     model_config = Strict
-    inputs: str | list[str]
+    inputs: Text | list[Text]
     parameters: FillMaskParameters = Field(default_factory=FillMaskParameters)
     options: dict | None = Field(None, description="accepted for Inference API compatibility; ignored")
 

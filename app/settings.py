@@ -30,12 +30,24 @@ class Settings(BaseSettings):
     max_queue: int = Field(1024, ge=1, description="sequences waiting per model; beyond it requests get 429")
     max_inputs: int = Field(64, ge=1, description="texts per request; beyond it 413")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request from arrival to answer")
+    max_request_timeout_s: float = Field(
+        120.0, gt=0, description="the longest deadline a request may ask for with the X-Request-Timeout header"
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1, description="request bodies larger than this get 413 before they are read")
 
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads inside an operator (0: one per core)")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
     tokenizer_threads: int = Field(1, ge=1, description="threads that tokenize requests off the event loop")
 
     api_key: SecretStr | None = Field(None, description="when set, inference endpoints need `Authorization: Bearer <key>`")
+    protect_health_and_metrics: bool = Field(
+        False, description="with an API key set, /healthz, /readyz, /info and /metrics need it too"
+    )
+
+    shutdown_delay_s: float = Field(
+        0.0, ge=0, description="on SIGTERM, keep serving this long (readiness already 503) so load balancers can stop routing"
+    )
+    shutdown_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, the longest wait for accepted requests to finish")
 
     host: str = Field("127.0.0.1", description="address to bind (python -m app)")
     port: int = Field(8000, ge=0, le=65535, description="port to bind (python -m app)")
@@ -54,6 +66,12 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("name at least one provider: cuda, cpu")
         return value
+
+    @model_validator(mode="after")
+    def _timeouts_in_order(self):
+        if self.request_timeout_s > self.max_request_timeout_s:
+            raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
+        return self
 
     @model_validator(mode="after")
     def _some_model(self):

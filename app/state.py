@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from app.batcher import BatchLimits
 from app.errors import NotFound, NotReady
 from app.metrics import Metrics
-from app.model_folder import load_model_folder
+from app.model_folder import ModelFolderError, load_model_folder
 from app.runtime import ModelRuntime, SessionConfig, warm_up_shapes
 from app.service import ModelService
 from app.settings import Settings
@@ -32,7 +35,9 @@ class AppState:
         self.services = services
         self._executor = executor
         self._warm = False
-        self._closing = False
+        self._draining = False  # readiness says 503; requests are still admitted (shutdown_delay_s)
+        self._closing = False  # new requests get 503 too
+        self._active = 0  # admitted requests not yet answered
         self._warm_up_task: asyncio.Task | None = None
 
     @classmethod
@@ -74,9 +79,26 @@ class AppState:
         self._warm = True
         self.metrics.ready.set(1)
 
+    async def drain(self, delay_s: float, timeout_s: float) -> bool:
+        """The graceful half of SIGTERM: go unready, stop admitting, wait for every admitted request.
+
+        Returns False if requests were still running after `timeout_s`.
+        """
+        self._draining = True
+        self.metrics.ready.set(0)
+        log.info("draining: readiness is 503; %d requests in flight", self._active)
+        await asyncio.sleep(delay_s)
+        self._closing = True
+        give_up = time.monotonic() + timeout_s
+        while self._active and time.monotonic() < give_up:
+            await asyncio.sleep(0.02)
+        if self._active:
+            log.warning("drain timed out with %d requests still running", self._active)
+        return self._active == 0
+
     async def stop(self) -> None:
         """Refuse new work, answer everything accepted, then release the sessions."""
-        self._closing = True
+        self._draining = self._closing = True
         self.metrics.ready.set(0)
         if self._warm_up_task is not None and not self._warm_up_task.done():
             self._warm_up_task.cancel()
@@ -84,7 +106,7 @@ class AppState:
         self._executor.shutdown(wait=True)
 
     def readiness(self) -> tuple[bool, str]:
-        if self._closing:
+        if self._draining or self._closing:
             return False, "the server is shutting down"
         if not self._warm:
             return False, "models are warming up"
@@ -92,6 +114,20 @@ class AppState:
         if failing:
             return False, f"inference keeps failing for {', '.join(failing)}"
         return True, "ready"
+
+    @contextmanager
+    def admit(self, task: str) -> Iterator[ModelService]:
+        """The service for `task`, counted as in flight until the block ends, so a drain knows what to wait for."""
+        service = self.service(task)
+        self._active += 1
+        try:
+            yield service
+        finally:
+            self._active -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self._active
 
     def service(self, task: str) -> ModelService:
         if self._closing:
@@ -106,7 +142,10 @@ class AppState:
 
 def _build_service(path, task, limits, session, metrics, executor) -> ModelService:
     folder = load_model_folder(path, task)
-    encoder = TextEncoder(folder.tokenizer_file, folder.max_seq_len, folder.tokenizer_config)
+    try:
+        encoder = TextEncoder(folder.tokenizer_file, folder.max_seq_len, folder.tokenizer_config)
+    except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
+        raise ModelFolderError(f"{folder.tokenizer_file} could not be read ({type(exc).__name__}); re-export the model") from exc
     runtime = ModelRuntime(folder, session)
     metrics.provider.labels(task, task, runtime.precision, runtime.provider).set(1)
     return ModelService(folder, encoder, runtime, limits, metrics.for_model(task), executor)

@@ -37,18 +37,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--max-len", type=int, default=128, help="tokens per packed pretraining sequence")
-    parser.add_argument("--mlm-steps", type=int, default=1000)
-    parser.add_argument("--mlm-batch", type=int, default=64)
-    parser.add_argument("--mlm-lr", type=float, default=3e-4)
+    parser.add_argument("--mlm-steps", type=int, default=5500)
+    parser.add_argument("--mlm-batch", type=int, default=32)
+    parser.add_argument("--mlm-lr", type=float, default=1e-3)
+    parser.add_argument("--mlm-dropout", type=float, default=0.0,
+                        help="dropout while pretraining: off, as data is seen only a few times (fine-tuning uses 0.1)")
+    parser.add_argument("--position-init", choices=["sinusoidal", "random"], default="sinusoidal",
+                        help="start the learned position embeddings from sinusoids: attention finds neighbours sooner")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="bfloat16 autocast for matrix products (AMX/AVX-512 CPUs run it about 1.5x faster)")
     parser.add_argument("--cls-epochs", type=float, default=1.5)
     parser.add_argument("--cls-batch", type=int, default=32)
     parser.add_argument("--cls-lr", type=float, default=1e-4)
     parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--probe-every", type=int, default=500, help="print fill-mask answers while pretraining")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.quick:
         args.vocab_size, args.layers, args.hidden, args.heads = 1000, 2, 64, 2
-        args.mlm_steps, args.mlm_batch, args.cls_epochs, args.eval_every = 30, 16, 0.02, 20
+        args.mlm_steps, args.mlm_batch, args.cls_epochs, args.eval_every, args.probe_every = 30, 16, 0.02, 20, 15
     return args
 
 
@@ -116,8 +123,12 @@ def pretrain(args, tokenizer, blocks: list[list[int]]):
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        hidden_dropout_prob=args.mlm_dropout,
+        attention_probs_dropout_prob=args.mlm_dropout,
     )
     model = RobertaForMaskedLM(config)
+    if args.position_init == "sinusoidal":
+        init_sinusoidal_positions(model)
     # Masks are drawn anew every time a block is batched: RoBERTa's dynamic masking, 80/10/10.
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.mlm_lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
@@ -131,7 +142,8 @@ def pretrain(args, tokenizer, blocks: list[list[int]]):
             order.extend(rng.sample(range(len(blocks)), len(blocks)))
         batch = collator([{"input_ids": blocks[i]} for i in order[: args.mlm_batch]])
         del order[: args.mlm_batch]
-        loss = masked_lm_loss(model, batch)
+        with autocast(args.bf16):
+            loss = masked_lm_loss(model, batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -142,8 +154,56 @@ def pretrain(args, tokenizer, blocks: list[list[int]]):
             rate = seen / (time.time() - started)
             log(f"mlm step {step + 1}/{args.mlm_steps} loss {loss.item():.3f} ({rate:.0f} seq/s, "
                 f"epoch {seen / len(blocks):.2f})")
+        if (step + 1) % args.probe_every == 0:
+            log_probes(model, tokenizer)
     model.eval()
+    # Fine-tuning and anyone loading the checkpoint get the usual regularisation back.
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.1
     return model
+
+
+PROBES = ("She opened the <mask> and walked in.", "It was a dark and stormy <mask>.", "He drank a cup of <mask>.")
+
+
+def log_probes(model, tokenizer) -> None:
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        for probe in PROBES:
+            encoded = tokenizer(probe, return_tensors="pt")
+            position = int((encoded["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0])
+            top = model(**encoded).logits[0, position].topk(5).indices
+            log(f"  {probe} -> {' | '.join(tokenizer.decode([int(i)]).strip() for i in top)}")
+    model.train()
+
+
+def init_sinusoidal_positions(model) -> None:
+    """Sinusoids (Vaswani et al.) scaled to the word embeddings' size, as the starting point of learned positions.
+
+    The architecture is unchanged; the dot product of two sinusoid rows depends on their distance, which
+    gives attention a way to find neighbouring tokens from the first step instead of after a long plateau.
+    """
+    import torch
+
+    embeddings = model.roberta.embeddings.position_embeddings
+    rows, width = embeddings.weight.shape
+    offset = model.config.pad_token_id + 1  # RoBERTa numbers positions from padding_idx + 1
+    position = (torch.arange(rows, dtype=torch.float32) - offset).clamp(min=0)[:, None]
+    frequency = torch.exp(-math.log(10000.0) * torch.arange(0, width, 2, dtype=torch.float32) / width)
+    table = torch.zeros(rows, width)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency)
+    scale = model.config.initializer_range * math.sqrt(2)  # sin/cos have RMS 1/sqrt(2)
+    with torch.no_grad():
+        embeddings.weight.copy_(table * scale)
+        embeddings.weight[model.config.pad_token_id].zero_()
+
+
+def autocast(enabled: bool):
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 def masked_lm_loss(model, batch):
@@ -157,7 +217,7 @@ def masked_lm_loss(model, batch):
     hidden = model.roberta(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     masked = batch["labels"] != -100
     logits = model.lm_head(hidden[masked])
-    return F.cross_entropy(logits, batch["labels"][masked])
+    return F.cross_entropy(logits.float(), batch["labels"][masked])
 
 
 def evaluate(model, tokenizer, texts, labels, batch_size=128) -> float:
@@ -179,7 +239,7 @@ def finetune(args, tokenizer, mlm_folder: Path, train, dev):
     labels = {0: "negative", 1: "positive"}
     model = RobertaForSequenceClassification.from_pretrained(
         str(mlm_folder), num_labels=2, id2label=labels, label2id={v: k for k, v in labels.items()},
-        problem_type="single_label_classification",
+        problem_type="single_label_classification", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
     )
     texts, targets = train
     steps = max(1, int(args.cls_epochs * len(texts) / args.cls_batch))
@@ -194,7 +254,8 @@ def finetune(args, tokenizer, mlm_folder: Path, train, dev):
             order.extend(rng.sample(range(len(texts)), len(texts)))
         chosen, order[:] = order[: args.cls_batch], order[args.cls_batch :]
         batch = tokenizer([texts[i] for i in chosen], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        loss = model(**batch, labels=torch.tensor([targets[i] for i in chosen])).loss
+        with autocast(args.bf16):
+            loss = model(**batch, labels=torch.tensor([targets[i] for i in chosen])).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from transformers import pipeline
 
 from app.settings import Settings
-from server import ServerThread
+from server import ServerThread, metric_value
 
 TEXTS = ["the film was good.", "this movie is awful, sadly.", "a", "her voice felt moving and I loved it from start to finish."]
 
@@ -110,8 +110,8 @@ def test_fill_mask_targets_follow_the_pipeline_and_warn(served, fill_mask_pipeli
 def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(served):
     sentences = [f"{t} number {i}" for i in range(6) for t in TEXTS]
     sequential = [post(served, "/classify", {"inputs": s}).json() for s in sentences]
-    before = _metric(served, "roberta_batch_size", "sum", model="text-classification")
-    batches_before = _metric(served, "roberta_batch_size", "count", model="text-classification")
+    before = metric_value(served.url, "roberta_batch_size_sum", model="text-classification")
+    batches_before = metric_value(served.url, "roberta_batch_size_count", model="text-classification")
 
     async def burst():
         async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
@@ -121,8 +121,8 @@ def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(served):
     concurrent = asyncio.run(burst())
     for one, other in zip(sequential, concurrent):
         assert as_dict(one[0]) == pytest.approx(as_dict(other[0]), abs=1e-5)
-    sequences = _metric(served, "roberta_batch_size", "sum", model="text-classification") - before
-    batches = _metric(served, "roberta_batch_size", "count", model="text-classification") - batches_before
+    sequences = metric_value(served.url, "roberta_batch_size_sum", model="text-classification") - before
+    batches = metric_value(served.url, "roberta_batch_size_count", model="text-classification") - batches_before
     assert sequences == len(sentences)
     assert sequences / batches > 1.5, f"{batches} batches for {sequences} sequences: not batched"
 
@@ -204,10 +204,3 @@ def test_cuda_requested_without_cuda_falls_back_to_cpu_and_says_so(exported_clas
     assert answer.status_code == 200
     assert any("CUDA" in record.getMessage() and "CPU" in record.getMessage() for record in caplog.records)
 
-
-def _metric(server, name, suffix, **labels) -> float:
-    for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
-        for sample in family.samples:
-            if sample.name == f"{name}_{suffix}" and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
