@@ -56,8 +56,11 @@ class ServerThread:
 class ServerProcess:
     """`python -m app` in its own process, for behaviour that belongs to the process: signals, memory, exit codes."""
 
-    def __init__(self, *flags: str, env: dict[str, str] | None = None, wait_ready: bool = True) -> None:
-        self.command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", "0", "--log-level", "info", *flags]
+    def __init__(
+        self, *flags: str, env: dict[str, str] | None = None, wait_ready: bool = True, launcher: list[str] | None = None
+    ) -> None:
+        launcher = launcher or [sys.executable, "-m", "app"]
+        self.command = [*launcher, "--host", "127.0.0.1", "--port", "0", "--log-level", "info", *flags]
         self.env = {**os.environ, **(env or {})}
         self._wait_ready = wait_ready
         self.process: subprocess.Popen | None = None

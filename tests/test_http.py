@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import httpx
 import numpy as np
@@ -191,16 +190,4 @@ def test_metrics_parse_and_name_what_the_readme_lists(served):
     assert requests[(("endpoint", "/classify"), ("status", "200"))] >= 1
     providers = [s.labels for s in families["roberta_model_info"].samples]
     assert {"model": "text-classification", "task": "text-classification", "precision": "fp32", "provider": "cpu"} in providers
-
-
-def test_cuda_requested_without_cuda_falls_back_to_cpu_and_says_so(exported_classifier, caplog):
-    settings = Settings(classify_model=exported_classifier, providers="cuda,cpu")
-    with caplog.at_level(logging.WARNING, logger="app.runtime"), ServerThread(settings) as server:
-        info = httpx.get(f"{server.url}/info").json()["models"]["text-classification"]
-        metrics = httpx.get(f"{server.url}/metrics").text
-        answer = post(server, "/classify", {"inputs": "good"})
-    assert info["providers"] == ["cpu"] and info["precision"] == "int8"  # auto picks INT8 on the CPU
-    assert 'provider="cpu"' in metrics
-    assert answer.status_code == 200
-    assert any("CUDA" in record.getMessage() and "CPU" in record.getMessage() for record in caplog.records)
 

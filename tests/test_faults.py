@@ -1,0 +1,96 @@
+"""Faults against a real server process: no CUDA, broken model folders, and inference that raises."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server import REPO, ServerProcess, metric_value
+
+FAULTY_APP = [sys.executable, str(Path(__file__).with_name("faulty_app.py"))]
+
+
+def test_cuda_requested_without_cuda_falls_back_to_cpu_and_says_so(exported_classifier):
+    with ServerProcess("--classify-model", str(exported_classifier), "--providers", "cuda,cpu") as process:
+        info = httpx.get(f"{process.url}/info").json()["models"]["text-classification"]
+        assert info["providers"] == ["cpu"] and info["precision"] == "int8"  # auto picks INT8 on the CPU
+        running = metric_value(process.url, "roberta_model_info", model="text-classification", provider="cpu")
+        assert running == 1
+        assert httpx.post(f"{process.url}/classify", json={"inputs": "good"}).status_code == 200
+    assert "CUDA requested but this onnxruntime build has no CUDA provider; running on CPU" in process.output
+
+
+def start_and_fail(*flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "app", "--port", "0", *flags]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_a_missing_model_folder_exits_non_zero_with_one_clear_line(tmp_path):
+    result = start_and_fail("--classify-model", str(tmp_path / "nowhere"))
+    assert result.returncode == 1
+    assert f"error: model folder {tmp_path / 'nowhere'} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "broken, precision, expected",
+    [
+        ("model.onnx", "fp32", "could not be loaded by ONNX Runtime"),
+        ("model.int8.onnx", "auto", "could not be loaded by ONNX Runtime"),
+        ("tokenizer.json", "fp32", "tokenizer.json could not be read"),
+        ("config.json", "fp32", "config.json is not valid JSON"),
+    ],
+)
+def test_a_corrupt_model_file_exits_non_zero_with_one_clear_line(exported_classifier, tmp_path, broken, precision, expected):
+    folder = tmp_path / "model"
+    shutil.copytree(exported_classifier, folder)
+    (folder / broken).write_bytes(b"\x00garbage, not what this file should hold")
+    result = start_and_fail("--classify-model", str(folder), "--precision", precision)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.fixture()
+def faulty(exported_classifier, tmp_path):
+    flag = tmp_path / "fail-now"
+    flags = ["--classify-model", str(exported_classifier), "--max-wait-ms", "1"]
+    with ServerProcess(*flags, launcher=FAULTY_APP, env={"FAULT_FLAG": str(flag)}) as process:
+        yield process, flag
+
+
+def classify(process, text="a fine film"):
+    return httpx.post(f"{process.url}/classify", json={"inputs": text}, timeout=30)
+
+
+def test_a_failing_batch_answers_500_and_the_next_batch_works(faulty):
+    process, flag = faulty
+    assert classify(process).status_code == 200
+    flag.touch()
+    failed = classify(process)
+    assert failed.status_code == 500
+    assert failed.json() == {"error": "inference failed for this request's batch", "error_type": "inference"}
+    assert "/opt/secret" not in failed.text and "Traceback" not in failed.text
+    flag.unlink()
+    assert classify(process).status_code == 200
+    assert metric_value(process.url, "roberta_failed_batches_total", model="text-classification") == 1
+    assert "injected fault" in process.output  # the cause is logged for the operator, not sent to the client
+
+
+def test_repeated_failures_make_readiness_503_until_a_batch_succeeds(faulty):
+    process, flag = faulty
+    flag.touch()
+    for _ in range(3):
+        assert classify(process).status_code == 500
+    readiness = httpx.get(f"{process.url}/readyz")
+    assert readiness.status_code == 503 and "inference keeps failing" in readiness.json()["error"]
+    assert httpx.get(f"{process.url}/healthz").status_code == 200  # alive: a restart is not the cure
+    flag.unlink()
+    assert classify(process).status_code == 200
+    assert httpx.get(f"{process.url}/readyz").status_code == 200
