@@ -158,3 +158,10 @@ def test_the_server_still_serves_after_all_of_it(server):
     response = send(server, "/classify", {"inputs": ["a good film", "a bad film"]})
     assert response.status_code == 200 and len(response.json()) == 2
     assert "Traceback" not in server.output
+
+
+def test_unknown_paths_wrong_methods_and_unloaded_models_are_json_too(server, exported_classifier):
+    assert_error(httpx.post(f"{server.url}/nope", json={}), 404, "not_found")
+    assert_error(httpx.get(f"{server.url}/classify"), 405, "method_not_allowed")
+    with ServerProcess("--classify-model", str(exported_classifier)) as classify_only:
+        assert_error(send(classify_only, "/fill-mask", {"inputs": "the <mask>"}), 404, "not_found")

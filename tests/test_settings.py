@@ -42,3 +42,8 @@ def test_bad_settings_fail_loudly(monkeypatch, env):
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_the_default_deadline_must_fit_under_the_maximum(tmp_path):
+    with pytest.raises(ValidationError, match="max_request_timeout_s"):
+        Settings(classify_model=tmp_path, request_timeout_s=60, max_request_timeout_s=30)

@@ -45,3 +45,32 @@ def test_a_folder_of_the_wrong_task_is_refused_at_start(exported_mlm):
 def test_precision_that_was_not_exported_is_refused_at_start(exported_classifier):
     with pytest.raises(ModelFolderError, match="re-export with --fp16"):
         AppState.build(Settings(classify_model=exported_classifier, precision="fp16"), Metrics())
+
+
+def test_drain_goes_unready_at_once_admits_during_the_delay_then_waits_for_admitted_requests(exported_classifier):
+    async def scenario():
+        state = AppState.build(Settings(classify_model=exported_classifier), Metrics())
+        await state.start()
+        await state._warm_up_task
+        seen = {}
+        with state.admit("text-classification"):
+            drain = asyncio.create_task(state.drain(delay_s=0.2, timeout_s=5))
+            await asyncio.sleep(0.05)
+            seen["readiness during delay"] = state.readiness()[0]
+            with state.admit("text-classification"):  # still admitted while load balancers catch up
+                seen["in flight"] = state.in_flight
+            await asyncio.sleep(0.3)
+            with pytest.raises(NotReady, match="shutting down"):
+                state.service("text-classification")
+            seen["drain done while a request runs"] = drain.done()
+        seen["drained"] = await drain
+        await state.stop()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen == {
+        "readiness during delay": False,
+        "in flight": 2,
+        "drain done while a request runs": False,
+        "drained": True,
+    }
