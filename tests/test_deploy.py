@@ -1,0 +1,60 @@
+"""Static checks of the container files: hadolint, `docker compose config`, `promtool check config`.
+
+The real build-run-scrape check is scripts/container-check.sh (podman; minutes, not seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing; .ci/run installs it")
+        pytest.skip(f"{name} is not installed (apt-get install prometheus); CI installs it")
+    return found
+
+
+def run(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/prometheus/Dockerfile"])
+def test_hadolint_is_clean(dockerfile):
+    result = run(tool("hadolint"), dockerfile)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("files", [["docker-compose.yml"], ["docker-compose.yml", "docker-compose.gpu.yml"]])
+def test_compose_files_are_valid(files):
+    flags = [part for name in files for part in ("-f", name)]
+    result = run(tool("docker-compose"), *flags, "config", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_runs_the_service_read_only_as_non_root_and_scrapes_it():
+    result = run(tool("docker-compose"), "config", "--format", "json")
+    import json
+
+    config = json.loads(result.stdout)
+    service = config["services"]["roberta"]
+    assert service["read_only"] is True and service["user"] == "10001"
+    assert "readyz" in " ".join(service["healthcheck"]["test"])
+    prometheus = (REPO / "deploy/prometheus/prometheus.yml").read_text()
+    assert "roberta:8000" in prometheus
+
+
+def test_promtool_accepts_the_prometheus_config():
+    result = run(tool("promtool"), "check", "config", "deploy/prometheus/prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
