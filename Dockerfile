@@ -13,6 +13,7 @@
 #                    so that only its path, never the certificate, is seen by the build
 #   TORCH_INDEX      extra index for a CPU-only torch in the export stage; empty to use PyPI / PIP_FIND_LINKS only
 #   PIP_FIND_LINKS   local wheel folder for pip (mounted at build time), for offline builds
+#   EXPORT_FLAGS     how the embedded models are exported (default "--quantize int8"; add --fp16 for the gpu target)
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 ARG GPU_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 
@@ -31,8 +32,12 @@ RUN python3 -m venv /opt/export \
       ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[cpu,export]"
 COPY models/roberta-mini-sst2/ models/roberta-mini-sst2/
 COPY models/roberta-mini-mlm/ models/roberta-mini-mlm/
+# INT8 for CPUs; the gpu target adds --fp16 (docker-compose.gpu.yml passes it).
+ARG EXPORT_FLAGS="--quantize int8"
+# EXPORT_FLAGS is a list of flags: word splitting is wanted.
+# hadolint ignore=SC2086
 RUN for model in roberta-mini-sst2 roberta-mini-mlm; do \
-      /opt/export/bin/python -m export "models/$model" --output "/models/$model" --quantize int8 || exit 1; \
+      /opt/export/bin/python -m export "models/$model" --output "/models/$model" $EXPORT_FLAGS || exit 1; \
     done
 
 # ---------------------------------------------------------------- cpu-build: the serving venv, no torch

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to bind (python -m app)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_no_key(cls, value):
+        # `ROBERTA_API_KEY=` (as compose writes an unset variable) means no key, not the empty key.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return value
+
     @field_validator("providers", mode="before")
     @classmethod
     def _split_providers(cls, value):

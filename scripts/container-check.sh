@@ -36,10 +36,10 @@ fi
 
 step "build $IMAGE (export stage: torch + exporter; runtime: onnxruntime only)"
 started=$SECONDS
-podman build "${build_args[@]}" --target cpu -t "$IMAGE" . >/tmp/container-check-build.log 2>&1 \
+podman build --format docker "${build_args[@]}" --target cpu -t "$IMAGE" . >/tmp/container-check-build.log 2>&1 \
   || { tail -40 /tmp/container-check-build.log; exit 1; }
 echo "built in $((SECONDS - started)) s"
-podman build --network=host --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$PROM_IMAGE" deploy/prometheus \
+podman build --format docker --network=host --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$PROM_IMAGE" deploy/prometheus \
   >/tmp/container-check-prometheus.log 2>&1 || { tail -40 /tmp/container-check-prometheus.log; exit 1; }
 podman build "${build_args[@]}" --target export -t localhost/roberta-serve:export . >/dev/null 2>&1 || true
 podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'roberta-serve|prometheus-debian|debian-python'

@@ -47,3 +47,8 @@ def test_bad_settings_fail_loudly(monkeypatch, env):
 def test_the_default_deadline_must_fit_under_the_maximum(tmp_path):
     with pytest.raises(ValidationError, match="max_request_timeout_s"):
         Settings(classify_model=tmp_path, request_timeout_s=60, max_request_timeout_s=30)
+
+
+def test_an_empty_api_key_means_no_key(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROBERTA_API_KEY", "")
+    assert Settings(classify_model=tmp_path).api_key is None
