@@ -37,13 +37,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--max-len", type=int, default=128, help="tokens per packed pretraining sequence")
-    parser.add_argument("--mlm-steps", type=int, default=5500)
+    parser.add_argument("--mlm-steps", type=int, default=3600)
     parser.add_argument("--mlm-batch", type=int, default=32)
     parser.add_argument("--mlm-lr", type=float, default=1e-3)
     parser.add_argument("--mlm-dropout", type=float, default=0.0,
                         help="dropout while pretraining: off, as data is seen only a few times (fine-tuning uses 0.1)")
-    parser.add_argument("--position-init", choices=["sinusoidal", "random"], default="sinusoidal",
-                        help="start the learned position embeddings from sinusoids: attention finds neighbours sooner")
+    parser.add_argument("--init", choices=["neighbours", "random"], default="neighbours",
+                        help="neighbours: start two layer-0 heads looking at the previous and next token (see "
+                             "init_neighbour_heads); random: BERT's N(0, 0.02) everywhere")
+    parser.add_argument("--neighbour-gain", type=float, default=1.5, help="sharpness of those two heads at the start")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="bfloat16 autocast for matrix products (AMX/AVX-512 CPUs run it about 1.5x faster)")
     parser.add_argument("--cls-epochs", type=float, default=1.5)
@@ -127,8 +129,8 @@ def pretrain(args, tokenizer, blocks: list[list[int]]):
         attention_probs_dropout_prob=args.mlm_dropout,
     )
     model = RobertaForMaskedLM(config)
-    if args.position_init == "sinusoidal":
-        init_sinusoidal_positions(model)
+    if args.init == "neighbours":
+        init_neighbour_heads(model, args.neighbour_gain)
     # Masks are drawn anew every time a block is batched: RoBERTa's dynamic masking, 80/10/10.
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.mlm_lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
@@ -178,26 +180,54 @@ def log_probes(model, tokenizer) -> None:
     model.train()
 
 
-def init_sinusoidal_positions(model) -> None:
-    """Sinusoids (Vaswani et al.) scaled to the word embeddings' size, as the starting point of learned positions.
+def init_neighbour_heads(model, gain: float) -> None:
+    """Start layer 0 with one head on the previous token and one on the next; everything else as BERT's init.
 
-    The architecture is unchanged; the dot product of two sinusoid rows depends on their distance, which
-    gives attention a way to find neighbouring tokens from the first step instead of after a long plateau.
+    From BERT's random init a small MLM sits for thousands of steps on the unigram plateau
+    (it predicts "the" and "," everywhere): attention has to discover, from near-zero query and
+    key weights, that neighbouring tokens matter. Measured here, 4 layers x 256 on the books:
+    held-out loss 6.49 after 500 steps from random init, 5.54 from this one. The architecture
+    and every parameter stay those of RobertaForMaskedLM; only the starting values differ:
+
+    - positions get the first `head_size` dimensions to themselves: sinusoids (Vaswani et al.) of the
+      highest frequencies there, and word embeddings start at zero in those dimensions;
+    - in layer 0, head 0's query is the key rotated one position back, head 1's one position forward
+      (a rotation of each sin/cos pair), so q_i . k_j peaks at j = i - 1 and j = i + 1.
     """
     import torch
 
-    embeddings = model.roberta.embeddings.position_embeddings
-    rows, width = embeddings.weight.shape
-    offset = model.config.pad_token_id + 1  # RoBERTa numbers positions from padding_idx + 1
-    position = (torch.arange(rows, dtype=torch.float32) - offset).clamp(min=0)[:, None]
-    frequency = torch.exp(-math.log(10000.0) * torch.arange(0, width, 2, dtype=torch.float32) / width)
+    config = model.config
+    width = config.hidden_size
+    head = width // config.num_attention_heads
+    rows = config.max_position_embeddings
+    embeddings = model.roberta.embeddings
+    position = (torch.arange(rows, dtype=torch.float32) - (config.pad_token_id + 1)).clamp(min=0)[:, None]
+    frequency = torch.exp(-math.log(10000.0) * torch.arange(0, width, 2, dtype=torch.float32) / width)[: head // 2]
     table = torch.zeros(rows, width)
-    table[:, 0::2] = torch.sin(position * frequency)
-    table[:, 1::2] = torch.cos(position * frequency)
-    scale = model.config.initializer_range * math.sqrt(2)  # sin/cos have RMS 1/sqrt(2)
+    table[:, 0:head:2] = torch.sin(position * frequency)
+    table[:, 1:head:2] = torch.cos(position * frequency)
+    # As much energy per position as a word embedding has (std initializer_range over `width` dimensions).
+    scale = config.initializer_range * math.sqrt(2 * width / head)
+    attention = model.roberta.encoder.layer[0].attention.self
     with torch.no_grad():
-        embeddings.weight.copy_(table * scale)
-        embeddings.weight[model.config.pad_token_id].zero_()
+        embeddings.position_embeddings.weight.copy_(table * scale)
+        embeddings.position_embeddings.weight[config.pad_token_id].zero_()
+        embeddings.word_embeddings.weight[:, :head] = 0.0
+        embeddings.token_type_embeddings.weight.zero_()
+        for index, offset in ((0, -1), (1, 1)):
+            block = slice(index * head, (index + 1) * head)
+            for weights in (attention.query, attention.key):
+                weights.weight[block] = 0.0
+                weights.bias[block] = 0.0
+            for pair in range(head // 2):
+                row, col = index * head + 2 * pair, 2 * pair
+                angle = float(frequency[pair]) * offset
+                attention.key.weight[row, col] = attention.key.weight[row + 1, col + 1] = gain
+                # (sin wi, cos wi) -> (sin w(i+offset), cos w(i+offset))
+                attention.query.weight[row, col] = gain * math.cos(angle)
+                attention.query.weight[row, col + 1] = gain * math.sin(angle)
+                attention.query.weight[row + 1, col] = -gain * math.sin(angle)
+                attention.query.weight[row + 1, col + 1] = gain * math.cos(angle)
 
 
 def autocast(enabled: bool):
