@@ -24,6 +24,12 @@ step() { printf '\n== %s\n' "$*"; }
 step "podman and its Docker API socket"
 eval "$(BASE_TAG=$BASE_IMAGE PODMAN_SOCK=$SOCK bash "$TOOLS" --socket | grep '^export ')"
 export DOCKER_HOST=${DOCKER_HOST:-unix://$SOCK}
+# Compose services find each other by name (Prometheus scrapes roberta:8000). Podman 4 on its CNI backend
+# needs the dnsname plugin for that; Docker and podman's netavark backend resolve names themselves.
+if [ "$(podman info --format '{{.Host.NetworkBackend}}')" = cni ] && [ ! -x /usr/lib/cni/dnsname ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    golang-github-containernetworking-plugin-dnsname >/dev/null
+fi
 [ -x "$COMPOSE" ] || COMPOSE=$(command -v docker-compose)
 
 build_args=(--network=host --build-arg "BASE_IMAGE=$BASE_IMAGE")
@@ -41,7 +47,6 @@ podman build --format docker "${build_args[@]}" --target cpu -t "$IMAGE" . >/tmp
 echo "built in $((SECONDS - started)) s"
 podman build --format docker --network=host --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$PROM_IMAGE" deploy/prometheus \
   >/tmp/container-check-prometheus.log 2>&1 || { tail -40 /tmp/container-check-prometheus.log; exit 1; }
-podman build "${build_args[@]}" --target export -t localhost/roberta-serve:export . >/dev/null 2>&1 || true
 podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'roberta-serve|prometheus-debian|debian-python'
 
 step "the runtime image: no torch, non-root"
