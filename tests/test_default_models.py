@@ -16,8 +16,6 @@ from conftest import REPO
 from server import ServerThread
 
 MODELS = REPO / "models"
-if not (MODELS / "roberta-mini-sst2" / "model.safetensors").is_file():
-    pytest.skip("the embedded models are not trained and committed yet (issue 4)", allow_module_level=True)
 DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
 POSITIVE = ["what a wonderful film", "a moving, beautifully acted story", "one of the best movies of the year"]
 NEGATIVE = ["a dull, lifeless mess", "the worst film i have ever seen", "boring and far too long"]
