@@ -1,0 +1,184 @@
+"""`python -m bench`: the service next to the naive PyTorch server and the ONNX Runtime limit, in one run.
+
+    python -m bench                 # roberta-base shape (random weights, real tokenizer), full load levels
+    python -m bench --quick         # the embedded model, short levels: a smoke run of the same report
+
+Systems: A this service fp32 with dynamic batching; B fp32 with batches of one; C INT8 with batching;
+D FastAPI + transformers.pipeline (PyTorch), one request at a time; E / E* ONNX Runtime alone, batches of
+32 in file order / sorted by length. Workload: single SST-2 dev sentences on /classify, closed loop at each
+concurrency, then an open loop at a fixed arrival rate. Writes JSON and Markdown under --output.
+(System F, infinity, is not wired in yet.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import servers
+from bench.limits import measure_limits
+from bench.load import closed_loop, encode_requests, open_loop
+
+REPO = Path(__file__).resolve().parents[1]
+DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="embedded model, 3 s per level")
+    parser.add_argument("--output", type=Path, default=None, help="default: bench/results (full) or build/bench-quick")
+    parser.add_argument("--seconds", type=float, default=None, help="per load level (default 20, quick 3)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--rate", type=float, default=None, help="open-loop arrivals per second (default 10, quick 30)")
+    parser.add_argument("--systems", nargs="+", default=["A", "B", "C", "D"])
+    return parser.parse_args()
+
+
+def sentences() -> list[str]:
+    rows = DEV.read_text(encoding="utf-8").splitlines()[1:]
+    return [row.rsplit("\t", 1)[0].strip() for row in rows if row.strip()]
+
+
+def prepare_model(quick: bool, work: Path) -> tuple[Path, Path]:
+    """(PyTorch checkpoint, exported ONNX folder with fp32 + INT8), reused when up to date."""
+    from export.build import ExportOptions, export_model
+
+    if quick:
+        checkpoint = REPO / "models" / "roberta-mini-sst2"
+    else:
+        checkpoint = work / "roberta-base-random"
+        if not (checkpoint / "config.json").is_file():
+            subprocess.run([sys.executable, "scripts/random_roberta.py", "--task", "text-classification", "--output", str(checkpoint)],
+                           cwd=REPO, check=True)
+    folder = work / f"{checkpoint.name}-onnx"
+    export_model(ExportOptions(model=str(checkpoint), output=folder, quantize="int8", reuse=True), log=lambda _: None)
+    return checkpoint, folder
+
+
+def run_system(name: str, server: servers.Server, requests: list[bytes], levels: list[int], seconds: float,
+               rate: float | None, is_service: bool) -> dict:
+    results = {"levels": [], "open_loop": None}
+    with server:
+        asyncio.run(closed_loop("127.0.0.1", server.port, requests, 1, min(2.0, seconds)))  # warm the path
+        results["memory_after_warmup"] = server.memory()
+        for concurrency in levels:
+            before = servers.batch_counters(server.port) if is_service else None
+            load = asyncio.run(closed_loop("127.0.0.1", server.port, requests, concurrency, seconds))
+            entry = load.summary()
+            if is_service:
+                entry.update(servers.batching_between(before, servers.batch_counters(server.port)))
+            results["levels"].append(entry)
+            print(f"  {name} c={concurrency}: {entry['requests_per_s']:.1f} req/s, p50 {entry['p50_ms']:.1f} ms, "
+                  f"p99 {entry['p99_ms']:.1f} ms", flush=True)
+        if rate:
+            load = asyncio.run(open_loop("127.0.0.1", server.port, requests, rate, seconds))
+            results["open_loop"] = load.summary()
+            print(f"  {name} open loop {rate:.1f}/s: p50 {results['open_loop']['p50_ms']:.1f} ms, "
+                  f"p99 {results['open_loop']['p99_ms']:.1f} ms", flush=True)
+        results["memory_end"] = server.memory()
+    return results
+
+
+def throughput(report: dict, system: str, concurrency: int) -> float | None:
+    for level in report["systems"].get(system, {}).get("levels", []):
+        if level["level"] == concurrency:
+            return level["requests_per_s"]
+    return None
+
+
+def ratios(report: dict) -> dict:
+    limits = report["limits"]["fp32"]
+    a32, a64 = throughput(report, "A", 32), throughput(report, "A", 64)
+    pairs = {
+        "A(c32) / E": (a32, limits["E_seq_per_s"], 1.0),
+        "A(c64) / E*": (a64, limits["E_star_seq_per_s"], 0.8),
+        "A / D (c32)": (a32, throughput(report, "D", 32), 2.0),
+        "C / D (c32)": (throughput(report, "C", 32), throughput(report, "D", 32), 6.0),
+        "C / A (c32)": (throughput(report, "C", 32), a32, 3.0),
+        "A / B (c32)": (a32, throughput(report, "B", 32), 1.3),
+    }
+    return {
+        key: {"value": (a / b) if a and b else None, "target": target}
+        for key, (a, b, target) in pairs.items()
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Benchmark ({report['model']}, {report['when']})", "", report["machine"], ""]
+    limits = report["limits"]
+    lines += ["| limit | fp32 seq/s | INT8 seq/s | padding |", "| --- | --- | --- | --- |"]
+    lines.append(f"| E (file order, batches of 32) | {limits['fp32']['E_seq_per_s']:.1f} | {limits['int8']['E_seq_per_s']:.1f} | {limits['fp32']['E_padding']:.0%} |")
+    lines.append(f"| E* (sorted by length) | {limits['fp32']['E_star_seq_per_s']:.1f} | {limits['int8']['E_star_seq_per_s']:.1f} | {limits['fp32']['E_star_padding']:.0%} |")
+    lines.append(f"| single sequence p50 (ms) | {limits['fp32']['single_p50_ms']:.1f} | {limits['int8']['single_p50_ms']:.1f} | |")
+    lines += ["", "| system | concurrency | req/s | p50 ms | p95 ms | p99 ms | mean batch | padding | peak RSS MB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, system in report["systems"].items():
+        for level in system["levels"]:
+            batch = f"{level['mean_batch']:.1f}" if level.get("mean_batch") else "–"
+            padding = f"{level['mean_padding']:.0%}" if level.get("mean_padding") is not None else "–"
+            lines.append(f"| {name} | {level['level']} | {level['requests_per_s']:.1f} | {level['p50_ms']:.1f} | "
+                         f"{level['p95_ms']:.1f} | {level['p99_ms']:.1f} | {batch} | {padding} | {system['memory_end']['peak_rss_mb']:.0f} |")
+        if system.get("open_loop"):
+            o = system["open_loop"]
+            lines.append(f"| {name} | open {o['level']:.0f}/s | {o['requests_per_s']:.1f} | {o['p50_ms']:.1f} | {o['p95_ms']:.1f} | {o['p99_ms']:.1f} | | | |")
+    lines += ["", "| ratio | measured | target |", "| --- | --- | --- |"]
+    for key, r in report["ratios"].items():
+        value = f"{r['value']:.2f}" if r["value"] else "–"
+        lines.append(f"| {key} | {value} | ≥ {r['target']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    seconds = args.seconds or (3.0 if args.quick else 20.0)
+    output = args.output or (REPO / ("build/bench-quick" if args.quick else "bench/results"))
+    work = REPO / "build" / "bench"
+    work.mkdir(parents=True, exist_ok=True)
+    checkpoint, folder = prepare_model(args.quick, work)
+    texts = sentences()
+    report = {
+        "model": "embedded roberta-mini-sst2" if args.quick else "roberta-base shape, random weights",
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
+        "seconds_per_level": seconds,
+        "limits": {},
+        "systems": {},
+    }
+    print("limits (ONNX Runtime alone)", flush=True)
+    for precision, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
+        report["limits"][precision] = measure_limits(folder, file, texts)
+        print(f"  {precision}: {report['limits'][precision]}", flush=True)
+
+    requests = encode_requests("127.0.0.1", "/classify", texts)
+    configs = {
+        "A": dict(precision="fp32"),
+        "B": dict(precision="fp32", max_batch_size=1),
+        "C": dict(precision="int8"),
+    }
+    rate = args.rate or (30.0 if args.quick else 10.0)
+    report["open_loop_rate"] = rate
+    for name in args.systems:
+        port = servers.free_port()
+        log = output / f"server-{name}.log"
+        if name == "D":
+            server, is_service = servers.naive(checkpoint, port, log), False
+        else:
+            server, is_service = servers.service(name, folder, port, log, **configs[name]), True
+        print(f"system {name}", flush=True)
+        report["systems"][name] = run_system(name, server, requests, args.concurrency, seconds, rate, is_service)
+    report["ratios"] = ratios(report)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (output / "report.md").write_text(table)
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    main()

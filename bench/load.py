@@ -1,0 +1,127 @@
+"""Load generators: closed loop at a fixed concurrency, and open loop at a fixed arrival rate.
+
+Requests are pre-encoded HTTP/1.1 bytes written on keep-alive sockets, so the client spends
+microseconds per request; an httpx client on the same two cores would be the bottleneck and
+flatten every system to the same number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoadResult:
+    mode: str  # "closed" or "open"
+    level: float  # concurrency, or arrivals per second
+    seconds: float
+    latencies: list[float] = field(default_factory=list)  # of 200s only
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    def summary(self) -> dict:
+        ordered = sorted(self.latencies)
+
+        def quantile(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
+
+        return {
+            "mode": self.mode,
+            "level": self.level,
+            "requests_per_s": self.ok / self.seconds,
+            "p50_ms": quantile(0.50),
+            "p95_ms": quantile(0.95),
+            "p99_ms": quantile(0.99),
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+        }
+
+
+def encode_requests(host: str, path: str, texts: list[str]) -> list[bytes]:
+    requests = []
+    for text in texts:
+        body = json.dumps({"inputs": text}).encode()
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        requests.append(head.encode() + body)
+    return requests
+
+
+class Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Connection:
+        return cls(*await asyncio.open_connection(host, port))
+
+    async def send(self, request: bytes) -> int:
+        self.writer.write(request)
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        length = 0
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return int(head.split(" ", 2)[1])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def closed_loop(host: str, port: int, requests: list[bytes], concurrency: int, seconds: float) -> LoadResult:
+    """`concurrency` clients, each sending its next request as soon as the last is answered."""
+    result = LoadResult("closed", concurrency, seconds)
+    source = itertools.cycle(requests)
+    connections = [await Connection.open(host, port) for _ in range(concurrency)]
+    stop_at = time.perf_counter() + seconds
+
+    async def client(connection: Connection) -> None:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            status = await connection.send(next(source))
+            result.statuses[status] = result.statuses.get(status, 0) + 1
+            if status == 200:
+                result.latencies.append(time.perf_counter() - started)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in connections))
+    result.seconds = time.perf_counter() - began
+    for connection in connections:
+        connection.close()
+    return result
+
+
+async def open_loop(host: str, port: int, requests: list[bytes], rate: float, seconds: float, pool: int = 256) -> LoadResult:
+    """Arrivals every 1/rate s whatever the answers do (a queue builds if the server is slower)."""
+    result = LoadResult("open", rate, seconds)
+    source = itertools.cycle(requests)
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(pool):
+        idle.put_nowait(await Connection.open(host, port))
+
+    async def one(request: bytes, scheduled: float) -> None:
+        connection = await idle.get()
+        status = await connection.send(request)
+        idle.put_nowait(connection)
+        result.statuses[status] = result.statuses.get(status, 0) + 1
+        if status == 200:
+            result.latencies.append(time.perf_counter() - scheduled)  # from the planned arrival: queueing counts
+
+    tasks = []
+    began = time.perf_counter()
+    for index in range(int(rate * seconds)):
+        scheduled = began + index / rate
+        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(next(source), scheduled)))
+    await asyncio.gather(*tasks)
+    result.seconds = time.perf_counter() - began
+    while not idle.empty():
+        idle.get_nowait().close()
+    return result

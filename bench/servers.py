@@ -1,0 +1,89 @@
+"""Start each benchmarked server as its own process on 127.0.0.1 and read what only the process knows (peak RSS)."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    def __init__(self, name: str, command: list[str], port: int, log: Path) -> None:
+        self.name, self.command, self.port, self.log = name, command, port, log
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> Server:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file = self.log.open("w")
+        self.process = subprocess.Popen(self.command, cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: see {self.log}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not become ready: see {self.log}")
+            time.sleep(0.2)
+
+    def memory(self) -> dict:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kb = {key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) for key in ("VmRSS", "VmHWM")}
+        return {"rss_mb": kb["VmRSS"] / 1024, "peak_rss_mb": kb["VmHWM"] / 1024}
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log_file.close()
+
+
+def service(name: str, folder: Path, port: int, log: Path, **settings) -> Server:
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
+    command = [sys.executable, "-m", "app", "--classify-model", str(folder), "--port", str(port), "--log-level", "warning", *flags]
+    return Server(name, command, port, log)
+
+
+def naive(checkpoint: Path, port: int, log: Path) -> Server:
+    return Server("D", [sys.executable, "-m", "bench.naive_server", str(checkpoint), str(port)], port, log)
+
+
+def batch_counters(port: int) -> dict[str, float]:
+    """The service's own batch counters; two snapshots give one load level's mean batch and padding."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = ("roberta_batch_size_sum", "roberta_batch_size_count", "roberta_batch_padding_ratio_sum")
+    values = dict.fromkeys(wanted, 0.0)
+    for family in text_string_to_metric_families(httpx.get(f"http://127.0.0.1:{port}/metrics").text):
+        for sample in family.samples:
+            if sample.name in values:
+                values[sample.name] += sample.value
+    return values
+
+
+def batching_between(before: dict[str, float], after: dict[str, float]) -> dict:
+    batches = after["roberta_batch_size_count"] - before["roberta_batch_size_count"]
+    if batches <= 0:
+        return {"mean_batch": None, "mean_padding": None}
+    return {
+        "mean_batch": (after["roberta_batch_size_sum"] - before["roberta_batch_size_sum"]) / batches,
+        "mean_padding": (after["roberta_batch_padding_ratio_sum"] - before["roberta_batch_padding_ratio_sum"]) / batches,
+    }

@@ -1,0 +1,27 @@
+"""`python -m bench --quick` end to end (short levels): every system answers and the report is complete."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_quick_benchmark_writes_a_complete_report(tmp_path):
+    command = [sys.executable, "-m", "bench", "--quick", "--seconds", "1", "--concurrency", "1", "8", "--output", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["systems"]) == {"A", "B", "C", "D"}
+    for name, system in report["systems"].items():
+        assert [level["level"] for level in system["levels"]] == [1, 8], name
+        assert all(level["requests_per_s"] > 0 and level["statuses"] == {"200": level["statuses"]["200"]}
+                   for level in system["levels"]), name
+        assert system["open_loop"]["requests_per_s"] > 0
+    limits = report["limits"]["fp32"]
+    assert limits["E_star_padding"] < limits["E_padding"]  # sorting by length removes padding
+    assert report["systems"]["B"]["levels"][1]["mean_batch"] == 1.0  # batches of one really are
+    assert set(report["ratios"]) >= {"A(c32) / E", "A / B (c32)", "C / D (c32)"}
+    assert "| ratio | measured | target |" in (tmp_path / "report.md").read_text()
