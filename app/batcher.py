@@ -47,6 +47,7 @@ class BatchLimits:
     max_batch_tokens: int = 16384
     max_wait_s: float = 0.005
     max_queue: int = 1024
+    max_padding: float = 1.0  # share of a batch's tokens that may be padding
 
 
 def padded_tokens(lengths: Sequence[int]) -> int:
@@ -56,21 +57,37 @@ def padded_tokens(lengths: Sequence[int]) -> int:
 def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], list[Item]]:
     """Split `pending` into (the batch to run now, what keeps waiting).
 
-    Sort by length, cut consecutive runs that fit both limits, and take the run that
-    holds the oldest item. A sequence longer than the token budget still runs, alone.
+    Sort by length and grow a run of neighbours around the oldest item, one length-nearest
+    neighbour at a time, while the run stays within the size and padded-token limits and
+    its padding share stays at most `max_padding`. On a CPU, padding is paid in full: a
+    batch of 32 SST-2 sentences in arrival order is half padding, and runs slower than
+    the same sentences one by one. A sequence longer than the token budget still runs, alone.
     """
-    oldest = min(pending, key=lambda item: item.enqueued_at)
     ordered = sorted(pending, key=lambda item: item.length)
-    start = 0
-    for end in range(1, len(ordered) + 1):
-        size = end - start
-        full = size > limits.max_batch_size or size * ordered[end - 1].length > limits.max_batch_tokens
-        if full and size > 1:
-            group = ordered[start : end - 1]
-            if oldest in group:
-                return group, ordered[: start] + ordered[end - 1 :]
-            start = end - 1
-    return ordered[start:], ordered[:start]
+    oldest = min(range(len(ordered)), key=lambda index: ordered[index].enqueued_at)
+    low = high = oldest
+    real = ordered[oldest].length
+
+    def fits(new_low: int, new_high: int, new_real: int) -> bool:
+        size = new_high - new_low + 1
+        padded = size * ordered[new_high].length
+        return (
+            size <= limits.max_batch_size
+            and padded <= limits.max_batch_tokens
+            and 1 - new_real / padded <= limits.max_padding
+        )
+
+    while True:
+        options = []
+        if high + 1 < len(ordered) and fits(low, high + 1, real + ordered[high + 1].length):
+            options.append((ordered[high + 1].length - ordered[high].length, low, high + 1))
+        if low > 0 and fits(low - 1, high, real + ordered[low - 1].length):
+            options.append((ordered[high].length - ordered[low - 1].length, low - 1, high))
+        if not options:
+            break
+        _, low, high = min(options)
+        real = sum(item.length for item in ordered[low : high + 1])
+    return ordered[low : high + 1], ordered[:low] + ordered[high + 1 :]
 
 
 def right_pad(items: Sequence[Item], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

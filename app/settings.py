@@ -26,6 +26,9 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per batch")
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per batch (batch size x longest sequence)")
+    max_padding: float = Field(
+        0.25, ge=0, le=1, description="share of a batch's tokens that may be padding; similar lengths are batched together"
+    )
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits for company after its first request")
     max_queue: int = Field(1024, ge=1, description="sequences waiting per model; beyond it requests get 429")
     max_inputs: int = Field(64, ge=1, description="texts per request; beyond it 413")

@@ -48,6 +48,7 @@ class AppState:
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
+            max_padding=settings.max_padding,
         )
         session = SessionConfig(
             precision=settings.precision,

@@ -6,7 +6,7 @@
 Systems: A this service fp32 with dynamic batching; B fp32 with batches of one; C INT8 with batching;
 D FastAPI + transformers.pipeline (PyTorch), one request at a time; E / E* ONNX Runtime alone, batches of
 32 in file order / sorted by length. Workload: single SST-2 dev sentences on /classify, closed loop at each
-concurrency, then an open loop at a fixed arrival rate. Writes JSON and Markdown under --output.
+concurrency, then an open loop at a fixed arrival rate. Writes JSON, Markdown and (with matplotlib) a PNG under --output.
 (System F, infinity, is not wired in yet.)
 """
 
@@ -134,6 +134,34 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(report: dict, path: Path) -> bool:
+    """Latency (p50, log scale) against throughput, one curve per system over the concurrency levels."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no PNG", flush=True)
+        return False
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for name, system in report["systems"].items():
+        levels = system["levels"]
+        axes.plot([x["requests_per_s"] for x in levels], [x["p50_ms"] for x in levels], marker="o", label=name)
+        for x in levels:
+            axes.annotate(f"c{x['level']}", (x["requests_per_s"], x["p50_ms"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for key, style in (("E_seq_per_s", ":"), ("E_star_seq_per_s", "--")):
+        axes.axvline(report["limits"]["fp32"][key], color="grey", linestyle=style, label=f"{key.split('_seq')[0].replace('_star', '*')} fp32")
+    axes.set_xlabel("requests/s (one sentence each)")
+    axes.set_ylabel("p50 latency (ms)")
+    axes.set_yscale("log")
+    axes.set_title(report["model"])
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return True
+
+
 def main() -> None:
     args = parse_args()
     seconds = args.seconds or (3.0 if args.quick else 20.0)
@@ -177,6 +205,7 @@ def main() -> None:
     (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     (output / "report.md").write_text(table)
+    plot(report, output / "report.png")
     print("\n" + table)
 
 

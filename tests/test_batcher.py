@@ -219,3 +219,16 @@ def test_stop_finishes_accepted_work_and_refuses_new():
         return done
 
     assert all(asyncio.run(scenario()))
+
+
+def test_plan_keeps_padding_under_the_limit_and_still_takes_the_oldest():
+    now = time.monotonic()
+    lengths = [10, 40, 11, 12, 38, 9, 39, 20]
+    pending = [Item(ids=np.ones(n, dtype=np.int64), deadline=0, future=None, enqueued_at=now + i) for i, n in enumerate(lengths)]
+    batch, rest = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, max_padding=0.25))
+    assert sorted(item.length for item in batch) == [9, 10, 11, 12]  # 20 would make 1 - 62/100 = 38% padding
+    assert sorted(item.length for item in rest) == [20, 38, 39, 40]
+    padded = len(batch) * max(item.length for item in batch)
+    assert 1 - sum(item.length for item in batch) / padded <= 0.25
+    unlimited, _ = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000))
+    assert len(unlimited) == len(lengths)  # max_padding 1.0: everything waiting rides together
