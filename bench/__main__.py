@@ -193,7 +193,7 @@ def main() -> None:
     report["open_loop_rate"] = rate
     for name in args.systems:
         port = servers.free_port()
-        log = output / f"server-{name}.log"
+        log = work / "logs" / f"server-{name}.log"
         if name == "D":
             server, is_service = servers.naive(checkpoint, port, log), False
         else:
