@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -173,7 +174,7 @@ def main() -> None:
     report = {
         "model": "embedded roberta-mini-sst2" if args.quick else "roberta-base shape, random weights",
         "when": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "seconds_per_level": seconds,
         "limits": {},
         "systems": {},
