@@ -73,6 +73,7 @@ STOPSIGNAL SIGTERM
 ENTRYPOINT ["python3", "-m", "app"]
 
 # ---------------------------------------------------------------- gpu-build: onnxruntime-gpu venv on the CUDA image
+# It repeats cpu-build on purpose: a venv is tied to its base's Python, so it cannot be shared across bases.
 FROM ${GPU_BASE_IMAGE} AS gpu-build
 ARG PIP_CERT=""
 ARG PIP_FIND_LINKS=""

@@ -80,13 +80,13 @@ def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], li
     while True:
         options = []
         if high + 1 < len(ordered) and fits(low, high + 1, real + ordered[high + 1].length):
-            options.append((ordered[high + 1].length - ordered[high].length, low, high + 1))
+            options.append((ordered[high + 1].length - ordered[high].length, low, high + 1, ordered[high + 1].length))
         if low > 0 and fits(low - 1, high, real + ordered[low - 1].length):
-            options.append((ordered[high].length - ordered[low - 1].length, low - 1, high))
+            options.append((ordered[high].length - ordered[low - 1].length, low - 1, high, ordered[low - 1].length))
         if not options:
             break
-        _, low, high = min(options)
-        real = sum(item.length for item in ordered[low : high + 1])
+        _, low, high, added = min(options)
+        real += added
     return ordered[low : high + 1], ordered[:low] + ordered[high + 1 :]
 
 
