@@ -3,9 +3,10 @@
 Callers may only `submit` (and be refused at once when the queue is full); the task
 alone reads the queue. A batch closes when it holds `max_batch_size` sequences, when
 its padded tokens would pass `max_batch_tokens`, or `max_wait_s` after its oldest
-sequence arrived. Waiting sequences are sorted by length and cut into batches, and the
-batch that holds the oldest sequence runs next: similar lengths ride together, so
-little compute goes to padding, and nobody waits behind a stream of newcomers.
+sequence arrived. Waiting sequences are sorted by length and cut into the batches that
+cost least to run (see plan_batch), and the batch that holds the oldest sequence runs
+next: similar lengths ride together, so little compute goes to padding, and nobody waits
+behind a stream of newcomers.
 Sequences whose deadline passed, or whose caller left, are dropped before the model
 sees them; every future is resolved exactly once.
 """
@@ -47,7 +48,12 @@ class BatchLimits:
     max_batch_tokens: int = 16384
     max_wait_s: float = 0.005
     max_queue: int = 1024
-    max_padding: float = 1.0  # share of a batch's tokens that may be padding
+    # The fixed cost of one model run, in padded tokens of work (see plan_batch). The default makes a run
+    # cost more than any padding, so everything that fits rides together; the service measures the real one.
+    run_overhead_tokens: float = 1e9
+
+
+PLAN_WINDOW = 4  # plan over this many batches' worth of sequences around the oldest: bounds the cost of planning
 
 
 def padded_tokens(lengths: Sequence[int]) -> int:
@@ -57,37 +63,36 @@ def padded_tokens(lengths: Sequence[int]) -> int:
 def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], list[Item]]:
     """Split `pending` into (the batch to run now, what keeps waiting).
 
-    Sort by length and grow a run of neighbours around the oldest item, one length-nearest
-    neighbour at a time, while the run stays within the size and padded-token limits and
-    its padding share stays at most `max_padding`. On a CPU, padding is paid in full: a
-    batch of 32 SST-2 sentences in arrival order is half padding, and runs slower than
-    the same sentences one by one. A sequence longer than the token budget still runs, alone.
+    A model run costs a fixed overhead plus its padded tokens (rows x longest row): on a CPU,
+    padding is paid in full, and a batch of 32 SST-2 sentences in arrival order is half padding.
+    Sorted by length, the waiting sequences are cut into the runs of least total cost
+    (dynamic programming over cut points), within the size and token limits, and the run
+    that holds the oldest sequence goes now: nobody waits behind a stream of newcomers.
+    Cheap overhead (a CPU) gives small batches of equal lengths; dear overhead (a GPU) gives
+    few large ones. A sequence longer than the token budget still runs, alone.
     """
     ordered = sorted(pending, key=lambda item: item.length)
     oldest = min(range(len(ordered)), key=lambda index: ordered[index].enqueued_at)
-    low = high = oldest
-    real = ordered[oldest].length
-
-    def fits(new_low: int, new_high: int, new_real: int) -> bool:
-        size = new_high - new_low + 1
-        padded = size * ordered[new_high].length
-        return (
-            size <= limits.max_batch_size
-            and padded <= limits.max_batch_tokens
-            and 1 - new_real / padded <= limits.max_padding
-        )
-
-    while True:
-        options = []
-        if high + 1 < len(ordered) and fits(low, high + 1, real + ordered[high + 1].length):
-            options.append((ordered[high + 1].length - ordered[high].length, low, high + 1, ordered[high + 1].length))
-        if low > 0 and fits(low - 1, high, real + ordered[low - 1].length):
-            options.append((ordered[high].length - ordered[low - 1].length, low - 1, high, ordered[low - 1].length))
-        if not options:
-            break
-        _, low, high, added = min(options)
-        real += added
-    return ordered[low : high + 1], ordered[:low] + ordered[high + 1 :]
+    reach = PLAN_WINDOW * limits.max_batch_size
+    start = max(0, oldest - reach)
+    window = ordered[start : oldest + reach + 1]
+    lengths = [item.length for item in window]
+    # best[j]: least cost of running window[:j]; first[j]: where the last run of that plan starts.
+    best = [0.0] + [float("inf")] * len(window)
+    first = [0] * (len(window) + 1)
+    for end in range(1, len(window) + 1):
+        longest = lengths[end - 1]
+        for size in range(1, min(limits.max_batch_size, end) + 1):
+            if size > 1 and size * longest > limits.max_batch_tokens:
+                break
+            cost = best[end - size] + limits.run_overhead_tokens + size * longest
+            if cost < best[end]:
+                best[end], first[end] = cost, end - size
+    end = len(window)
+    while first[end] > oldest - start:
+        end = first[end]
+    low, high = start + first[end], start + end
+    return ordered[low:high], ordered[:low] + ordered[high:]
 
 
 def right_pad(items: Sequence[Item], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,14 +26,16 @@ def get_state(request: Request) -> AppState:
     return request.app.state.services
 
 
-def require_api_key(request: Request) -> None:
+# Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency on its thread
+# pool, a thread hop per request that costs more than the check itself.
+async def require_api_key(request: Request) -> None:
     key = get_state(request).settings.api_key
     if key is None:
         return
     _check_api_key(request, key.get_secret_value())
 
 
-def require_api_key_if_protected(request: Request) -> None:
+async def require_api_key_if_protected(request: Request) -> None:
     settings = get_state(request).settings
     if settings.api_key is not None and settings.protect_health_and_metrics:
         _check_api_key(request, settings.api_key.get_secret_value())

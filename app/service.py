@@ -176,6 +176,7 @@ class ModelService:
                 "max_batch_tokens": limits.max_batch_tokens,
                 "max_wait_ms": limits.max_wait_s * 1000,
                 "max_queue": limits.max_queue,
+                "run_overhead_tokens": round(limits.run_overhead_tokens, 1),
             },
             "export": {
                 "source": self.folder.manifest.get("source", {}).get("model"),

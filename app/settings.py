@@ -26,10 +26,13 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per batch")
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per batch (batch size x longest sequence)")
-    max_padding: float = Field(
-        0.25, ge=0, le=1, description="share of a batch's tokens that may be padding; similar lengths are batched together"
+    run_overhead_tokens: float | None = Field(
+        None, ge=0, description="fixed cost of one model run, in tokens of work; unset: measured at start-up. "
+        "Batches are cut by length to minimise overhead plus padding"
     )
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch waits for company after its first request")
+    max_wait_ms: float = Field(
+        0.0, ge=0, le=10_000, description="how long an idle model waits for company for a new request; batches form anyway while it is busy"
+    )
     max_queue: int = Field(1024, ge=1, description="sequences waiting per model; beyond it requests get 429")
     max_inputs: int = Field(64, ge=1, description="texts per request; beyond it 413")
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request from arrival to answer")

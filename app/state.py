@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from app.batcher import BatchLimits
@@ -48,7 +49,7 @@ class AppState:
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
-            max_padding=settings.max_padding,
+            run_overhead_tokens=BatchLimits.run_overhead_tokens if settings.run_overhead_tokens is None else settings.run_overhead_tokens,
         )
         session = SessionConfig(
             precision=settings.precision,
@@ -77,6 +78,10 @@ class AppState:
             )
             seconds = await service.runtime.warm_up(shapes, service.encoder.pad_id)
             log.info("%s warm in %.2f s over shapes %s", service.task, seconds, shapes)
+            if self.settings.run_overhead_tokens is None:
+                overhead = await service.runtime.measure_run_overhead(service.encoder.pad_id, self.settings.max_batch_tokens)
+                service.batcher.limits = replace(service.batcher.limits, run_overhead_tokens=overhead)
+                log.info("%s: one run costs as much as %.0f tokens of work", service.task, overhead)
         self._warm = True
         self.metrics.ready.set(1)
 

@@ -23,11 +23,13 @@ import time
 from pathlib import Path
 
 from bench import servers
-from bench.limits import measure_limits
+from app.settings import Settings
+from bench.limits import accuracy, measure_limits
 from bench.load import closed_loop, encode_requests, open_loop
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
+EMBEDDED = REPO / "models" / "roberta-mini-sst2"
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,32 +40,45 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--rate", type=float, default=None, help="open-loop arrivals per second (default 10, quick 30)")
     parser.add_argument("--systems", nargs="+", default=["A", "B", "C", "D"])
+    parser.add_argument("--soak", type=int, default=None,
+                        help="requests sent to --soak-system after its levels to check RSS growth (default 10000, quick 500)")
+    parser.add_argument("--soak-system", default="C", help="the service system that takes the soak (default C: INT8, fastest)")
     return parser.parse_args()
 
 
+def sst2_dev() -> tuple[list[str], list[int]]:
+    """SST-2 dev sentences and their labels (0 negative, 1 positive), in file order."""
+    rows = [row.rsplit("\t", 1) for row in DEV.read_text(encoding="utf-8").splitlines()[1:] if row.strip()]
+    return [text.strip() for text, _ in rows], [int(label) for _, label in rows]
+
+
 def sentences() -> list[str]:
-    rows = DEV.read_text(encoding="utf-8").splitlines()[1:]
-    return [row.rsplit("\t", 1)[0].strip() for row in rows if row.strip()]
+    return sst2_dev()[0]
+
+
+def export(checkpoint: Path, work: Path) -> Path:
+    """The exported ONNX folder (fp32 + INT8) of `checkpoint`, reused when up to date."""
+    from export.build import ExportOptions, export_model
+
+    folder = work / f"{checkpoint.name}-onnx"
+    export_model(ExportOptions(model=str(checkpoint), output=folder, quantize="int8", reuse=True), log=lambda _: None)
+    return folder
 
 
 def prepare_model(quick: bool, work: Path) -> tuple[Path, Path]:
-    """(PyTorch checkpoint, exported ONNX folder with fp32 + INT8), reused when up to date."""
-    from export.build import ExportOptions, export_model
-
+    """(PyTorch checkpoint, exported ONNX folder): the embedded model, or roberta-base shape with random weights."""
     if quick:
-        checkpoint = REPO / "models" / "roberta-mini-sst2"
+        checkpoint = EMBEDDED
     else:
         checkpoint = work / "roberta-base-random"
         if not (checkpoint / "config.json").is_file():
             subprocess.run([sys.executable, "scripts/random_roberta.py", "--task", "text-classification", "--output", str(checkpoint)],
                            cwd=REPO, check=True)
-    folder = work / f"{checkpoint.name}-onnx"
-    export_model(ExportOptions(model=str(checkpoint), output=folder, quantize="int8", reuse=True), log=lambda _: None)
-    return checkpoint, folder
+    return checkpoint, export(checkpoint, work)
 
 
 def run_system(name: str, server: servers.Server, requests: list[bytes], levels: list[int], seconds: float,
-               rate: float | None, is_service: bool) -> dict:
+               rate: float | None, is_service: bool, soak: int = 0) -> dict:
     results = {"levels": [], "open_loop": None}
     with server:
         asyncio.run(closed_loop("127.0.0.1", server.port, requests, 1, min(2.0, seconds)))  # warm the path
@@ -82,8 +97,24 @@ def run_system(name: str, server: servers.Server, requests: list[bytes], levels:
             results["open_loop"] = load.summary()
             print(f"  {name} open loop {rate:.1f}/s: p50 {results['open_loop']['p50_ms']:.1f} ms, "
                   f"p99 {results['open_loop']['p99_ms']:.1f} ms", flush=True)
+        if soak:
+            results["soak"] = soak_memory(server, requests, soak, max(levels))
         results["memory_end"] = server.memory()
     return results
+
+
+def soak_memory(server: servers.Server, requests: list[bytes], count: int, concurrency: int) -> dict:
+    """RSS once every batch shape has been seen (after the load levels), then after `count` more requests.
+
+    A leak grows with requests; the allocator's arenas grow only with new shapes, which the levels already made.
+    """
+    warm = server.memory()["rss_mb"]
+    load = asyncio.run(closed_loop("127.0.0.1", server.port, requests, concurrency, 0, total=count))
+    after = server.memory()["rss_mb"]
+    entry = {"requests": load.ok, "statuses": load.summary()["statuses"], "rss_warm_mb": warm, "rss_after_mb": after,
+             "growth": after / warm - 1}
+    print(f"  {server.name} soak: {load.ok} requests, RSS {warm:.0f} -> {after:.0f} MB ({entry['growth']:+.1%})", flush=True)
+    return entry
 
 
 def throughput(report: dict, system: str, concurrency: int) -> float | None:
@@ -93,20 +124,45 @@ def throughput(report: dict, system: str, concurrency: int) -> float | None:
     return None
 
 
-def ratios(report: dict) -> dict:
+def latency(report: dict, system: str, concurrency: int) -> float | None:
+    for level in report["systems"].get(system, {}).get("levels", []):
+        if level["level"] == concurrency:
+            return level["p50_ms"]
+    return None
+
+
+def targets(report: dict) -> dict:
+    """Every target of the benchmark issue: measured value, bound, and whether it holds."""
     limits = report["limits"]["fp32"]
     a32, a64 = throughput(report, "A", 32), throughput(report, "A", 64)
-    pairs = {
-        "A(c32) / E": (a32, limits["E_seq_per_s"], 1.0),
-        "A(c64) / E*": (a64, limits["E_star_seq_per_s"], 0.8),
-        "A / D (c32)": (a32, throughput(report, "D", 32), 2.0),
-        "C / D (c32)": (throughput(report, "C", 32), throughput(report, "D", 32), 6.0),
-        "C / A (c32)": (throughput(report, "C", 32), a32, 3.0),
-        "A / B (c32)": (a32, throughput(report, "B", 32), 1.3),
+
+    def ratio(x, y):
+        return x / y if x and y else None
+
+    rows = {
+        "A(c32) / E": (ratio(a32, limits["E_seq_per_s"]), ">=", 1.0),
+        "A(c64) / E*": (ratio(a64, limits["E_star_seq_per_s"]), ">=", 0.8),
+        "A / D (c32)": (ratio(a32, throughput(report, "D", 32)), ">=", 2.0),
+        "C / D (c32)": (ratio(throughput(report, "C", 32), throughput(report, "D", 32)), ">=", 6.0),
+        "C / A (c32)": (ratio(throughput(report, "C", 32), a32), ">=", 3.0),
+        "A / B (c32)": (ratio(a32, throughput(report, "B", 32)), ">=", 1.3),
+        "A / F (c32)": (ratio(a32, throughput(report, "F", 32)), ">=", 1.2),
+        "A(c64) / E* (stretch)": (ratio(a64, limits["E_star_seq_per_s"]), ">=", 0.95),
     }
+    accuracy = report.get("embedded_accuracy")
+    if accuracy:
+        rows["embedded SST-2 dev: fp32 - INT8 accuracy (points)"] = (100 * (accuracy["fp32"] - accuracy["int8"]), "<=", 1.0)
+    a1 = latency(report, "A", 1)
+    if a1 is not None:
+        bound = limits["single_p50_ms"] + report["service_max_wait_ms"] + 3
+        rows["A p50 at c=1 (ms) vs E single + wait + 3"] = (a1, "<=", round(bound, 1))
+    for name, system in report["systems"].items():
+        if system.get("soak"):
+            rows[f"{name} RSS growth over {system['soak']['requests']:,} requests"] = (system["soak"]["growth"], "<=", 0.10)
     return {
-        key: {"value": (a / b) if a and b else None, "target": target}
-        for key, (a, b, target) in pairs.items()
+        key: {"value": value, "bound": op, "target": target,
+              "met": None if value is None else (value >= target if op == ">=" else value <= target)}
+        for key, (value, op, target) in rows.items()
     }
 
 
@@ -128,10 +184,12 @@ def markdown(report: dict) -> str:
         if system.get("open_loop"):
             o = system["open_loop"]
             lines.append(f"| {name} | open {o['level']:.0f}/s | {o['requests_per_s']:.1f} | {o['p50_ms']:.1f} | {o['p95_ms']:.1f} | {o['p99_ms']:.1f} | | | |")
-    lines += ["", "| ratio | measured | target |", "| --- | --- | --- |"]
-    for key, r in report["ratios"].items():
-        value = f"{r['value']:.2f}" if r["value"] else "–"
-        lines.append(f"| {key} | {value} | ≥ {r['target']} |")
+    lines += ["", "| target | measured | bound | met |", "| --- | --- | --- | --- |"]
+    for key, t in report["targets"].items():
+        value = "–" if t["value"] is None else (f"{t['value']:+.1%}" if "RSS" in key else f"{t['value']:.2f}")
+        bound = f"{t['target']:+.0%}" if "RSS" in key else f"{t['target']}"
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        lines.append(f"| {key} | {value} | {'≥' if t['bound'] == '>=' else '≤'} {bound} | {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -170,7 +228,8 @@ def main() -> None:
     work = REPO / "build" / "bench"
     work.mkdir(parents=True, exist_ok=True)
     checkpoint, folder = prepare_model(args.quick, work)
-    texts = sentences()
+    texts, labels = sst2_dev()
+    soak = args.soak if args.soak is not None else (500 if args.quick else 10_000)
     report = {
         "model": "embedded roberta-mini-sst2" if args.quick else "roberta-base shape, random weights",
         "when": time.strftime("%Y-%m-%d %H:%M"),
@@ -183,6 +242,11 @@ def main() -> None:
     for precision, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
         report["limits"][precision] = measure_limits(folder, file, texts)
         print(f"  {precision}: {report['limits'][precision]}", flush=True)
+    embedded = folder if args.quick else export(EMBEDDED, work)
+    report["embedded_accuracy"] = {precision: accuracy(embedded, file, texts, labels)
+                                   for precision, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))}
+    print(f"  embedded model, SST-2 dev accuracy: {report['embedded_accuracy']}", flush=True)
+    report["service_max_wait_ms"] = Settings.model_fields["max_wait_ms"].default
 
     requests = encode_requests("127.0.0.1", "/classify", texts)
     configs = {
@@ -200,8 +264,9 @@ def main() -> None:
         else:
             server, is_service = servers.service(name, folder, port, log, **configs[name]), True
         print(f"system {name}", flush=True)
-        report["systems"][name] = run_system(name, server, requests, args.concurrency, seconds, rate, is_service)
-    report["ratios"] = ratios(report)
+        report["systems"][name] = run_system(name, server, requests, args.concurrency, seconds, rate, is_service,
+                                             soak=soak if name == args.soak_system else 0)
+    report["targets"] = targets(report)
     output.mkdir(parents=True, exist_ok=True)
     (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)

@@ -71,3 +71,17 @@ def measure_limits(folder: Path, model_file: str, texts: list[str], batch_size: 
         "E_star_padding": e_star_padding,
         "single_p50_ms": statistics.median(singles) * 1000,
     }
+
+
+def accuracy(folder: Path, model_file: str, texts: list[str], labels: list[int]) -> float:
+    """Share of `texts` whose argmax is `labels` (SST-2: 0 negative, 1 positive), one sentence per run."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(folder / model_file), providers=["CPUExecutionProvider"])
+    encoder = _encoder(folder)
+    right = 0
+    for encoded, label in zip(encoder.encode(texts), labels):
+        x = encoded.ids[None, :]
+        logits = session.run(None, {"input_ids": x, "attention_mask": np.ones_like(x)})[0]
+        right += int(logits[0].argmax() == label)
+    return right / len(texts)

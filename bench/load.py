@@ -75,15 +75,19 @@ class Connection:
         self.writer.close()
 
 
-async def closed_loop(host: str, port: int, requests: list[bytes], concurrency: int, seconds: float) -> LoadResult:
-    """`concurrency` clients, each sending its next request as soon as the last is answered."""
+async def closed_loop(
+    host: str, port: int, requests: list[bytes], concurrency: int, seconds: float, total: int | None = None
+) -> LoadResult:
+    """`concurrency` clients, each sending its next request as soon as the last is answered;
+    for `seconds`, or until `total` requests were sent when it is given."""
     result = LoadResult("closed", concurrency, seconds)
     source = itertools.cycle(requests)
     connections = [await Connection.open(host, port) for _ in range(concurrency)]
-    stop_at = time.perf_counter() + seconds
+    stop_at = time.perf_counter() + seconds if total is None else float("inf")
+    left = itertools.count(total, -1) if total is not None else itertools.repeat(1)
 
     async def client(connection: Connection) -> None:
-        while time.perf_counter() < stop_at:
+        while time.perf_counter() < stop_at and next(left) > 0:
             started = time.perf_counter()
             status = await connection.send(next(source))
             result.statuses[status] = result.statuses.get(status, 0) + 1

@@ -221,14 +221,54 @@ def test_stop_finishes_accepted_work_and_refuses_new():
     assert all(asyncio.run(scenario()))
 
 
-def test_plan_keeps_padding_under_the_limit_and_still_takes_the_oldest():
+def pending_items(lengths: list[int]) -> list[Item]:
     now = time.monotonic()
-    lengths = [10, 40, 11, 12, 38, 9, 39, 20]
-    pending = [Item(ids=np.ones(n, dtype=np.int64), deadline=0, future=None, enqueued_at=now + i) for i, n in enumerate(lengths)]
-    batch, rest = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, max_padding=0.25))
-    assert sorted(item.length for item in batch) == [9, 10, 11, 12]  # 20 would make 1 - 62/100 = 38% padding
+    return [Item(ids=np.ones(n, dtype=np.int64), deadline=0, future=None, enqueued_at=now + i) for i, n in enumerate(lengths)]
+
+
+def run_cost(batch: list[Item], overhead: float) -> float:
+    return overhead + len(batch) * max(item.length for item in batch)
+
+
+def test_plan_cuts_by_length_where_padding_costs_more_than_a_run():
+    pending = pending_items([10, 40, 11, 12, 38, 9, 39, 20])  # the oldest is 10 tokens long
+    batch, rest = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=14))
+    # 20 would pad four rows by 8-11 tokens (38) to save one run (14); the long three are a run of their own.
+    assert sorted(item.length for item in batch) == [9, 10, 11, 12]
     assert sorted(item.length for item in rest) == [20, 38, 39, 40]
-    padded = len(batch) * max(item.length for item in batch)
-    assert 1 - sum(item.length for item in batch) / padded <= 0.25
-    unlimited, _ = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000))
-    assert len(unlimited) == len(lengths)  # max_padding 1.0: everything waiting rides together
+
+
+def test_plan_takes_everything_that_fits_when_runs_are_dear_and_singletons_when_free():
+    pending = pending_items([10, 40, 11, 12, 38, 9, 39, 20])
+    dear, _ = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=1e6))
+    assert len(dear) == len(pending)
+    free, rest = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=0))
+    assert [item.length for item in free] == [10] and len(rest) == 7  # any company would add padding
+
+
+def test_plan_is_the_cheapest_cut_by_brute_force():
+    """Every way to cut 9 sorted sequences into runs: the plan's run is a run of a cheapest plan."""
+    import itertools
+    import random
+
+    generator = random.Random(7)
+    for _ in range(30):
+        lengths = [generator.randint(3, 60) for _ in range(9)]
+        pending = pending_items(lengths)
+        limits = BatchLimits(max_batch_size=4, max_batch_tokens=10_000, run_overhead_tokens=generator.choice([0, 5, 14, 60]))
+        batch, rest = plan_batch(pending, limits)
+        ordered = sorted(pending, key=lambda item: item.length)
+        best = min(
+            sum(run_cost(ordered[a:b], limits.run_overhead_tokens) for a, b in zip((0, *cuts), (*cuts, 9)))
+            for k in range(9)
+            for cuts in itertools.combinations(range(1, 9), k)
+            if all(b - a <= 4 for a, b in zip((0, *cuts), (*cuts, 9)))
+        )
+        oldest = pending[0]
+        assert oldest in batch and len(batch) <= 4 and set(batch).isdisjoint(rest) and len(batch) + len(rest) == 9
+        # Plan the rest the cheapest way: the whole must match the brute-force optimum.
+        total = run_cost(batch, limits.run_overhead_tokens)
+        while rest:
+            following, rest = plan_batch(rest, limits)
+            total += run_cost(following, limits.run_overhead_tokens)
+        assert total == pytest.approx(best), lengths

@@ -164,6 +164,8 @@ def test_health_readiness_and_info(served):
     assert classify["labels"] == ["negative", "positive"] and classify["precision"] == "fp32"
     assert classify["providers"] == ["cpu"] and classify["max_seq_len"] == 64
     assert classify["batching"]["max_batch_size"] == 16
+    # Measured at start-up, not the batcher's stand-in default (1e9).
+    assert 0 < classify["batching"]["run_overhead_tokens"] <= Settings.model_fields["max_batch_tokens"].default
     assert info["models"]["fill-mask"]["mask_token"] == "<mask>"
 
 

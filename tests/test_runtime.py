@@ -1,0 +1,35 @@
+"""The run-overhead fit the batcher plans with, and choices made when a session opens."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.runtime import choose_precision, overhead_in_tokens, requested_providers
+
+
+def test_overhead_is_the_fixed_cost_in_tokens_of_a_linear_timing():
+    # 15 ms a run + 1 ms a token: the roberta-base shape on this machine's two cores.
+    def seconds(tokens):
+        return 0.015 + 0.001 * tokens
+
+    assert overhead_in_tokens((16, seconds(16)), (1024, seconds(1024)), cap=16384) == pytest.approx(15)
+
+
+def test_overhead_is_capped_when_a_bigger_batch_costs_nothing_more():
+    assert overhead_in_tokens((16, 0.003), (1024, 0.003), cap=4096) == 4096  # a GPU at small batches
+    assert overhead_in_tokens((16, 0.003), (1024, 0.0029), cap=4096) == 4096  # noise that runs backwards
+    assert overhead_in_tokens((16, 0.003), (1024, 0.003 + 1e-9), cap=4096) == 4096
+
+
+def test_cpu_is_always_the_fallback_provider():
+    assert requested_providers(("cuda", "cpu"), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert requested_providers(("cuda",), ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+
+
+def test_auto_precision_prefers_int8_on_cpu_and_fp16_on_cuda():
+    assert choose_precision("auto", {"fp32", "int8", "fp16"}, on_cuda=False) == "int8"
+    assert choose_precision("auto", {"fp32", "int8", "fp16"}, on_cuda=True) == "fp16"
+    assert choose_precision("auto", {"fp32"}, on_cuda=True) == "fp32"
