@@ -4,10 +4,11 @@
     python -m bench --quick         # the embedded model, short levels: a smoke run of the same report
 
 Systems: A this service fp32 with dynamic batching; B fp32 with batches of one; C INT8 with batching;
-D FastAPI + transformers.pipeline (PyTorch), one request at a time; E / E* ONNX Runtime alone, batches of
-32 in file order / sorted by length. Workload: single SST-2 dev sentences on /classify, closed loop at each
-concurrency, then an open loop at a fixed arrival rate. Writes JSON, Markdown and (with matplotlib) a PNG under --output.
-(System F, infinity, is not wired in yet.)
+D FastAPI + transformers.pipeline (PyTorch), one request at a time; F infinity-emb 0.0.78 on its optimum
+(ONNX) engine with the same fp32 file, in its own venv (bench/infinity_shim.py); E / E* ONNX Runtime alone,
+batches of 32 in file order / sorted by length. Workload: single SST-2 dev sentences on /classify, closed loop
+at each concurrency, then an open loop at a fixed arrival rate. Writes JSON, Markdown and (with matplotlib) a
+PNG under --output.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="per load level (default 20, quick 3)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--rate", type=float, default=None, help="open-loop arrivals per second (default 10, quick 30)")
-    parser.add_argument("--systems", nargs="+", default=["A", "B", "C", "D"])
+    parser.add_argument("--systems", nargs="+", default=["A", "B", "C", "D", "F"])
     parser.add_argument("--soak", type=int, default=None,
                         help="requests sent to --soak-system after its levels to check RSS growth (default 10000, quick 500)")
     parser.add_argument("--soak-system", default="C", help="the service system that takes the soak (default C: INT8, fastest)")
@@ -248,7 +249,8 @@ def main() -> None:
     print(f"  embedded model, SST-2 dev accuracy: {report['embedded_accuracy']}", flush=True)
     report["service_max_wait_ms"] = Settings.model_fields["max_wait_ms"].default
 
-    requests = encode_requests("127.0.0.1", "/classify", texts)
+    requests = encode_requests("127.0.0.1", "/classify", [{"inputs": text} for text in texts])
+    infinity_requests = encode_requests("127.0.0.1", "/classify", [{"input": [text]} for text in texts])
     configs = {
         "A": dict(precision="fp32"),
         "B": dict(precision="fp32", max_batch_size=1),
@@ -261,10 +263,13 @@ def main() -> None:
         log = work / "logs" / f"server-{name}.log"
         if name == "D":
             server, is_service = servers.naive(checkpoint, port, log), False
+        elif name == "F":
+            server, is_service = servers.infinity(folder, port, log), False
         else:
             server, is_service = servers.service(name, folder, port, log, **configs[name]), True
         print(f"system {name}", flush=True)
-        report["systems"][name] = run_system(name, server, requests, args.concurrency, seconds, rate, is_service,
+        report["systems"][name] = run_system(name, server, infinity_requests if name == "F" else requests,
+                                             args.concurrency, seconds, rate, is_service,
                                              soak=soak if name == args.soak_system else 0)
     report["targets"] = targets(report)
     output.mkdir(parents=True, exist_ok=True)

@@ -43,10 +43,10 @@ class LoadResult:
         }
 
 
-def encode_requests(host: str, path: str, texts: list[str]) -> list[bytes]:
+def encode_requests(host: str, path: str, bodies: list[dict]) -> list[bytes]:
     requests = []
-    for text in texts:
-        body = json.dumps({"inputs": text}).encode()
+    for payload in bodies:
+        body = json.dumps(payload).encode()
         head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         requests.append(head.encode() + body)
     return requests

@@ -21,8 +21,8 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, command: list[str], port: int, log: Path) -> None:
-        self.name, self.command, self.port, self.log = name, command, port, log
+    def __init__(self, name: str, command: list[str], port: int, log: Path, ready_path: str = "/readyz") -> None:
+        self.name, self.command, self.port, self.log, self.ready_path = name, command, port, log, ready_path
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> Server:
@@ -34,7 +34,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: see {self.log}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -64,6 +64,20 @@ def service(name: str, folder: Path, port: int, log: Path, **settings) -> Server
 
 def naive(checkpoint: Path, port: int, log: Path) -> Server:
     return Server("D", [sys.executable, "-m", "bench.naive_server", str(checkpoint), str(port)], port, log)
+
+
+INFINITY_VENV = REPO / "build" / "infinity-venv"
+
+
+def infinity(folder: Path, port: int, log: Path) -> Server:
+    """F: infinity-emb on its optimum (ONNX) engine, in its own venv, built on first use from bench/infinity-requirements.txt."""
+    python = INFINITY_VENV / "bin" / "python"
+    if not python.is_file():
+        print(f"  building {INFINITY_VENV} (infinity-emb 0.0.78 and its pins; a few minutes, once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REPO / "bench" / "infinity-requirements.txt")], check=True)
+    command = [str(python), str(REPO / "bench" / "infinity_shim.py"), "--model", str(folder), "--port", str(port), "--log-level", "warning"]
+    return Server("F", command, port, log, ready_path="/health")
 
 
 def batch_counters(port: int) -> dict[str, float]:

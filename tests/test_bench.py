@@ -10,7 +10,7 @@ from conftest import REPO
 
 
 def test_quick_benchmark_writes_a_complete_report(tmp_path):
-    command = [sys.executable, "-m", "bench", "--quick", "--seconds", "1", "--concurrency", "1", "8", "--soak", "200", "--output", str(tmp_path)]
+    command = [sys.executable, "-m", "bench", "--quick", "--seconds", "1", "--concurrency", "1", "8", "--soak", "200", "--systems", "A", "B", "C", "D", "--output", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
