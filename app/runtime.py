@@ -119,7 +119,8 @@ class ModelRuntime:
 
     async def measure_run_overhead(self, pad_id: int, max_batch_tokens: int, repeats: int = 5) -> float:
         """Time a small and a large batch (median of `repeats` each) and fit `overhead_in_tokens`."""
-        shapes = ((1, 16), (16, 64))
+        short, long = min(16, self.folder.max_seq_len), min(64, self.folder.max_seq_len)
+        shapes = ((1, short), (16, long))
         times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
         for _ in range(repeats):
             for batch, length in shapes:

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench import servers
 from app.settings import Settings
 from bench.limits import accuracy, measure_limits
-from bench.load import closed_loop, encode_requests, open_loop
+from bench.load import LoadResult, closed_loop, encode_requests, open_loop
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -41,6 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--rate", type=float, default=None, help="open-loop arrivals per second (default 10, quick 30)")
     parser.add_argument("--systems", nargs="+", default=["A", "B", "C", "D", "F"])
+    parser.add_argument("--rounds", type=int, default=4, help="slices per system and level, taken in turn (default 4)")
     parser.add_argument("--soak", type=int, default=None,
                         help="requests sent to --soak-system after its levels to check RSS growth (default 10000, quick 500)")
     parser.add_argument("--soak-system", default="C", help="the service system that takes the soak (default C: INT8, fastest)")
@@ -78,39 +83,75 @@ def prepare_model(quick: bool, work: Path) -> tuple[Path, Path]:
     return checkpoint, export(checkpoint, work)
 
 
-def run_system(name: str, server: servers.Server, requests: list[bytes], levels: list[int], seconds: float,
-               rate: float | None, is_service: bool, soak: int = 0) -> dict:
-    results = {"levels": [], "open_loop": None}
-    with server:
-        asyncio.run(closed_loop("127.0.0.1", server.port, requests, 1, min(2.0, seconds)))  # warm the path
-        results["memory_after_warmup"] = server.memory()
-        for concurrency in levels:
-            before = servers.batch_counters(server.port) if is_service else None
-            load = asyncio.run(closed_loop("127.0.0.1", server.port, requests, concurrency, seconds))
-            entry = load.summary()
-            if is_service:
-                entry.update(servers.batching_between(before, servers.batch_counters(server.port)))
-            results["levels"].append(entry)
-            print(f"  {name} c={concurrency}: {entry['requests_per_s']:.1f} req/s, p50 {entry['p50_ms']:.1f} ms, "
+@dataclass
+class System:
+    name: str
+    server: servers.Server
+    source: Iterator[bytes]  # its request bytes, cycled: each slice goes on where the last stopped
+    is_service: bool
+
+
+def one_slice(system: System, mode: str, level: float, seconds: float) -> tuple[LoadResult, tuple]:
+    """Resume the server, load it, pause it; with its batch counters before and after when it is the service."""
+    port = system.server.port
+    system.server.resume()
+    try:
+        before = servers.batch_counters(port) if system.is_service else None
+        if mode == "closed":
+            load = asyncio.run(closed_loop("127.0.0.1", port, system.source, int(level), seconds))
+        else:
+            load = asyncio.run(open_loop("127.0.0.1", port, system.source, level, seconds))
+        after = servers.batch_counters(port) if system.is_service else None
+    finally:
+        system.server.pause()
+    return load, (before, after)
+
+
+def measure_interleaved(systems: list[System], levels: list[int], seconds: float, rate: float | None,
+                        rounds: int) -> dict[str, dict]:
+    """Every level as `rounds` slices per system, taken in turn, with the others SIGSTOPped.
+
+    These two cores are shared and their speed drifts by a fifth within minutes; slices taken
+    in turn put that drift on every system alike, so the ratios hold even when the absolute
+    figures move.
+    """
+    results = {system.name: {"levels": [], "open_loop": None} for system in systems}
+    for system in systems:
+        system.server.pause()
+
+    plans = [("closed", level) for level in levels] + ([("open", rate)] if rate else [])
+    for mode, level in plans:
+        merged: dict[str, LoadResult] = {}
+        counters: dict[str, list] = {system.name: [] for system in systems}
+        for round_index in range(rounds):
+            shift = round_index % len(systems)
+            for system in systems[shift:] + systems[:shift]:
+                load, counters_pair = one_slice(system, mode, level, seconds / rounds)
+                merged[system.name] = merged[system.name].merge(load) if system.name in merged else load
+                counters[system.name].append(counters_pair)
+        for system in systems:
+            entry = merged[system.name].summary()
+            if system.is_service and mode == "closed":
+                entry.update(servers.batching_over(counters[system.name]))
+            label = f"c={level}" if mode == "closed" else f"open loop {level:.1f}/s"
+            print(f"  {system.name} {label}: {entry['requests_per_s']:.1f} req/s, p50 {entry['p50_ms']:.1f} ms, "
                   f"p99 {entry['p99_ms']:.1f} ms", flush=True)
-        if rate:
-            load = asyncio.run(open_loop("127.0.0.1", server.port, requests, rate, seconds))
-            results["open_loop"] = load.summary()
-            print(f"  {name} open loop {rate:.1f}/s: p50 {results['open_loop']['p50_ms']:.1f} ms, "
-                  f"p99 {results['open_loop']['p99_ms']:.1f} ms", flush=True)
-        if soak:
-            results["soak"] = soak_memory(server, requests, soak, max(levels))
-        results["memory_end"] = server.memory()
+            if mode == "closed":
+                results[system.name]["levels"].append(entry)
+            else:
+                results[system.name]["open_loop"] = entry
+    for system in systems:
+        system.server.resume()
     return results
 
 
-def soak_memory(server: servers.Server, requests: list[bytes], count: int, concurrency: int) -> dict:
+def soak_memory(server: servers.Server, source: Iterator[bytes], count: int, concurrency: int) -> dict:
     """RSS once every batch shape has been seen (after the load levels), then after `count` more requests.
 
     A leak grows with requests; the allocator's arenas grow only with new shapes, which the levels already made.
     """
     warm = server.memory()["rss_mb"]
-    load = asyncio.run(closed_loop("127.0.0.1", server.port, requests, concurrency, 0, total=count))
+    load = asyncio.run(closed_loop("127.0.0.1", server.port, source, concurrency, 0, total=count))
     after = server.memory()["rss_mb"]
     entry = {"requests": load.ok, "statuses": load.summary()["statuses"], "rss_warm_mb": warm, "rss_after_mb": after,
              "growth": after / warm - 1}
@@ -186,6 +227,9 @@ def markdown(report: dict) -> str:
             o = system["open_loop"]
             lines.append(f"| {name} | open {o['level']:.0f}/s | {o['requests_per_s']:.1f} | {o['p50_ms']:.1f} | {o['p95_ms']:.1f} | {o['p99_ms']:.1f} | | | |")
     lines += ["", "| target | measured | bound | met |", "| --- | --- | --- | --- |"]
+    if report["model"].startswith("embedded"):
+        lines[-3:-3] = ["The targets are set for the roberta-base shape; on the small embedded model HTTP, not the model, "
+                        "takes most of each request, so most ratios are not meant to hold here.", ""]
     for key, t in report["targets"].items():
         value = "–" if t["value"] is None else (f"{t['value']:+.1%}" if "RSS" in key else f"{t['value']:.2f}")
         bound = f"{t['target']:+.0%}" if "RSS" in key else f"{t['target']}"
@@ -258,19 +302,34 @@ def main() -> None:
     }
     rate = args.rate or (30.0 if args.quick else 10.0)
     report["open_loop_rate"] = rate
-    for name in args.systems:
-        port = servers.free_port()
-        log = work / "logs" / f"server-{name}.log"
-        if name == "D":
-            server, is_service = servers.naive(checkpoint, port, log), False
-        elif name == "F":
-            server, is_service = servers.infinity(folder, port, log), False
-        else:
-            server, is_service = servers.service(name, folder, port, log, **configs[name]), True
-        print(f"system {name}", flush=True)
-        report["systems"][name] = run_system(name, server, infinity_requests if name == "F" else requests,
-                                             args.concurrency, seconds, rate, is_service,
-                                             soak=soak if name == args.soak_system else 0)
+    report["rounds"] = args.rounds
+    with contextlib.ExitStack() as stack:
+        systems = []
+        for name in args.systems:
+            port = servers.free_port()
+            log = work / "logs" / f"server-{name}.log"
+            if name == "D":
+                server, is_service = servers.naive(checkpoint, port, log), False
+            elif name == "F":
+                server, is_service = servers.infinity(folder, port, log), False
+            else:
+                server, is_service = servers.service(name, folder, port, log, **configs[name]), True
+            print(f"starting {name}", flush=True)
+            stack.enter_context(server)
+            system = System(name, server, itertools.cycle(infinity_requests if name == "F" else requests), is_service)
+            asyncio.run(closed_loop("127.0.0.1", port, system.source, 1, min(2.0, seconds)))  # warm the path
+            report["systems"][name] = {"memory_after_warmup": server.memory()}
+            server.pause()
+            systems.append(system)
+        for name, result in measure_interleaved(systems, args.concurrency, seconds, rate, args.rounds).items():
+            report["systems"][name].update(result)
+        for system in systems:
+            if system.name == args.soak_system and soak:
+                for other in systems:
+                    other.server.pause()
+                system.server.resume()
+                report["systems"][system.name]["soak"] = soak_memory(system.server, system.source, soak, max(args.concurrency))
+            report["systems"][system.name]["memory_end"] = system.server.memory()
     report["targets"] = targets(report)
     output.mkdir(parents=True, exist_ok=True)
     (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")

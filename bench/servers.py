@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +30,9 @@ class Server:
     def __enter__(self) -> Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(self.command, cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.command, cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 300
         while True:
             if self.process.poll() is not None:
@@ -47,7 +51,15 @@ class Server:
         kb = {key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) for key in ("VmRSS", "VmHWM")}
         return {"rss_mb": kb["VmRSS"] / 1024, "peak_rss_mb": kb["VmHWM"] / 1024}
 
+    def pause(self) -> None:
+        """SIGSTOP the server's process group: while another system is measured, this one takes no CPU at all."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def __exit__(self, *exc) -> None:
+        self.resume()
         self.process.terminate()
         try:
             self.process.wait(timeout=30)
@@ -93,11 +105,15 @@ def batch_counters(port: int) -> dict[str, float]:
     return values
 
 
-def batching_between(before: dict[str, float], after: dict[str, float]) -> dict:
-    batches = after["roberta_batch_size_count"] - before["roberta_batch_size_count"]
+def batching_over(pairs: list[tuple[dict[str, float], dict[str, float]]]) -> dict:
+    """Mean batch size and padding share over (before, after) counter snapshots of each slice."""
+    def moved(key: str) -> float:
+        return sum(after[key] - before[key] for before, after in pairs)
+
+    batches = moved("roberta_batch_size_count")
     if batches <= 0:
         return {"mean_batch": None, "mean_padding": None}
     return {
-        "mean_batch": (after["roberta_batch_size_sum"] - before["roberta_batch_size_sum"]) / batches,
-        "mean_padding": (after["roberta_batch_padding_ratio_sum"] - before["roberta_batch_padding_ratio_sum"]) / batches,
+        "mean_batch": moved("roberta_batch_size_sum") / batches,
+        "mean_padding": moved("roberta_batch_padding_ratio_sum") / batches,
     }
