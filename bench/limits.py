@@ -85,3 +85,55 @@ def accuracy(folder: Path, model_file: str, texts: list[str], labels: list[int])
         logits = session.run(None, {"input_ids": x, "attention_mask": np.ones_like(x)})[0]
         right += int(logits[0].argmax() == label)
     return right / len(texts)
+
+
+class LimitSlices:
+    """E, E* and single-sequence latency in time slices, so they can be taken in turn with the servers.
+
+    Each kind keeps its place in the sentences between slices (file-order batches, sorted
+    batches, one sentence at a time) and adds up what it ran.
+    """
+
+    KINDS = ("E", "E*", "single")
+
+    def __init__(self, folder: Path, model_file: str, texts: list[str], batch_size: int = 32) -> None:
+        import itertools
+
+        import onnxruntime as ort
+
+        self._session = ort.InferenceSession(str(folder / model_file), providers=["CPUExecutionProvider"])
+        encoder = _encoder(folder)
+        ids = [e.ids for e in encoder.encode(texts)]
+        singles = ((x[None, :], np.ones((1, len(x)), dtype=np.int64)) for x in itertools.cycle(ids))
+        self._feeds = {
+            "E": itertools.cycle(list(_batches(ids, batch_size, encoder.pad_id))),
+            "E*": itertools.cycle(list(_batches(sorted(ids, key=len), batch_size, encoder.pad_id))),
+            "single": singles,
+        }
+        self._sequences = dict.fromkeys(self.KINDS, 0)
+        self._seconds = dict.fromkeys(self.KINDS, 0.0)
+        self._single_latencies: list[float] = []
+        for _ in range(2):
+            self._run(*next(self._feeds["E"]))  # warm up
+
+    def _run(self, input_ids: np.ndarray, mask: np.ndarray) -> None:
+        self._session.run(None, {"input_ids": input_ids, "attention_mask": mask})
+
+    def run_for(self, kind: str, seconds: float) -> None:
+        """Whole runs until `seconds` have passed (the last one finishes)."""
+        began = time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            input_ids, mask = next(self._feeds[kind])
+            started = time.perf_counter()
+            self._run(input_ids, mask)
+            if kind == "single":
+                self._single_latencies.append(time.perf_counter() - started)
+            self._sequences[kind] += len(input_ids)
+        self._seconds[kind] += time.perf_counter() - began
+
+    def summary(self) -> dict:
+        return {
+            "E_seq_per_s": self._sequences["E"] / self._seconds["E"],
+            "E_star_seq_per_s": self._sequences["E*"] / self._seconds["E*"],
+            "single_p50_ms": statistics.median(self._single_latencies) * 1000,
+        }
