@@ -7,8 +7,8 @@ Systems: A this service fp32 with dynamic batching; B fp32 with batches of one; 
 D FastAPI + transformers.pipeline (PyTorch), one request at a time; F infinity-emb 0.0.78 on its optimum
 (ONNX) engine with the same fp32 file, in its own venv (bench/infinity_shim.py); E / E* ONNX Runtime alone,
 batches of 32 in file order / sorted by length. Workload: single SST-2 dev sentences on /classify, closed loop
-at each concurrency, then an open loop at a fixed arrival rate. Writes JSON, Markdown and (with matplotlib) a
-PNG under --output.
+at each concurrency, then an open loop at a fixed arrival rate. Every level is taken in slices, the systems and
+the limits in turn (see measure_interleaved). Writes JSON, Markdown and (with matplotlib) a PNG under --output.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import servers
 from app.settings import Settings
+from bench import servers
 from bench.limits import LimitSlices, accuracy, measure_limits
 from bench.load import LoadResult, closed_loop, encode_requests, open_loop
 
@@ -56,10 +56,6 @@ def sst2_dev() -> tuple[list[str], list[int]]:
     """SST-2 dev sentences and their labels (0 negative, 1 positive), in file order."""
     rows = [row.rsplit("\t", 1) for row in DEV.read_text(encoding="utf-8").splitlines()[1:] if row.strip()]
     return [text.strip() for text, _ in rows], [int(label) for _, label in rows]
-
-
-def sentences() -> list[str]:
-    return sst2_dev()[0]
 
 
 def export(checkpoint: Path, work: Path) -> Path:
