@@ -53,18 +53,25 @@ class Server:
 
     def pause(self) -> None:
         """SIGSTOP the server's process group: while another system is measured, this one takes no CPU at all."""
-        os.killpg(self.process.pid, signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        os.killpg(self.process.pid, signal.SIGCONT)
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, number: int) -> None:
+        try:
+            os.killpg(self.process.pid, number)
+        except ProcessLookupError:  # it has exited; __exit__ and the log say why
+            pass
 
     def __exit__(self, *exc) -> None:
         self.resume()
-        self.process.terminate()
+        self._signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self._signal(signal.SIGKILL)
+            self.process.wait()
         self._log_file.close()
 
 
