@@ -46,7 +46,7 @@ class Item:
 class BatchLimits:
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
-    max_wait_s: float = 0.005
+    max_wait_s: float = 0.0
     max_queue: int = 1024
     # The fixed cost of one model run, in padded tokens of work (see plan_batch). The default makes a run
     # cost more than any padding, so everything that fits rides together; the service measures the real one.
@@ -95,14 +95,14 @@ def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], li
     return ordered[low:high], ordered[:low] + ordered[high:]
 
 
-def right_pad(items: Sequence[Item], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def right_pad(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Right padding: left padding shifts RoBERTa's position ids and changes classifier logits."""
-    width = max(item.length for item in items)
-    input_ids = np.full((len(items), width), pad_id, dtype=np.int64)
-    attention_mask = np.zeros((len(items), width), dtype=np.int64)
-    for row, item in enumerate(items):
-        input_ids[row, : item.length] = item.ids
-        attention_mask[row, : item.length] = 1
+    width = max(len(ids) for ids in sequences)
+    input_ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
     return input_ids, attention_mask
 
 
@@ -219,7 +219,7 @@ class Batcher:
         started = time.monotonic()
         for item in batch:
             self._metrics.queue_wait.observe(started - item.enqueued_at)
-        input_ids, attention_mask = right_pad(batch, self._pad_id)
+        input_ids, attention_mask = right_pad([item.ids for item in batch], self._pad_id)
         real = int(attention_mask.sum())
         self._metrics.batch_size.observe(len(batch))
         self._metrics.padded_tokens.observe(input_ids.size)

@@ -303,7 +303,7 @@ def main() -> None:
     }
     print("limits (ONNX Runtime alone)", flush=True)
     for precision, file in (("fp32", "model.onnx"), ("int8", "model.int8.onnx")):
-        report["limits"][precision] = measure_limits(folder, file, texts)
+        report["limits"][precision] = measure_limits(folder, file, texts, seconds)
         print(f"  {precision}: {report['limits'][precision]}", flush=True)
     embedded = folder if args.quick else export(EMBEDDED, work)
     report["embedded_accuracy"] = {precision: accuracy(embedded, file, texts, labels)

@@ -128,8 +128,7 @@ def test_plan_groups_similar_lengths_and_runs_the_oldest_first():
 
 
 def test_right_pad_builds_mask_and_padding():
-    items = [Item(ids=seq(5, 6, 7), deadline=0, future=None), Item(ids=seq(8), deadline=0, future=None)]
-    ids, mask = right_pad(items, pad_id=1)
+    ids, mask = right_pad([seq(5, 6, 7), seq(8)], pad_id=1)
     assert ids.tolist() == [[5, 6, 7], [8, 1, 1]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
