@@ -26,7 +26,9 @@ from app.metrics import ModelMetrics
 
 log = logging.getLogger("app.batcher")
 
-RunBatch = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
+# run(input_ids, attention_mask, positions) -> one output row per sequence, or, when `positions` ([n, 2]:
+# batch row, token index) is given, one row per position.
+RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray | None], Awaitable[np.ndarray]]
 
 
 @dataclass(eq=False)
@@ -34,7 +36,7 @@ class Item:
     ids: np.ndarray
     deadline: float  # time.monotonic()
     future: asyncio.Future
-    positions: np.ndarray | None = None  # output rows to keep (mask positions); None keeps the whole row
+    positions: np.ndarray | None = None  # token indices to compute output rows at (masks); None: one row per sequence
     enqueued_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -225,9 +227,11 @@ class Batcher:
         self._metrics.padded_tokens.observe(input_ids.size)
         self._metrics.padding_ratio.observe(1.0 - real / input_ids.size)
         try:
-            logits = await self._run(input_ids, attention_mask)
-            if len(logits) != len(batch):
-                raise RuntimeError(f"model returned {len(logits)} rows for a batch of {len(batch)}")
+            positions = batch_positions([item.positions for item in batch])
+            outputs = await self._run(input_ids, attention_mask, positions)
+            expected = len(batch) if positions is None else len(positions)
+            if len(outputs) != expected:
+                raise RuntimeError(f"model returned {len(outputs)} rows where {expected} were asked for")
         except Exception as exc:
             log.exception("inference failed for a batch of %d", len(batch))
             self._metrics.failed_batches.inc()
@@ -242,7 +246,20 @@ class Batcher:
             self._metrics.inference.observe(time.monotonic() - started)
             self.batches_run += 1
         self.consecutive_failures = 0
+        first = 0
         for row, item in enumerate(batch):
+            count = 1 if item.positions is None else len(item.positions)
             if not item.future.done():
-                result = logits[row] if item.positions is None else logits[row, item.positions]
+                result = outputs[row] if item.positions is None else outputs[first : first + count]
                 item.future.set_result(np.array(result, copy=True))
+            first += count
+
+
+def batch_positions(per_sequence: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """(batch row, token index) pairs for every sequence's positions, in row order; None when no sequence has any."""
+    if all(positions is None for positions in per_sequence):
+        return None
+    if any(positions is None for positions in per_sequence):
+        raise ValueError("a batch mixes sequences with and without positions")
+    pairs = [np.stack([np.full(len(p), row), p], axis=1) for row, p in enumerate(per_sequence)]
+    return np.concatenate(pairs).astype(np.int64)

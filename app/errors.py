@@ -5,6 +5,7 @@
     ├── UnsupportedMediaType 415 unsupported_media_type   a POST body not sent as JSON
     ├── InvalidInput       422  validation   a body the schema or the model cannot take
     ├── TooManyInputs      413  too_many_inputs
+    ├── TooManyAnswers     413  too_many_answers  fill-mask texts x masks x top_k over the ceiling
     ├── PayloadTooLarge    413  payload_too_large
     ├── InputTooLong       413  input_too_long   more tokens than the model takes, truncation off
     ├── Unauthorized       401  unauthorized
@@ -43,6 +44,10 @@ class InvalidInput(ServiceError):
 
 class TooManyInputs(ServiceError):
     error_type = "too_many_inputs"
+
+
+class TooManyAnswers(ServiceError):
+    error_type = "too_many_answers"
 
 
 class PayloadTooLarge(ServiceError):
@@ -86,6 +91,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     UnsupportedMediaType: 415,
     InvalidInput: 422,
     TooManyInputs: 413,
+    TooManyAnswers: 413,
     PayloadTooLarge: 413,
     InputTooLong: 413,
     Unauthorized: 401,

@@ -1,25 +1,35 @@
-"""The ASGI app: `uvicorn --factory app.main:create_app`, `python -m app`, or `create_app(settings)` in tests."""
+"""The ASGI app: `python -m app`, `uvicorn --factory app.main:create_app`, or `create_app(settings)` in tests."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from app import __version__
-from app.http import BodySizeLimit, RequestMetrics, install_error_handlers
+from app.http import BodySizeLimit, CloseWhileDraining, RequestMetrics, install_error_handlers
 from app.metrics import Metrics
+from app.model_folder import ModelFolderError
 from app.routes import router
-from app.settings import Settings
+from app.settings import Settings, describe_settings_error
 from app.state import AppState
 
 log = logging.getLogger("app")
 
 
 def create_app(settings: Settings | None = None, state: AppState | None = None) -> FastAPI:
-    """Models load in the lifespan, unless `state` was built already (`python -m app` does, to fail before binding)."""
-    settings = settings if settings is not None else (state.settings if state is not None else Settings())
+    """The app for `settings`, its models loaded in the lifespan; or for a `state` already built.
+
+    With neither it is the factory of `uvicorn --factory app.main:create_app`: settings come from
+    the environment and models load at once, so a bad setting or model exits 1 with one line,
+    before the port is bound, as `python -m app` does.
+    """
+    if settings is None and state is None:
+        settings, state = load_or_exit(cli=False)
+    settings = settings if settings is not None else state.settings
     metrics = state.metrics if state is not None else Metrics()
 
     @asynccontextmanager
@@ -40,6 +50,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CloseWhileDraining)
     app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app)
     app.include_router(router)
@@ -49,3 +60,23 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("app").setLevel(level.upper())
+
+
+def load_or_exit(*, cli: bool) -> tuple[Settings, AppState]:
+    """Settings (from the environment, and the command line when `cli`) and every model, or one line and exit 1."""
+    try:
+        if cli:
+            settings = Settings(_cli_parse_args=True, _cli_kebab_case=True, _cli_prog_name="python -m app")
+        else:
+            settings = Settings()
+        configure_logging(settings.log_level)
+        return settings, AppState.build(settings, Metrics())
+    except ValidationError as exc:
+        _exit_with(describe_settings_error(exc))
+    except ModelFolderError as exc:
+        _exit_with(str(exc))
+
+
+def _exit_with(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)

@@ -71,6 +71,12 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("roberta_ready", "1 when every model is loaded and warm", registry=r)
+        self.http_refused = Counter(
+            "roberta_http_refused",
+            "Connections the HTTP layer answered and closed itself (headers too large, timeouts, not HTTP)",
+            ["reason"],
+            registry=r,
+        )
 
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(

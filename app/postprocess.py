@@ -88,3 +88,26 @@ def _top_k(values: np.ndarray, k: int) -> np.ndarray:
     else:
         candidates = np.arange(len(values))
     return candidates[np.argsort(-values[candidates], kind="stable")]
+
+
+def targets_warning(replaced: Sequence[tuple[str, str]], ignored: Sequence[str], limit: int = 1024) -> str | None:
+    """The X-Warning for targets that are not one token: counts, then as many examples as fit in `limit` bytes.
+
+    Header-safe (ASCII, escapes for the rest) and short whatever the request held: a client must be
+    able to read the answer, and a target is never echoed past 40 characters.
+    """
+    if not replaced and not ignored:
+        return None
+    parts = []
+    if replaced:
+        examples = [f"{_quoted(target)} as {_quoted(token)}" for target, token in replaced]
+        parts.append((f"{len(replaced)} target(s) not in the vocabulary stand for their first sub-token", examples))
+    if ignored:
+        parts.append((f"{len(ignored)} target(s) not in the vocabulary were ignored", [_quoted(t) for t in ignored]))
+    text = "; ".join(f"{summary}: {', '.join(examples[:3])}{', ...' if len(examples) > 3 else ''}" for summary, examples in parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _quoted(text: str, most: int = 40) -> str:
+    shown = text if len(text) <= most else text[:most] + "..."
+    return repr(shown).encode("ascii", "backslashreplace").decode("ascii")

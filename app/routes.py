@@ -99,8 +99,8 @@ async def fill_mask(body: FillMaskRequest, request: Request) -> JSONResponse:
     texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
     _check_count(len(texts), state)
     with state.admit("fill-mask") as service:
-        answers, warnings = await unless_disconnected(request, service.fill_mask(texts, options, deadline))
-    headers = {"X-Warning": _header_safe("; ".join(warnings))} if warnings else None
+        answers, warning = await unless_disconnected(request, service.fill_mask(texts, options, deadline))
+    headers = {"X-Warning": warning} if warning else None
     return JSONResponse(answers[0] if isinstance(body.inputs, str) else answers, headers=headers)
 
 
@@ -158,7 +158,4 @@ def _check_count(count: int, state: AppState) -> None:
     if count > state.settings.max_inputs:
         raise TooManyInputs(f"{count} inputs in one request; at most {state.settings.max_inputs} are allowed")
 
-
-def _header_safe(text: str) -> str:
-    return text.encode("ascii", "backslashreplace").decode("ascii")
 

@@ -21,6 +21,10 @@ from app.model_folder import ModelFolder, ModelFolderError
 log = logging.getLogger("app.runtime")
 
 PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
+# A graph with this input computes its output rows only at the (batch row, token index) pairs it is given
+# (the fill-mask graph of export/fill_mask_graph.py); without it, a graph asked for positions returns a row
+# for every token, as exports before format 2 do, and the rows are picked here.
+POSITIONS_INPUT = "mask_positions"
 SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
 
 
@@ -30,6 +34,9 @@ class SessionConfig:
     providers: tuple[str, ...] = ("cuda", "cpu")
     intra_op_threads: int = 0
     inter_op_threads: int = 1
+    # The operator named the providers. The default ("cuda,cpu") means "the GPU if this build has one":
+    # on a CPU-only onnxruntime, running on the CPU is then what was asked for, not a fallback to warn about.
+    providers_chosen: bool = False
 
 
 def requested_providers(wanted: tuple[str, ...], available: list[str]) -> list[str]:
@@ -62,7 +69,7 @@ class ModelRuntime:
         available = ort.get_available_providers()
         providers = requested_providers(config.providers, available)
         cuda_wanted = "cuda" in config.providers
-        if cuda_wanted and PROVIDER_NAMES["cuda"] not in available:
+        if cuda_wanted and config.providers_chosen and PROVIDER_NAMES["cuda"] not in available:
             log.warning("%s: CUDA requested but this onnxruntime build has no CUDA provider; running on CPU", folder.path.name)
         self.precision = choose_precision(config.precision, set(folder.files), PROVIDER_NAMES["cuda"] in providers)
         self._session = self._open(folder.files[self.precision], providers, config)
@@ -75,9 +82,11 @@ class ModelRuntime:
         if cuda_wanted and PROVIDER_NAMES["cuda"] in available and "cuda" not in self.providers_in_use:
             log.warning("%s: CUDA provider could not start (no GPU?); running on %s", folder.path.name, ",".join(self.providers_in_use))
         self.input_names = [node.name for node in self._session.get_inputs()]
+        self.takes_positions = POSITIONS_INPUT in self.input_names
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnx-{folder.task}")
         log.info(
-            "%s: %s %s on %s", folder.task, folder.files[self.precision].name, self.precision, ",".join(self.providers_in_use)
+            "%s: %s, %s on %s (%s)",
+            folder.task, folder.path.name, self.precision, ",".join(self.providers_in_use), folder.files[self.precision].name,
         )
 
     @property
@@ -99,15 +108,20 @@ class ModelRuntime:
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
             raise ModelFolderError(f"{path} could not be loaded by ONNX Runtime ({type(exc).__name__}); re-export it") from exc
 
-    def run_sync(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run_sync(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
-        return self._session.run(["logits"], {name: feeds[name] for name in self.input_names})[0]
+        if self.takes_positions:
+            feeds[POSITIONS_INPUT] = positions if positions is not None else _first_of_each_row(len(input_ids))
+        outputs = self._session.run(["logits"], {name: feeds[name] for name in self.input_names})[0]
+        if positions is not None and not self.takes_positions:
+            return outputs[positions[:, 0], positions[:, 1]]
+        return outputs
 
-    async def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    async def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run_sync, input_ids, attention_mask)
+        return await loop.run_in_executor(self._executor, self.run_sync, input_ids, attention_mask, positions)
 
     async def warm_up(self, shapes: list[tuple[int, int]], pad_id: int) -> float:
         """Run each (batch, length) once so first requests do not pay for allocation and kernel setup."""
@@ -133,6 +147,11 @@ class ModelRuntime:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _first_of_each_row(rows: int) -> np.ndarray:
+    """One position per sequence, for runs that only time the model (warm-up, overhead)."""
+    return np.stack([np.arange(rows), np.zeros(rows, dtype=np.int64)], axis=1).astype(np.int64)
 
 
 def warm_up_shapes(max_batch_size: int, max_batch_tokens: int, max_seq_len: int, on_cuda: bool) -> list[tuple[int, int]]:

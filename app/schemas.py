@@ -13,8 +13,9 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Strict = ConfigDict(extra="forbid", strict=True)
-MAX_FILL_MASK_TOP_K = 100  # answers per mask: 64 texts x 8 masks x 100 is already a 5 MB response
+MAX_FILL_MASK_TOP_K = 100  # answers per mask; the request as a whole is capped too (ROBERTA_MAX_MASK_ANSWERS)
 MAX_TARGETS = 1000
+MAX_TARGET_CHARS = 100  # a target is a word: only its first sub-token can be an answer
 
 
 def _encodable(text: str) -> str:
@@ -33,7 +34,7 @@ def _a_word(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_encodable)]
-Target = Annotated[Text, AfterValidator(_a_word)]
+Target = Annotated[Text, Field(max_length=MAX_TARGET_CHARS), AfterValidator(_a_word)]
 
 
 class TextPair(BaseModel):

@@ -1,7 +1,9 @@
 """One served model: validate -> tokenize (off the loop) -> batcher -> postprocess.
 
 Handlers call `classify` or `fill_mask` with already-parsed bodies; everything the
-model itself decides (token limits, mask tokens, targets) is checked here.
+model itself decides (token limits, mask tokens, targets) is checked here. Work that
+grows with the input (tokenizing, resolving targets, fill-mask answers and their
+decoded sequences) runs on the executor's threads, so the event loop stays free.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from app import postprocess
 from app.batcher import Batcher, BatchLimits
-from app.errors import DeadlineExceeded, InputTooLong, InvalidInput
+from app.errors import DeadlineExceeded, InputTooLong, InvalidInput, TooManyAnswers
 from app.metrics import ModelMetrics
 from app.model_folder import ModelFolder
 from app.runtime import ModelRuntime
@@ -24,7 +27,10 @@ from app.tokenize import Encoded, TextEncoder, TextInput
 
 log = logging.getLogger("app.service")
 
+_SHORTEN = 'Shorten it or pass "truncation": true'
+
 MAX_MASKS = 8  # per text: each mask is a full-vocabulary softmax in the response path
+MAX_MASK_ANSWERS = 2048  # texts x masks x top_k per request: each answer carries its whole filled-in sequence
 
 
 @dataclass(frozen=True)
@@ -49,14 +55,17 @@ class ModelService:
         runtime: ModelRuntime,
         limits: BatchLimits,
         metrics: ModelMetrics,
-        tokenize_executor: Executor,
+        executor: Executor,
+        *,
+        max_mask_answers: int = MAX_MASK_ANSWERS,
     ) -> None:
         self.folder = folder
         self.encoder = encoder
         self.runtime = runtime
         self.metrics = metrics
         self.batcher = Batcher(runtime.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics)
-        self._tokenize_executor = tokenize_executor
+        self._executor = executor  # tokenizing and postprocessing, off the event loop
+        self.max_mask_answers = max_mask_answers
         self.default_activation = postprocess.default_activation(folder.problem_type, len(folder.labels))
 
     @property
@@ -73,15 +82,17 @@ class ModelService:
         function = options.function_to_apply or self.default_activation
         return [postprocess.classify(row, self.folder.labels, function, options.top_k) for row in rows]
 
-    async def fill_mask(self, texts: list[str], options: FillMaskOptions, deadline: float) -> tuple[list, list[str]]:
-        """One answer per text, and warnings about targets that had to be approximated."""
+    async def fill_mask(self, texts: list[str], options: FillMaskOptions, deadline: float) -> tuple[list, str | None]:
+        """One answer per text, and a warning about targets that had to be approximated (or None)."""
         mask = self.encoder.mask_token
         for index, text in enumerate(texts):
             if not text.strip():
                 raise InvalidInput(f"inputs[{index}] is empty; send a text with {mask} in it")
         if options.top_k > self.encoder.vocab_size:
             raise InvalidInput(f"top_k must be at most the vocabulary size, {self.encoder.vocab_size}")
-        target_ids, warnings = self.target_ids(options.targets) if options.targets is not None else (None, [])
+        target_ids, warning = None, None
+        if options.targets is not None:
+            target_ids, warning = await self._off_loop(self.target_ids, options.targets)
         encoded = await self._encode(texts, options.truncation)
         positions = [np.flatnonzero(e.ids == self.encoder.mask_id) for e in encoded]
         for index, found in enumerate(positions):
@@ -89,56 +100,59 @@ class ModelService:
                 raise InvalidInput(f"inputs[{index}] has no mask token; put {mask} where the answer goes")
             if len(found) > MAX_MASKS:
                 raise InvalidInput(f"inputs[{index}] has {len(found)} mask tokens; at most {MAX_MASKS} are allowed")
-        rows = await self._infer([e.ids for e in encoded], deadline, positions)
-        answers = [
-            postprocess.fill_mask(
-                row,
-                e.ids,
-                found,
-                top_k=options.top_k,
-                target_ids=target_ids,
-                decode=self._decode,
+        per_mask = options.top_k if target_ids is None else min(options.top_k, len(target_ids))
+        answers = sum(len(found) for found in positions) * per_mask
+        if answers > self.max_mask_answers:
+            raise TooManyAnswers(
+                f"this request asks for {answers} answers (texts x masks x top_k); at most {self.max_mask_answers} "
+                "are allowed: lower top_k or send fewer texts per request"
             )
+        rows = await self._infer([e.ids for e in encoded], deadline, positions)
+        answers = await self._off_loop(self._fill_mask_answers, rows, encoded, positions, options.top_k, target_ids)
+        return answers, warning
+
+    def _fill_mask_answers(self, rows, encoded, positions, top_k: int, target_ids) -> list:
+        return [
+            postprocess.fill_mask(row, e.ids, found, top_k=top_k, target_ids=target_ids, decode=self._decode)
             for row, e, found in zip(rows, encoded, positions)
         ]
-        return answers, warnings
 
     def _decode(self, ids, skip_special_tokens: bool) -> str:
         return self.encoder.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def target_ids(self, targets: tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    def target_ids(self, targets: tuple[str, ...]) -> tuple[np.ndarray, str | None]:
         """transformers' rule: an exact vocabulary entry, else the word's first sub-token (with a warning)."""
-        ids, warnings = [], []
+        ids, replaced, ignored = [], [], []
         for target in targets:
             token_id = self.encoder.token_id(target)
             if token_id is None:
                 token_id = self.encoder.first_subtoken(target)
                 if token_id is None:
-                    warnings.append(f"target {target!r} is not in the vocabulary and was ignored")
+                    ignored.append(target)
                     continue
-                warnings.append(
-                    f"target {target!r} is not in the vocabulary; using {self.encoder.id_to_token(token_id)!r}"
-                )
+                replaced.append((target, self.encoder.id_to_token(token_id) or ""))
             ids.append(token_id)
         if not ids:
             raise InvalidInput("targets must name at least one word the model can produce")
-        return np.array(sorted(set(ids)), dtype=np.int64), warnings
+        return np.array(sorted(set(ids)), dtype=np.int64), postprocess.targets_warning(replaced, ignored)
 
     async def _encode(self, inputs: list[TextInput], truncation: bool) -> list[Encoded]:
         self.batcher.check_room(len(inputs))  # refuse before tokenizing: overload should cost little
-        started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(self._tokenize_executor, self.encoder.encode, inputs)
-        self.metrics.tokenize.observe(time.perf_counter() - started)
+        limit = self.encoder.max_seq_len
         if not truncation:
-            for index, item in enumerate(encoded):
-                if item.truncated:
-                    length = self.encoder.count_tokens(inputs[index])
-                    raise InputTooLong(
-                        f"inputs[{index}] is {length} tokens; the model takes at most {self.encoder.max_seq_len}. "
-                        'Shorten it or pass "truncation": true'
-                    )
+            for index, item in enumerate(inputs):
+                if self.encoder.surely_too_long(item):
+                    raise InputTooLong(f"inputs[{index}] is longer than {limit} tokens, the most the model takes. {_SHORTEN}")
+        started = time.perf_counter()
+        encoded = await self._off_loop(self.encoder.encode, inputs, truncate=truncation)
+        self.metrics.tokenize.observe(time.perf_counter() - started)
+        for index, item in enumerate(encoded):
+            if len(item) > limit:
+                raise InputTooLong(f"inputs[{index}] is {len(item)} tokens; the model takes at most {limit}. {_SHORTEN}")
         return encoded
+
+    async def _off_loop(self, function, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(function, *args, **kwargs))
 
     async def _infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[np.ndarray]:
         futures = self.batcher.submit(sequences, deadline, positions)

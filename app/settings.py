@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Precision = Literal["auto", "fp32", "int8", "fp16"]
@@ -35,11 +35,20 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(1024, ge=1, description="sequences waiting per model; beyond it requests get 429")
     max_inputs: int = Field(64, ge=1, description="texts per request; beyond it 413")
+    max_mask_answers: int = Field(
+        2048, ge=1, description="fill-mask answers per request (texts x masks x top_k); beyond it 413"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request from arrival to answer")
     max_request_timeout_s: float = Field(
         120.0, gt=0, description="the longest deadline a request may ask for with the X-Request-Timeout header"
     )
     max_body_bytes: int = Field(1_048_576, ge=1, description="request bodies larger than this get 413 before they are read")
+    max_header_bytes: int = Field(
+        65536, ge=1024, description="request line and headers together; beyond it 431 and the connection is closed"
+    )
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this of its first byte (else 408)")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this of its headers (else 408)")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle connection, a new one included, is closed after this")
 
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads inside an operator (0: one per core)")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
@@ -82,6 +91,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _queue_holds_a_request(self):
+        # A request is queued whole or refused whole: with a smaller queue it would get 429 forever.
+        if self.max_queue < self.max_inputs:
+            raise ValueError(f"max_queue ({self.max_queue}) must be at least max_inputs ({self.max_inputs})")
+        return self
+
+    @model_validator(mode="after")
     def _timeouts_in_order(self):
         if self.request_timeout_s > self.max_request_timeout_s:
             raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
@@ -92,3 +108,16 @@ class Settings(BaseSettings):
         if self.classify_model is None and self.fill_mask_model is None:
             raise ValueError("set ROBERTA_CLASSIFY_MODEL or ROBERTA_FILL_MASK_MODEL (an exported model folder)")
         return self
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line for a bad setting, named as both spellings: `ROBERTA_MAX_QUEUE / --max-queue: ...`."""
+    parts = []
+    for item in error.errors():
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        field = str(item["loc"][0]) if item.get("loc") else ""
+        if field in Settings.model_fields:
+            parts.append(f"ROBERTA_{field.upper()} / --{field.replace('_', '-')}: {message}")
+        else:
+            parts.append(message)
+    return "; ".join(parts)

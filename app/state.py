@@ -39,6 +39,8 @@ class AppState:
         self._draining = False  # readiness says 503; requests are still admitted (shutdown_delay_s)
         self._closing = False  # new requests get 503 too
         self._active = 0  # admitted requests not yet answered
+        self._idle = asyncio.Event()  # set while nothing is admitted: what a drain waits for
+        self._idle.set()
         self._warm_up_task: asyncio.Task | None = None
 
     @classmethod
@@ -56,11 +58,14 @@ class AppState:
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
+            providers_chosen="providers" in settings.model_fields_set,
         )
         services = {}
         for task, path in (("text-classification", settings.classify_model), ("fill-mask", settings.fill_mask_model)):
             if path is not None:
-                services[task] = _build_service(Path(path), task, limits, session, metrics, executor)
+                services[task] = _build_service(
+                    Path(path), task, limits, session, metrics, executor, settings.max_mask_answers
+                )
         return cls(settings, metrics, services, executor)
 
     async def start(self) -> None:
@@ -85,22 +90,26 @@ class AppState:
         self._warm = True
         self.metrics.ready.set(1)
 
-    async def drain(self, delay_s: float, timeout_s: float) -> bool:
-        """The graceful half of SIGTERM: go unready, stop admitting, wait for every admitted request.
+    async def drain(self, delay_s: float, deadline: float) -> bool:
+        """The graceful half of SIGTERM: go unready, stop admitting after `delay_s`, wait for admitted requests.
 
-        Returns False if requests were still running after `timeout_s`.
+        Returns False if requests were still running at `deadline` (time.monotonic()).
         """
         self._draining = True
         self.metrics.ready.set(0)
         log.info("draining: readiness is 503; %d requests in flight", self._active)
         await asyncio.sleep(delay_s)
         self._closing = True
-        give_up = time.monotonic() + timeout_s
-        while self._active and time.monotonic() < give_up:
-            await asyncio.sleep(0.02)
-        if self._active:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
             log.warning("drain timed out with %d requests still running", self._active)
         return self._active == 0
+
+    @property
+    def draining(self) -> bool:
+        """True from the first signal on: answers carry `Connection: close` so clients move elsewhere."""
+        return self._draining or self._closing
 
     async def stop(self) -> None:
         """Refuse new work, answer everything accepted, then release the sessions."""
@@ -126,10 +135,13 @@ class AppState:
         """The service for `task`, counted as in flight until the block ends, so a drain knows what to wait for."""
         service = self.service(task)
         self._active += 1
+        self._idle.clear()
         try:
             yield service
         finally:
             self._active -= 1
+            if not self._active:
+                self._idle.set()
 
     @property
     def in_flight(self) -> int:
@@ -146,12 +158,17 @@ class AppState:
         return self.services[task]
 
 
-def _build_service(path, task, limits, session, metrics, executor) -> ModelService:
+def _build_service(path, task, limits, session, metrics, executor, max_mask_answers) -> ModelService:
     folder = load_model_folder(path, task)
     try:
         encoder = TextEncoder(folder.tokenizer_file, folder.max_seq_len, folder.tokenizer_config)
     except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
         raise ModelFolderError(f"{folder.tokenizer_file} could not be read ({type(exc).__name__}); re-export the model") from exc
     runtime = ModelRuntime(folder, session)
+    if task == "fill-mask" and not runtime.takes_positions:
+        log.warning(
+            "%s is an older fill-mask export that computes logits at every position (memory grows with batch x "
+            "length x vocabulary); re-export it with `python -m export` for logits at mask positions only", path
+        )
     metrics.provider.labels(task, task, runtime.precision, runtime.provider).set(1)
-    return ModelService(folder, encoder, runtime, limits, metrics.for_model(task), executor)
+    return ModelService(folder, encoder, runtime, limits, metrics.for_model(task), executor, max_mask_answers=max_mask_answers)

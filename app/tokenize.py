@@ -22,8 +22,7 @@ _CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (
 
 @dataclass(frozen=True)
 class Encoded:
-    ids: np.ndarray  # int64, special tokens included, at most max_seq_len long
-    truncated: bool
+    ids: np.ndarray  # int64, special tokens included
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -33,34 +32,54 @@ class TextEncoder:
     def __init__(self, tokenizer_file: Path, max_seq_len: int, tokenizer_config: dict | None = None) -> None:
         config = tokenizer_config or {}
         self.max_seq_len = max_seq_len
-        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self._tokenizer.no_padding()  # the batcher pads, per batch, to the longest member
-        self._tokenizer.enable_truncation(max_length=max_seq_len)
-        self._untruncated = Tokenizer.from_file(str(tokenizer_file))  # only to measure refused inputs
-        self._untruncated.no_padding()
-        self._untruncated.no_truncation()
+        self._truncating = Tokenizer.from_file(str(tokenizer_file))
+        self._truncating.no_padding()  # the batcher pads, per batch, to the longest member
+        self._truncating.enable_truncation(max_length=max_seq_len)
+        self._whole = Tokenizer.from_file(str(tokenizer_file))
+        self._whole.no_padding()
+        self._whole.no_truncation()
         self.mask_token = _token_name(config.get("mask_token"), "<mask>")
-        self.mask_id = self._tokenizer.token_to_id(self.mask_token)
-        pad_id = self._tokenizer.token_to_id(_token_name(config.get("pad_token"), "<pad>"))
+        self.mask_id = self._truncating.token_to_id(self.mask_token)
+        pad_id = self._truncating.token_to_id(_token_name(config.get("pad_token"), "<pad>"))
         self.pad_id = 1 if pad_id is None else pad_id
         self._cleanup = bool(config.get("clean_up_tokenization_spaces", False))
-        self._vocab = self._tokenizer.get_vocab(with_added_tokens=True)
+        self._vocab = self._truncating.get_vocab(with_added_tokens=True)
+        # No normalizer means every input byte is covered by some token, so a token count can be bounded from
+        # the bytes alone (see surely_too_long); a normalizer may delete or merge input, so then nothing is.
+        self._bytes_per_token = max(len(token.encode("utf-8")) for token in self._vocab)
+        self._bounded = self._truncating.normalizer is None
 
     @property
     def vocab_size(self) -> int:
-        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+        return self._truncating.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, inputs: Sequence[TextInput]) -> list[Encoded]:
-        encodings = self._tokenizer.encode_batch(list(inputs))
-        return [Encoded(np.asarray(e.ids, dtype=np.int64), truncated=bool(e.overflowing)) for e in encodings]
+    def encode(self, inputs: Sequence[TextInput], *, truncate: bool = True) -> list[Encoded]:
+        """Ids of each input: cut to max_seq_len when `truncate`, else whole (the caller refuses what is too long).
 
-    def count_tokens(self, text: TextInput) -> int:
-        """Length without truncation, for the error that says how long an input was."""
-        encoding = self._untruncated.encode(*text) if isinstance(text, tuple) else self._untruncated.encode(text)
-        return len(encoding.ids)
+        Never reads the tokenizer's overflow: for a long input that is thousands of Python objects.
+        """
+        tokenizer = self._truncating if truncate else self._whole
+        return [Encoded(np.asarray(e.ids, dtype=np.int64)) for e in tokenizer.encode_batch(list(inputs))]
+
+    def surely_too_long(self, text: TextInput) -> bool:
+        """True when `text` is certainly more than max_seq_len tokens, decided without tokenizing it.
+
+        Every token covers at most `_bytes_per_token` bytes of input that are not whitespace (an added
+        token such as `<mask>` may also swallow the whitespace before it), so that many bytes of
+        non-whitespace need at least bytes / _bytes_per_token tokens. A megabyte-long word is refused
+        in microseconds instead of tokenized for half a second.
+        """
+        if not self._bounded:
+            return False
+        texts = text if isinstance(text, tuple) else (text,)
+        limit = self.max_seq_len * self._bytes_per_token
+        if 4 * sum(len(part) for part in texts) <= limit:  # at most 4 bytes a character: surely within
+            return False
+        solid = sum(len("".join(part.split()).encode("utf-8")) for part in texts)
+        return solid > limit
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool) -> str:
-        text = self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        text = self._truncating.decode(list(ids), skip_special_tokens=skip_special_tokens)
         if self._cleanup:
             for before, after in _CLEANUPS:
                 text = text.replace(before, after)
@@ -71,11 +90,11 @@ class TextEncoder:
         return self._vocab.get(token)
 
     def first_subtoken(self, word: str) -> int | None:
-        ids = self._tokenizer.encode(word, add_special_tokens=False).ids
+        ids = self._whole.encode(word, add_special_tokens=False).ids
         return ids[0] if ids else None
 
     def id_to_token(self, token_id: int) -> str | None:
-        return self._tokenizer.id_to_token(token_id)
+        return self._truncating.id_to_token(token_id)
 
 
 def _token_name(value, default: str) -> str:

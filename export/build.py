@@ -19,7 +19,7 @@ from pathlib import Path
 
 from export import convert, verify
 from export.errors import BadOption, OutputExists, SourceNotFound, TaskMismatch, UnsupportedModel, VerificationFailed
-from export.manifest import MANIFEST_NAME, file_entry, tool_versions, write_manifest
+from export.manifest import FORMAT_VERSION, MANIFEST_NAME, file_entry, tool_versions, write_manifest
 from export.source import (
     Checkpoint,
     check_supported,
@@ -115,7 +115,10 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
     config = model.config.to_dict()
 
     fp32 = staging / FILENAMES["fp32"]
-    step("export fp32 ONNX", convert.export_fp32, checkpoint.path, task, staging, options.opset)
+    if task == "fill-mask":
+        step("export fp32 ONNX", convert.export_fill_mask_fp32, checkpoint.path, fp32, options.opset)
+    else:
+        step("export fp32 ONNX", convert.export_fp32, checkpoint.path, task, staging, options.opset)
     if options.optimize:
         fused = staging / "model.fused.onnx"
         step("fuse transformer ops", convert.optimize, fp32, fused, config)
@@ -123,10 +126,10 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
     tokenizer.save_pretrained(str(staging))  # tokenizer.json and its configs, whatever the source shipped
     model.config.save_pretrained(str(staging))
 
-    batch = verify.encode(tokenizer, verify.probe_texts(task, tokenizer.mask_token), max_seq_len)
+    batch = verify.encode(tokenizer, verify.probe_texts(task, tokenizer.mask_token), max_seq_len, task)
     reference = verify.torch_runner(model)(batch)
     variants = {"fp32": fp32}
-    results = {"fp32": step("verify fp32", _verify, fp32, batch, reference, task)}
+    results = {"fp32": step("verify fp32", _verify, fp32, batch, reference)}
     if results["fp32"]["max_abs_diff"] > options.atol or results["fp32"]["top1_agreement"] < 1.0:
         raise VerificationFailed(
             f"fp32 ONNX differs from PyTorch by {results['fp32']['max_abs_diff']:.3g} "
@@ -139,10 +142,10 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
         variants["int8"] = step(
             "quantize INT8", convert.quantize_int8, fp32, staging / FILENAMES["int8"], per_channel=options.per_channel
         )
-        results["int8"] = step("verify INT8", _verify, variants["int8"], batch, reference, task)
+        results["int8"] = step("verify INT8", _verify, variants["int8"], batch, reference)
     if options.fp16:
         variants["fp16"] = step("convert FP16", convert.convert_fp16, fp32, staging / FILENAMES["fp16"], config)
-        results["fp16"] = step("verify FP16", _verify, variants["fp16"], batch, reference, task)
+        results["fp16"] = step("verify FP16", _verify, variants["fp16"], batch, reference)
 
     evaluation = None
     if options.eval_file is not None:
@@ -165,6 +168,7 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
         "problem_type": config.get("problem_type"),
         "max_seq_len": max_seq_len,
         "opset": convert.opset_of(fp32),
+        "inputs": convert.input_names(fp32),
         "optimized": options.optimize,
         "quantization": {"int8": {"weight_type": "QInt8", "per_channel": options.per_channel, "dynamic": True}}
         if "int8" in variants
@@ -203,9 +207,9 @@ def _load_pytorch(checkpoint: Checkpoint, task: str):
     return model, tokenizer
 
 
-def _verify(path: Path, batch, reference, task: str) -> dict:
+def _verify(path: Path, batch, reference) -> dict:
     candidate = verify.onnx_runner(path)(batch)
-    return verify.compare(reference, candidate, batch["attention_mask"], task).as_dict()
+    return verify.compare(reference, candidate).as_dict()
 
 
 def _evaluate(eval_file: Path, model, tokenizer, variants: dict[str, Path], config: dict, max_seq_len: int) -> dict:
@@ -241,7 +245,8 @@ def _reusable(output: Path, checkpoint: Checkpoint, options: ExportOptions) -> d
         return None
     files_present = all((output / entry["path"]).is_file() for entry in manifest.get("files", {}).values())
     same = (
-        manifest.get("options") == options.recipe()
+        manifest.get("format_version") == FORMAT_VERSION  # an older layout (fill-mask logits at every position)
+        and manifest.get("options") == options.recipe()
         and manifest.get("source", {}).get("sha256") == fingerprint(checkpoint.path)
     )
     return manifest if same and files_present else None

@@ -11,6 +11,9 @@ from pathlib import Path
 
 logging.getLogger("optimum").setLevel(logging.ERROR)
 
+# The fill-mask graph's third input: (batch row, token index) pairs at which it computes vocabulary logits.
+MASK_POSITIONS = "mask_positions"
+
 
 def export_fp32(checkpoint: Path, task: str, folder: Path, opset: int | None) -> Path:
     """optimum's exporter: dynamic batch and sequence axes, tied MLM weights stored once."""
@@ -27,6 +30,13 @@ def export_fp32(checkpoint: Path, task: str, folder: Path, opset: int | None) ->
         local_files_only=True,
     )
     return folder / "model.onnx"
+
+
+def export_fill_mask_fp32(checkpoint: Path, target: Path, opset: int | None) -> Path:
+    """The masked-LM graph that computes vocabulary logits only at the positions it is given (see fill_mask_graph)."""
+    from export.fill_mask_graph import DEFAULT_OPSET, export_head_at_positions
+
+    return export_head_at_positions(checkpoint, target, opset or DEFAULT_OPSET)
 
 
 def optimize(source: Path, target: Path, config: dict, *, for_gpu: bool = False):
@@ -50,18 +60,60 @@ def quantize_int8(source: Path, target: Path, *, per_channel: bool) -> Path:
     Per-channel scales keep each output row's own range, which matters for the
     vocabulary projection of a fill-mask head and costs nothing at run time.
     """
+    import tempfile
+
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        per_channel=per_channel,
-        # Fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference; their tensors are fp32.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    model = onnx.load(str(source))
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        if _untie_gemm_weights(model):
+            source = Path(scratch) / source.name
+            onnx.save(model, str(source))
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            # Fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference; their tensors are fp32.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return target
+
+
+def _untie_gemm_weights(model) -> bool:
+    """Feed a Gemm whose weight another node also reads through a Transpose node; True if any was found.
+
+    The fill-mask decoder is a Gemm (transB=1) on the word embeddings that the embedding Gather
+    reads too. ONNX Runtime's quantizer turns such a Gemm into a MatMul by transposing the weight in
+    place, under the name the Gather then reads: the INT8 graph would not load. Behind a Transpose
+    the decoder stays fp32, which costs little on mask rows only, and the embeddings are stored once.
+    """
+    import onnx
+
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in set(node.input):
+            readers[name] = readers.get(name, 0) + 1
+    nodes = []
+    for node in model.graph.node:
+        weight = node.input[1] if node.op_type == "Gemm" and len(node.input) > 1 else None
+        if weight in initializers and readers[weight] > 1:
+            attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            if attributes.get("transB", 0) == 1:
+                transposed = f"{weight}_transposed_for_{node.name}"
+                nodes.append(onnx.helper.make_node("Transpose", [weight], [transposed], name=f"{node.name}_weight_transpose"))
+                node.input[1] = transposed
+                for attribute in node.attribute:
+                    if attribute.name == "transB":
+                        attribute.i = 0
+        nodes.append(node)
+    if len(nodes) == len(model.graph.node):
+        return False
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return True
 
 
 def convert_fp16(source: Path, target: Path, config: dict) -> Path:
@@ -85,3 +137,10 @@ def opset_of(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     return max(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def input_names(path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return [node.name for node in model.graph.input]

@@ -14,7 +14,8 @@ from pathlib import Path
 from export.source import file_sha256
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+# 2: fill-mask graphs take `mask_positions` and return logits only there (1: logits at every position).
+FORMAT_VERSION = 2
 
 _TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers")
 

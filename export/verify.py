@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.convert import MASK_POSITIONS
 from export.errors import BadOption
 
 Batch = dict[str, np.ndarray]
@@ -38,6 +39,9 @@ PROBE_MASKED = (
 )
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
 @dataclass(frozen=True)
 class Comparison:
     max_abs_diff: float
@@ -55,20 +59,37 @@ def probe_texts(task: str, mask_token: str) -> list[str]:
     return list(PROBE_TEXTS)
 
 
-def encode(tokenizer, texts: Sequence[str], max_seq_len: int) -> Batch:
-    """Right-padded, truncated batch: the layout the service feeds the model."""
+def encode(tokenizer, texts: Sequence[str], max_seq_len: int, task: str = "text-classification") -> Batch:
+    """Right-padded, truncated batch: the layout the service feeds the model.
+
+    For fill-mask it also holds `mask_positions`: every real token, masks included. The graph
+    computes the head wherever it is asked, so verification asks everywhere; padded positions,
+    which nobody reads, are left out.
+    """
     tokenizer.padding_side = "right"
     encoded = tokenizer(list(texts), padding=True, truncation=True, max_length=max_seq_len, return_tensors="np")
-    return {name: np.asarray(value, dtype=np.int64) for name, value in encoded.items()}
+    batch = {name: np.asarray(value, dtype=np.int64) for name, value in encoded.items()}
+    if task == "fill-mask":
+        batch[MASK_POSITIONS] = np.argwhere(batch["attention_mask"] == 1).astype(np.int64)
+    return batch
+
+
+def at_positions(logits: np.ndarray, batch: Batch) -> np.ndarray:
+    """Rows at the batch's mask positions, from logits over every position ([batch, length, vocab])."""
+    if MASK_POSITIONS in batch and logits.ndim == 3:
+        positions = batch[MASK_POSITIONS]
+        return logits[positions[:, 0], positions[:, 1]]
+    return logits
 
 
 def torch_runner(model) -> Runner:
+    """The unmodified PyTorch model: the reference every graph is held to."""
     import torch
 
     def run(batch: Batch) -> np.ndarray:
         with torch.inference_mode():
-            inputs = {name: torch.from_numpy(value) for name, value in batch.items()}
-            return model(**inputs).logits.float().numpy()
+            inputs = {name: torch.from_numpy(value) for name, value in batch.items() if name in MODEL_INPUTS}
+            return at_positions(model(**inputs).logits.float().numpy(), batch)
 
     return run
 
@@ -83,18 +104,16 @@ def onnx_runner(path: Path) -> Runner:
         missing = [name for name in wanted if name not in batch]
         if missing:
             raise BadOption(f"{path.name} wants inputs {missing} that the tokenizer does not produce")
-        return session.run(["logits"], {name: batch[name] for name in wanted})[0].astype(np.float32)
+        logits = session.run(["logits"], {name: batch[name] for name in wanted})[0].astype(np.float32)
+        return at_positions(logits, batch)  # a graph with the head at every position, as optimum exports it
 
     return run
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray, attention_mask: np.ndarray, task: str) -> Comparison:
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
+    """Rows of logits (one per sequence, or one per compared token) against the reference."""
     if reference.shape != candidate.shape:
         return Comparison(float("inf"), float("inf"), 0.0, 0)
-    if task == "fill-mask":
-        # Logits at padded positions are never read; compare only real tokens.
-        keep = attention_mask.astype(bool)
-        reference, candidate = reference[keep], candidate[keep]
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     agree = reference.argmax(axis=-1) == candidate.argmax(axis=-1)
     return Comparison(

@@ -43,3 +43,11 @@ def exported_mlm(tmp_path_factory, tiny_mlm) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "mlm"
     export_model(ExportOptions(model=str(tiny_mlm), output=out, quantize="int8"), log=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def legacy_mlm(tmp_path_factory, tiny_mlm, exported_mlm) -> Path:
+    """The tiny fill-mask model as exports before format 2 were: logits at every position."""
+    from bench.fill_mask import legacy_export
+
+    return legacy_export(exported_mlm, tiny_mlm, tmp_path_factory.mktemp("legacy") / "mlm")

@@ -82,12 +82,35 @@ FILL_MASK_REFUSED = [
     pytest.param({"inputs": "the <mask>", "parameters": {"top_k": 2.0}}, 422, "validation", id="top_k-float"),
     pytest.param({"inputs": ["the <mask>", ""]}, 422, "validation", id="one-empty-text"),
     pytest.param({"inputs": "the <mask> " + "word " * 100}, 413, "input_too_long", id="too-many-tokens"),
+    pytest.param({"inputs": ["<mask> " * 8] * 3, "parameters": {"top_k": 100}}, 413, "too_many_answers",
+                 id="too-many-answers"),
+    pytest.param({"inputs": "the <mask>", "parameters": {"targets": ["x" * 101]}}, 422, "validation",
+                 id="target-too-long"),
+    pytest.param({"inputs": "the <mask>", "parameters": {"targets": ["good"] * 1001}}, 422, "validation",
+                 id="too-many-targets"),
 ]
 
 
 @pytest.mark.parametrize("body, status, error_type", FILL_MASK_REFUSED)
 def test_fill_mask_refuses_bad_input_with_a_typed_json_error(server, body, status, error_type):
     assert_error(send(server, "/fill-mask", body), status, error_type)
+
+
+def test_answers_up_to_the_ceiling_are_given(server):
+    # 2 texts x 8 masks x 100 = 1,600 answers: under the default ceiling of 2,048.
+    response = send(server, "/fill-mask", {"inputs": ["<mask> " * 8] * 2, "parameters": {"top_k": 100}})
+    assert response.status_code == 200
+    assert sum(len(row) for text in response.json() for row in text) == 1600
+
+
+def test_a_thousand_unknown_targets_give_a_short_warning_every_client_can_read(server):
+    targets = [f"zq{index:04d}" + "x" * 90 for index in range(1000)]
+    response = send(server, "/fill-mask", {"inputs": "the <mask>.", "parameters": {"targets": targets}})
+    assert response.status_code == 200
+    warning = response.headers["x-warning"]
+    assert len(warning.encode()) <= 1024 and warning.isascii()
+    assert warning.startswith("1000 target(s) not in the vocabulary") and "..." in warning
+    assert "x" * 41 not in warning  # never echoed past 40 characters
 
 
 def test_a_body_that_is_not_json_gets_415(server):

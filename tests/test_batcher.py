@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from app.batcher import Batcher, BatchLimits, Item, plan_batch, right_pad
+from app.batcher import Batcher, BatchLimits, Item, batch_positions, plan_batch, right_pad
 from app.errors import DeadlineExceeded, InferenceFailed, NotReady, QueueFull
 from app.metrics import Metrics
 
@@ -21,12 +21,14 @@ class RecordingModel:
         self.failures = failures
         self.batches: list[np.ndarray] = []
 
-    async def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    async def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions=None) -> np.ndarray:
         self.batches.append(input_ids.copy())
         await asyncio.sleep(self.delay)
         if self.failures:
             self.failures -= 1
             raise RuntimeError("boom")
+        if positions is not None:  # one row per asked position: (the id there, its index)
+            return np.stack([input_ids[positions[:, 0], positions[:, 1]], positions[:, 1]], axis=1).astype(np.float32)
         real = attention_mask.astype(bool)
         return np.stack([(input_ids * real).sum(axis=1), real.sum(axis=1)], axis=1).astype(np.float32)
 
@@ -109,6 +111,30 @@ def test_requests_arriving_within_the_wait_share_a_batch():
 
     model = asyncio.run(scenario())
     assert len(model.batches) == 1 and model.batches[0].tolist() == [[1, 0], [2, 3]]  # right-padded
+
+
+def test_positions_come_back_as_one_row_each_to_the_sequence_that_asked():
+    async def scenario():
+        model = RecordingModel()
+        batcher, _ = make(model, max_batch_size=8, max_wait_s=0.05)
+        batcher.start()
+        inputs = [seq(10, 11, 12, 13), seq(20, 21), seq(30, 31, 32)]
+        asked = [np.array([1, 3]), np.array([0]), np.array([0, 1, 2])]
+        results = await asyncio.gather(*batcher.submit(inputs, far(), asked))
+        await batcher.stop()
+        return model, results
+
+    model, results = asyncio.run(scenario())
+    assert len(model.batches) == 1  # one run served all three, rows fanned back out by position
+    assert [r.tolist() for r in results] == [[[11, 1], [13, 3]], [[20, 0]], [[30, 0], [31, 1], [32, 2]]]
+
+
+def test_batch_positions_are_row_index_pairs_in_row_order():
+    assert batch_positions([None, None]) is None
+    pairs = batch_positions([np.array([2, 5]), np.array([0])])
+    assert pairs.tolist() == [[0, 2], [0, 5], [1, 0]] and pairs.dtype == np.int64
+    with pytest.raises(ValueError, match="mixes"):
+        batch_positions([np.array([1]), None])
 
 
 def test_plan_groups_similar_lengths_and_runs_the_oldest_first():

@@ -69,7 +69,9 @@ def test_fill_mask_export_with_int8_writes_a_verified_folder(tiny_mlm, tmp_path)
     assert leftovers(tmp_path) == []
 
     # Our own check, not the manifest's: texts the exporter never saw, batch and sequence sizes it never saw.
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from export import verify
 
     texts = ["The <mask> was slow.", "Her voice felt <mask> and I loved it, from start to finish.", "<mask>"]
     batch = own_batch(out, texts)
@@ -78,10 +80,20 @@ def test_fill_mask_export_with_int8_writes_a_verified_folder(tiny_mlm, tmp_path)
             **{k: torch.from_numpy(v) for k, v in batch.items()}
         ).logits.numpy()
     keep = batch["attention_mask"].astype(bool)
-    fp32 = session_logits(out / "model.onnx", batch)
-    int8 = session_logits(out / "model.int8.onnx", batch)
-    assert np.abs(fp32[keep] - reference[keep]).max() < 1e-4
-    assert (int8[keep].argmax(-1) == reference[keep].argmax(-1)).mean() > 0.8
+    masks = np.argwhere(batch["input_ids"] == AutoTokenizer.from_pretrained(str(out)).mask_token_id)
+    assert manifest["inputs"] == ["input_ids", "attention_mask", "mask_positions"]
+    # At the masks, one row each; asked at every real token, the same graph answers for each of them.
+    at_masks = session_logits(out / "model.onnx", {**batch, "mask_positions": masks})
+    assert at_masks.shape == (3, reference.shape[-1])
+    assert np.abs(at_masks - reference[masks[:, 0], masks[:, 1]]).max() < 1e-4
+    everywhere = {**batch, "mask_positions": np.argwhere(keep)}
+    fp32 = session_logits(out / "model.onnx", everywhere)
+    int8 = session_logits(out / "model.int8.onnx", everywhere)
+    assert np.abs(fp32 - reference[keep]).max() < 1e-4
+    assert (int8.argmax(-1) == reference[keep].argmax(-1)).mean() > 0.8
+    probe = verify.encode(AutoTokenizer.from_pretrained(str(out)), verify.probe_texts("fill-mask", "<mask>"),
+                          manifest["max_seq_len"], "fill-mask")
+    assert manifest["verification"]["fp32"]["compared"] == int(probe["attention_mask"].sum())  # every real token
 
 
 def test_classifier_export_infers_task_records_labels_and_accuracy(tiny_classifier, tmp_path):

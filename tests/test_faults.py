@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -25,16 +26,51 @@ def test_cuda_requested_without_cuda_falls_back_to_cpu_and_says_so(exported_clas
     assert "CUDA requested but this onnxruntime build has no CUDA provider; running on CPU" in process.output
 
 
-def start_and_fail(*flags: str) -> subprocess.CompletedProcess:
+def test_a_default_cpu_start_says_what_runs_and_warns_about_nothing(exported_classifier):
+    with ServerProcess("--classify-model", str(exported_classifier)) as process:
+        pass
+    assert "text-classification: cls, int8 on cpu (model.int8.onnx)" in process.output
+    assert "WARNING" not in process.output, process.output
+
+
+def start_and_fail(*flags: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "app", "--port", "0", *flags]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return run_and_fail(command, env)
 
 
-def test_a_missing_model_folder_exits_non_zero_with_one_clear_line(tmp_path):
-    result = start_and_fail("--classify-model", str(tmp_path / "nowhere"))
-    assert result.returncode == 1
-    assert f"error: model folder {tmp_path / 'nowhere'} does not exist" in result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
+def run_and_fail(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ROBERTA_")}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env={**clean, **(env or {})})
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+
+
+UVICORN = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--port", "0"]
+
+
+@pytest.mark.parametrize(
+    "command, env, expected",
+    [
+        pytest.param(["--classify-model", "/nowhere"], None, "model folder /nowhere does not exist", id="app-missing-folder"),
+        pytest.param([], None, "set ROBERTA_CLASSIFY_MODEL or ROBERTA_FILL_MASK_MODEL", id="app-no-model"),
+        pytest.param(["--classify-model", "/x", "--max-queue", "8"], None,
+                     "max_queue (8) must be at least max_inputs (64)", id="app-queue-smaller-than-a-request"),
+        pytest.param(["--classify-model", "/x", "--max-batch-size", "0"], None,
+                     "ROBERTA_MAX_BATCH_SIZE / --max-batch-size: Input should be greater than or equal to 1",
+                     id="app-bad-number"),
+        pytest.param(UVICORN, {"ROBERTA_CLASSIFY_MODEL": "/nowhere"}, "model folder /nowhere does not exist",
+                     id="uvicorn-missing-folder"),
+        pytest.param(UVICORN, {}, "set ROBERTA_CLASSIFY_MODEL or ROBERTA_FILL_MASK_MODEL", id="uvicorn-no-model"),
+    ],
+)
+def test_every_start_up_error_is_one_line_and_exit_1_on_every_entry_point(command, env, expected):
+    if command[:1] != [sys.executable]:
+        command = [sys.executable, "-m", "app", "--port", "0", *command]
+    assert_one_error_line(run_and_fail(command, env), expected)
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,36 @@ def test_fill_mask_targets_follow_the_pipeline_and_warn(served, fill_mask_pipeli
     assert "brilliantness" in response.headers["x-warning"]
 
 
+def test_fill_mask_rows_are_computed_at_mask_positions_only(exported_mlm):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(exported_mlm / "model.onnx"))
+    assert [node.name for node in session.get_inputs()] == ["input_ids", "attention_mask", "mask_positions"]
+    ids = np.array([[0, 8, 4, 2], [0, 9, 9, 2]])
+    logits = session.run(["logits"], {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                      "mask_positions": np.array([[0, 2], [1, 1], [1, 2]])})[0]
+    assert logits.shape[0] == 3  # one row per asked position, never batch x length
+
+
+def test_an_export_with_logits_at_every_position_still_serves_the_same_answers(served, legacy_mlm, caplog):
+    texts = ["The film was <mask>.", "The <mask> was <mask> and I loved it."]
+    body = {"inputs": texts, "parameters": {"top_k": 3}}
+    with caplog.at_level("WARNING"), ServerThread(Settings(fill_mask_model=legacy_mlm, precision="fp32")) as legacy:
+        old = post(legacy, "/fill-mask", body).json()
+    new = post(served, "/fill-mask", body).json()
+    assert len(old) == len(new) == 2
+    for a, b in zip(mask_answers(old), mask_answers(new), strict=True):
+        assert (a["token"], a["token_str"], a["sequence"]) == (b["token"], b["token_str"], b["sequence"])
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+    assert any("re-export" in record.getMessage() for record in caplog.records)
+
+
+def mask_answers(answers: list) -> list[dict]:
+    """Every answer of a list of texts, texts with one mask (a flat list) and several (a list per mask) alike."""
+    rows = [row for text in answers for row in (text if isinstance(text[0], list) else [text])]
+    return [answer for row in rows for answer in row]
+
+
 def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(served):
     sentences = [f"{t} number {i}" for i in range(6) for t in TEXTS]
     sequential = [post(served, "/classify", {"inputs": s}).json() for s in sentences]

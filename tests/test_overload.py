@@ -24,7 +24,8 @@ TEXTS = [f"review number {i}: the plot was thin but the acting was lovely" for i
 
 @pytest.fixture(scope="module")
 def server(exported_classifier):
-    flags = ["--classify-model", str(exported_classifier), "--max-batch-size", "4", "--max-queue", "32", "--max-wait-ms", "2"]
+    flags = ["--classify-model", str(exported_classifier), "--max-batch-size", "4", "--max-queue", "32", "--max-inputs", "8",
+             "--max-wait-ms", "2"]
     with ServerProcess(*flags) as process:
         yield process
 

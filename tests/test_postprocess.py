@@ -72,3 +72,14 @@ def test_fill_mask_targets_restrict_and_cap_top_k():
     assert [a["token"] for a in answer] == [6, 7]
     full = activate(logits[0], "softmax")
     assert answer[0]["score"] == pytest.approx(float(full[6]))  # probability over the whole vocabulary
+
+
+def test_targets_warning_counts_and_shows_a_few_within_the_limit():
+    from app.postprocess import targets_warning
+
+    assert targets_warning([], []) is None
+    replaced = [(f"w\u00e9rd{i}" + "y" * 60, "w") for i in range(500)]
+    text = targets_warning(replaced, ["zzz"], limit=300)
+    assert text.startswith("500 target(s) not in the vocabulary stand for their first sub-token: 'w\\xe9rd0")
+    assert len(text) <= 300 and text.isascii() and "y" * 41 not in text
+    assert "1 target(s)" in targets_warning([], ["zzz"])

@@ -52,3 +52,10 @@ def test_the_default_deadline_must_fit_under_the_maximum(tmp_path):
 def test_an_empty_api_key_means_no_key(monkeypatch, tmp_path):
     monkeypatch.setenv("ROBERTA_API_KEY", "")
     assert Settings(classify_model=tmp_path).api_key is None
+
+
+def test_a_queue_smaller_than_one_request_is_refused(tmp_path):
+    # Requests are queued whole: a 16-input request could never fit an 8-sequence queue (429 forever).
+    with pytest.raises(ValidationError, match=r"max_queue \(8\) must be at least max_inputs \(64\)"):
+        Settings(classify_model=tmp_path, max_queue=8)
+    assert Settings(classify_model=tmp_path, max_queue=8, max_inputs=8).max_queue == 8

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -63,3 +65,73 @@ def test_sigterm_drains_answers_everything_accepted_and_exits_0(exported_classif
     assert results[503] + results["refused"] == WORKERS  # every worker was refused at the end, none lost
     assert exit_code == 0
     assert "received SIGTERM: draining" in process.output
+
+
+def raw_connection(url: str, receive_buffer: int | None = None) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    if receive_buffer is not None:  # a client that reads nothing: the server's writes back up at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(15)
+    sock.connect((host, int(port)))
+    return sock
+
+
+def exit_within(process: ServerProcess, seconds: float) -> tuple[int, float]:
+    started = time.monotonic()
+    code = process.wait(timeout=seconds)
+    return code, time.monotonic() - started
+
+
+def test_a_stalled_upload_does_not_hold_up_the_shutdown(exported_classifier):
+    flags = ["--classify-model", str(exported_classifier), "--shutdown-timeout-s", "2", "--body-timeout-s", "60"]
+    with ServerProcess(*flags) as process, raw_connection(process.url) as sock:
+        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n" + b'{"inputs": "a fi')  # 16 of 1,000 bytes, then nothing
+        time.sleep(0.5)
+        process.signal(signal.SIGTERM)
+        code, seconds = exit_within(process, 15)
+        answer = sock.recv(65536)
+    assert code == 0 and seconds < 2 + 2, f"exited {code} after {seconds:.1f} s"
+    assert answer.startswith(b"HTTP/1.1 503") and b'"not_ready"' in answer and b"connection: close" in answer
+
+
+def test_clients_that_never_read_their_answers_do_not_hold_up_the_shutdown(exported_mlm):
+    flags = ["--fill-mask-model", str(exported_mlm), "--shutdown-timeout-s", "2"]
+    text = "the film was <mask> and the plot <mask> but the acting was <mask> from start to <mask>."
+    body = json.dumps({"inputs": [text] * 64, "parameters": {"top_k": 8}}).encode()  # 2,048 answers, ~0.3 MB
+    request = (b"POST /fill-mask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    with ServerProcess(*flags) as process:
+        # Pipelined, 24 answers (~8 MB) to each connection: more than the kernel buffers on both ends hold.
+        clients = [raw_connection(process.url, receive_buffer=4096) for _ in range(4)]
+        for sock in clients:
+            sock.sendall(request * 24)
+        time.sleep(4)
+        process.signal(signal.SIGTERM)
+        code, seconds = exit_within(process, 20)
+        for sock in clients:
+            sock.close()
+    assert code == 0 and seconds < 2 + 3, f"exited {code} after {seconds:.1f} s"
+    assert "closing" in process.output  # it had to cut connections: the clients really held it
+
+
+def test_answers_during_a_drain_tell_clients_to_close_the_connection(exported_classifier):
+    # The batcher holds a lone request for 3 s: the first one keeps the drain open past the delay.
+    flags = ["--classify-model", str(exported_classifier), "--shutdown-delay-s", "1", "--max-wait-ms", "3000"]
+    with ServerProcess(*flags) as process, httpx.Client(base_url=process.url, timeout=10) as client:
+        assert "connection" not in client.get("/healthz").headers  # keep-alive before
+        held = threading.Thread(target=lambda: results.append(httpx.post(f"{process.url}/classify", json={"inputs": "good"})))
+        results: list[httpx.Response] = []
+        held.start()
+        time.sleep(0.3)
+        process.signal(signal.SIGTERM)
+        time.sleep(0.3)
+        during = client.get("/healthz")
+        time.sleep(1)
+        after = client.post("/classify", json={"inputs": "good"})
+        held.join(timeout=10)
+        process.wait(timeout=30)
+    assert during.status_code == 200 and during.headers["connection"] == "close"
+    assert after.status_code == 503 and after.headers["connection"] == "close" and after.headers["retry-after"]
+    assert results[0].status_code == 200 and results[0].headers["connection"] == "close"

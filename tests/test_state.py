@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_drain_goes_unready_at_once_admits_during_the_delay_then_waits_for_admit
         await state._warm_up_task
         seen = {}
         with state.admit("text-classification"):
-            drain = asyncio.create_task(state.drain(delay_s=0.2, timeout_s=5))
+            drain = asyncio.create_task(state.drain(delay_s=0.2, deadline=time.monotonic() + 5))
             await asyncio.sleep(0.05)
             seen["readiness during delay"] = state.readiness()[0]
             with state.admit("text-classification"):  # still admitted while load balancers catch up

@@ -28,7 +28,7 @@ def test_ids_equal_transformers_for_texts_and_pairs(encoder, reference):
     texts = ["The film was <mask>.", "Unicode: naïve café, Tōkyō 🙂.", "a"]
     for text, encoded in zip(texts, encoder.encode(texts)):
         assert encoded.ids.tolist() == reference(text)["input_ids"]
-        assert encoded.ids.dtype == np.int64 and not encoded.truncated
+        assert encoded.ids.dtype == np.int64
     (pair,) = encoder.encode([("the plot", "was dull")])
     assert pair.ids.tolist() == reference("the plot", "was dull")["input_ids"]
 
@@ -38,13 +38,26 @@ def test_mask_and_pad_come_from_the_tokenizer_config(encoder, reference):
     assert encoder.pad_id == reference.pad_token_id
 
 
-def test_long_inputs_are_truncated_and_flagged(exported_mlm, reference):
+def test_long_inputs_are_truncated_or_kept_whole_to_be_measured(exported_mlm, reference):
     encoder = make_encoder(exported_mlm, 16)
     text = "the film was good and the acting was brilliant " * 5
     (encoded,) = encoder.encode([text])
-    assert encoded.truncated and len(encoded) == 16
+    assert len(encoded) == 16
     assert encoded.ids[-1] == reference.eos_token_id  # still closed by </s>
-    assert encoder.count_tokens(text) == len(reference(text)["input_ids"])
+    (whole,) = encoder.encode([text], truncate=False)
+    assert whole.ids.tolist() == reference(text)["input_ids"] and len(whole) > 16
+
+
+def test_too_long_is_decided_from_bytes_only_when_it_is_certain(exported_mlm, reference):
+    encoder = make_encoder(exported_mlm, 16)
+    word = "x" * 10_000
+    assert encoder.surely_too_long(word) and encoder.surely_too_long(("a", word))
+    assert len(reference(word)["input_ids"]) > 16
+    # Whitespace can vanish into an added token (<mask> strips what is left of it): never counted.
+    spaces = " " * 10_000 + "<mask>"
+    assert not encoder.surely_too_long(spaces)
+    assert len(reference(spaces)["input_ids"]) <= 16
+    assert not encoder.surely_too_long("the film was good")
 
 
 def test_decode_matches_transformers(encoder, reference):

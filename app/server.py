@@ -1,0 +1,273 @@
+"""The HTTP server `python -m app` runs: uvicorn, bounded against slow and greedy clients, with a drain that ends.
+
+uvicorn (httptools) buffers a header for as long as a client sends it, waits for a body for
+ever, and at shutdown waits for every connection to close, even one whose client stopped
+reading. `limited_protocol` bounds the first two, `DrainingServer` the third:
+
+- headers: at most `max_header_bytes`, counted as they arrive (431 and the connection is
+  closed; the rest is never read), and complete within `header_timeout_s` of the first byte;
+- body: complete within `body_timeout_s` of the headers (408 and closed);
+- idle connections, a new one included, close after `keep_alive_timeout_s`;
+- a request that is not HTTP gets the service's JSON error body (400), not uvicorn's text.
+
+On SIGTERM the server goes unready, keeps serving for `shutdown_delay_s`, then has
+`shutdown_timeout_s` for everything else: admitted requests, responses still being written,
+uploads still arriving. At that deadline the connections left are closed (an unanswered
+request gets 503), and a second later aborted; then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+
+import httptools
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from app.errors import error_body
+from app.settings import Settings
+from app.state import AppState
+
+log = logging.getLogger("app.server")
+
+ABORT_AFTER_CLOSE_S = 1.0  # after the deadline, how long a closing connection may flush before it is cut
+WATCHDOG_GRACE_S = 5.0  # past the deadline, how long the event loop may take to finish before the process is ended
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_header_bytes: int = 65536
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    keep_alive_timeout_s: float = 5.0
+
+
+def raw_response(status: int, error_type: str, message: str, extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A complete HTTP/1.1 error response in the service's JSON format, for the protocol to write itself."""
+    body = json.dumps(error_body(message, error_type)).encode()
+    headers = [("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")]
+    lines = [f"{name}: {value}\r\n".encode("latin-1") for name, value in (*headers, *extra_headers)]
+    return b"".join([STATUS_LINE[status], *lines, b"\r\n", body])
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing; the protocol has already decided the answer."""
+
+
+def limited_protocol(limits: HttpLimits, on_refused: Callable[[str], None] = lambda reason: None) -> type[asyncio.Protocol]:
+    """The httptools protocol with `limits`; `on_refused(reason)` counts each refusal."""
+
+    class LimitedHttpToolsProtocol(HttpToolsProtocol):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._headers_done = False
+            self._header_bytes = 0  # bytes received since the current request began, until its headers are complete
+            self._header_timer: asyncio.TimerHandle | None = None
+            self._body_timer: asyncio.TimerHandle | None = None
+            self._refusal: tuple[int, str, str] | None = None
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            # uvicorn arms its idle timer only after a response; a connection that never sends would stay open.
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+        def connection_lost(self, exc) -> None:
+            self._cancel_timers()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            self._unset_keepalive_if_required()
+            if not self._headers_done:
+                self._header_bytes += len(data)
+                if self._header_timer is None:
+                    self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timed_out)
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            except httptools.HttpParserError:
+                if self._refusal is not None:
+                    self._refuse(*self._refusal)
+                else:
+                    self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
+                return
+            if not self._headers_done and self._header_bytes > limits.max_header_bytes:
+                self._refuse_large_headers()
+
+        def on_headers_complete(self) -> None:
+            self._headers_done = True
+            self._cancel(self._header_timer)
+            self._header_timer = None
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > limits.max_header_bytes:
+                self._refusal = self._large_headers()
+                raise _Refused
+            self._body_timer = self.loop.call_later(limits.body_timeout_s, self._body_timed_out)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._cancel(self._body_timer)
+            self._body_timer = None
+            self._headers_done, self._header_bytes = False, 0
+            super().on_message_complete()
+
+        def send_400_response(self, msg: str) -> None:
+            self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
+
+        def shutdown(self) -> None:
+            super().shutdown()
+            if self.cycle is None or self.cycle.response_complete:
+                return
+            if not self.cycle.more_body:
+                return  # the request is whole and being answered: the answer will close the connection
+            # Still uploading: the answer would come after the body, which may never arrive.
+            self._refuse(503, "not_ready", "the server is shutting down; retry on another replica", (("retry-after", "1"),))
+
+        def close_at_deadline(self) -> None:
+            """The shutdown deadline passed: answer what is unanswered with 503, close, abort a second later."""
+            if self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_started:
+                self._refuse(503, "not_ready", "the server is shutting down", (("retry-after", "1"),))
+            else:
+                if self.cycle is not None:
+                    self.cycle.disconnected = True
+                    self.cycle.message_event.set()
+                self.transport.close()
+            self.loop.call_later(ABORT_AFTER_CLOSE_S, self.transport.abort)
+
+        def _large_headers(self) -> tuple[int, str, str]:
+            return 431, "headers_too_large", f"the request headers are larger than {limits.max_header_bytes} bytes"
+
+        def _refuse_large_headers(self) -> None:
+            self._refuse(*self._large_headers())
+
+        def _header_timed_out(self) -> None:
+            self._header_timer = None
+            if not self._headers_done:
+                self._refuse(408, "request_timeout", f"the request headers did not arrive within {limits.header_timeout_s:g} s")
+
+        def _body_timed_out(self) -> None:
+            self._body_timer = None
+            self._refuse(408, "request_timeout", f"the request body did not arrive within {limits.body_timeout_s:g} s")
+
+        def _refuse(self, status: int, error_type: str, message: str, extra_headers=()) -> None:
+            """Answer `status` (unless an answer has begun), stop the request's handler, and close."""
+            if self.transport.is_closing():
+                return
+            self._cancel_timers()
+            on_refused(error_type)
+            if self.cycle is None or not self.cycle.response_started:
+                headers = (*extra_headers, *((n.decode(), v.decode()) for n, v in self.server_state.default_headers))
+                self.transport.write(raw_response(status, error_type, message, headers))
+            if self.cycle is not None:
+                self.cycle.disconnected = True  # the handler's receive() sees a disconnect; its sends are dropped
+                self.cycle.message_event.set()
+            self.transport.close()
+
+        def _cancel_timers(self) -> None:
+            for timer in (self._header_timer, self._body_timer):
+                self._cancel(timer)
+            self._header_timer = self._body_timer = None
+
+        @staticmethod
+        def _cancel(timer: asyncio.TimerHandle | None) -> None:
+            if timer is not None:
+                timer.cancel()
+
+    return LimitedHttpToolsProtocol
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn closes its sockets on the first signal; this answers 503 while accepted work finishes first,
+    and bounds the whole shutdown by the drain settings."""
+
+    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+        super().__init__(config)
+        self.state = state
+        self._draining = False
+        self._drain_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadline: float | None = None  # time.monotonic() by which the process has exited
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or not self.started or self._loop is None:
+            self.should_exit = self.force_exit = True  # a second signal, or not serving yet: stop now
+            return
+        self._draining = True
+        settings = self.state.settings
+        self._deadline = time.monotonic() + settings.shutdown_delay_s + settings.shutdown_timeout_s
+        _start_watchdog(self._deadline + WATCHDOG_GRACE_S)
+        # A signal handler can interrupt the loop mid-step: hand the work over instead of touching the loop here.
+        self._loop.call_soon_threadsafe(self._start_drain, signal.Signals(sig).name)
+
+    def _start_drain(self, signal_name: str) -> None:
+        log.info("received %s: draining", signal_name)
+        loop = asyncio.get_running_loop()
+        self._drain_task = loop.create_task(self._drain_then_exit(), name="drain")
+        loop.call_later(max(0.0, self._deadline - time.monotonic()), self._close_connections)
+
+    async def _drain_then_exit(self) -> None:
+        await self.state.drain(self.state.settings.shutdown_delay_s, self._deadline)
+        self.should_exit = True
+
+    async def shutdown(self, sockets=None) -> None:
+        if self._deadline is not None:
+            # uvicorn waits this long for connections and handlers, then cancels the handlers.
+            self.config.timeout_graceful_shutdown = max(0.0, self._deadline - time.monotonic()) + ABORT_AFTER_CLOSE_S
+        await super().shutdown(sockets)
+
+    def _close_connections(self) -> None:
+        left = [c for c in self.server_state.connections if hasattr(c, "close_at_deadline")]
+        if left:
+            log.warning("shutdown timeout reached: closing %d connections", len(left))
+        for connection in left:
+            connection.close_at_deadline()
+
+
+def _start_watchdog(deadline: float) -> None:
+    """Ends the process if it is still running at `deadline`: a drain that always ends, even if the loop hangs."""
+
+    def watch() -> None:
+        time.sleep(max(0.0, deadline - time.monotonic()))
+        log.error("shutdown did not finish in time; exiting")
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
+
+
+def uvicorn_config(app, settings: Settings, on_refused: Callable[[str], None]) -> uvicorn.Config:
+    limits = HttpLimits(
+        max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        keep_alive_timeout_s=settings.keep_alive_timeout_s,
+    )
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        http=limited_protocol(limits, on_refused),
+        timeout_keep_alive=limits.keep_alive_timeout_s,
+        server_header=False,  # what runs here is nobody's business
+        lifespan="on",
+    )
