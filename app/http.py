@@ -7,14 +7,18 @@ with the status from app.errors' table; nothing leaks a traceback or a file path
 from __future__ import annotations
 
 import asyncio
+import email.message
+import json
 import logging
 import time
 from collections.abc import Awaitable
+from concurrent.futures import Executor
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,13 +32,15 @@ from app.errors import (
     error_body,
     status_of,
 )
+from app import validation
 from app.metrics import Metrics
+from app.schemas import EXPECTED, REQUEST_BODIES
 
 log = logging.getLogger("app.http")
 
 T = TypeVar("T")
 
-ENDPOINTS = frozenset({"/classify", "/fill-mask", "/healthz", "/readyz", "/info", "/metrics"})
+ENDPOINTS = frozenset({"/classify", "/fill-mask", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/redoc", "/openapi.json"})
 # FastAPI answers 400 itself only when the body cannot be decoded at all (bytes that are not UTF-8).
 _HTTP_ERROR_TYPES = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -161,11 +167,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        if request.method == "POST" and "json" not in request.headers.get("content-type", ""):
+        if request.method == "POST" and not is_json(request.headers.get("content-type")):
             return error_response(UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`"))
         if any(error.get("type") == "json_invalid" for error in errors):
             return error_response(InvalidJSON("the body is not valid JSON"))
-        return error_response(InvalidInput(describe_validation_errors(errors)))
+        if exc.body is None and any(error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",) for error in errors):
+            return error_response(InvalidJSON("the body is empty; send a JSON object such as {\"inputs\": \"...\"}"))
+        path = request.url.path
+        message = validation.describe(errors, REQUEST_BODIES.get(path), EXPECTED.get(path, {}))
+        return error_response(InvalidInput(message))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -182,11 +192,56 @@ def error_response(error: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(error.message, error.error_type), status_code=status_of(error), headers=error.headers)
 
 
-def describe_validation_errors(errors) -> str:
-    """`body.parameters.top_k: Input should be greater than or equal to 1` — location and rule, never the input."""
-    parts = []
-    for error in errors[:3]:
-        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
-        parts.append(f"{location}: {error.get('msg', 'invalid')}")
-    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-    return "; ".join(parts) + more
+async def json_off_loop(content, executor: Executor, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response rendered on `executor`, one list item at a time.
+
+    A fill-mask answer can be megabytes; json.dumps holds the GIL for as long as one call
+    runs, so rendering it whole, even on another thread, would stall the event loop. Item
+    by item, the loop gets its turn between them. The bytes equal JSONResponse's.
+    """
+    body = await asyncio.get_running_loop().run_in_executor(executor, render_json, content)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def render_json(content) -> bytes:
+    if not isinstance(content, list):
+        return _dumps(content)
+    return b"[" + b",".join(_dumps(item) for item in content) + b"]"
+
+
+def _dumps(content) -> bytes:
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+
+
+def is_json(content_type: str | None) -> bool:
+    """The media types FastAPI parses as JSON: application/json and application/*+json (none given: JSON too)."""
+    if not content_type:
+        return True
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+class Utf8JsonRequest(Request):
+    """JSON bodies in UTF-8 only (RFC 8259): Python's json.loads would also guess UTF-16 and UTF-32 from the bytes."""
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                text = body.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise StarletteHTTPException(400, "the body is not UTF-8; send JSON encoded as UTF-8") from None
+            self._json = json.loads(text)
+        return self._json
+
+
+class Utf8JsonRoute(APIRoute):
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def utf8_json_handler(request: Request):
+            return await handler(Utf8JsonRequest(request.scope, request.receive))
+
+        return utf8_json_handler

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from app import __version__
+from app.docs import install_docs
 from app.http import BodySizeLimit, CloseWhileDraining, RequestMetrics, install_error_handlers
 from app.metrics import Metrics
 from app.model_folder import ModelFolderError
@@ -48,12 +49,17 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         version=__version__,
         description="Dynamic-batching inference for fine-tuned RoBERTa models on ONNX Runtime.",
         lifespan=lifespan,
+        docs_url=None,  # app.docs serves them, offline and behind the same key as /metrics
+        redoc_url=None,
+        openapi_url=None,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CloseWhileDraining)
     app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app)
     app.include_router(router)
+    if settings.docs:
+        install_docs(app)
     return app
 
 

@@ -7,12 +7,12 @@ import secrets
 import time
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import __version__
 from app.errors import InvalidInput, TooManyInputs, Unauthorized, error_body
-from app.http import unless_disconnected
+from app.http import Utf8JsonRoute, json_off_loop, unless_disconnected
 from app.schemas import ClassifyRequest, ErrorBody, FillMaskRequest, FillMaskResponse, LabelScore, TextPair
 from app.service import ClassifyOptions, FillMaskOptions
 from app.state import AppState
@@ -65,7 +65,7 @@ def deadline_of(request: Request, arrived: float) -> float:
 
 
 router = APIRouter(dependencies=[Depends(require_api_key_if_protected)])
-inference = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS)
+inference = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, route_class=Utf8JsonRoute)
 
 
 @inference.post("/classify", response_model=list[list[LabelScore]], summary="Classify texts or text pairs")
@@ -86,7 +86,7 @@ async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
 
 
 @inference.post("/fill-mask", response_model=FillMaskResponse, summary="Fill the mask token in texts")
-async def fill_mask(body: FillMaskRequest, request: Request) -> JSONResponse:
+async def fill_mask(body: FillMaskRequest, request: Request) -> Response:
     arrived = time.monotonic()
     state = get_state(request)
     deadline = deadline_of(request, arrived)
@@ -101,7 +101,8 @@ async def fill_mask(body: FillMaskRequest, request: Request) -> JSONResponse:
     with state.admit("fill-mask") as service:
         answers, warning = await unless_disconnected(request, service.fill_mask(texts, options, deadline))
     headers = {"X-Warning": warning} if warning else None
-    return JSONResponse(answers[0] if isinstance(body.inputs, str) else answers, headers=headers)
+    content = answers[0] if isinstance(body.inputs, str) else answers
+    return await json_off_loop(content, state.executor, headers=headers)  # up to megabytes: not on the event loop
 
 
 @router.get("/healthz", summary="Liveness: the process answers")

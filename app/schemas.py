@@ -34,7 +34,7 @@ def _a_word(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_encodable)]
-Target = Annotated[Text, Field(max_length=MAX_TARGET_CHARS), AfterValidator(_a_word)]
+Target = Annotated[str, Field(max_length=MAX_TARGET_CHARS), AfterValidator(_encodable), AfterValidator(_a_word)]
 
 
 class TextPair(BaseModel):
@@ -98,3 +98,19 @@ FillMaskResponse = FillMaskText | list[FillMaskText]
 class ErrorBody(BaseModel):
     error: str
     error_type: str
+
+
+# What a field accepts, said when a value matched none of its shapes (app.validation); `[]` is a list's item.
+EXPECTED = {
+    "/classify": {
+        "inputs": "a string, a {text, text_pair} object, or a list of them",
+        "inputs[]": "a string or a {text, text_pair} object",
+    },
+    "/fill-mask": {
+        "inputs": "a string or a list of strings",
+        "inputs[]": "a string",
+        "parameters.targets": "a word or a list of words",
+        "parameters.targets[]": "a word (a string)",
+    },
+}
+REQUEST_BODIES: dict[str, type[BaseModel]] = {"/classify": ClassifyRequest, "/fill-mask": FillMaskRequest}

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -193,9 +194,17 @@ class ModelService:
                 "run_overhead_tokens": round(limits.run_overhead_tokens, 1),
             },
             "export": {
-                "source": self.folder.manifest.get("source", {}).get("model"),
+                "source": source_name(self.folder.manifest.get("source") or {}),
                 "created_at": self.folder.manifest.get("created_at"),
-                "tools": self.folder.manifest.get("tools"),
+                "format_version": self.folder.manifest.get("format_version"),
             },
         }
 
+
+
+def source_name(source: dict) -> str | None:
+    """What the model was exported from, without the exporting machine's paths: a hub id, or a folder's name."""
+    model = source.get("model")
+    if not model or source.get("revision"):  # a hub id (it has a revision) is public already
+        return model
+    return Path(str(model)).name or None

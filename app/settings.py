@@ -56,8 +56,9 @@ class Settings(BaseSettings):
 
     api_key: SecretStr | None = Field(None, description="when set, inference endpoints need `Authorization: Bearer <key>`")
     protect_health_and_metrics: bool = Field(
-        False, description="with an API key set, /healthz, /readyz, /info and /metrics need it too"
+        False, description="with an API key set, /healthz, /readyz, /info, /metrics and the docs pages need it too"
     )
+    docs: bool = Field(True, description="serve /docs, /redoc and /openapi.json (assets from a pinned package, no CDN)")
 
     shutdown_delay_s: float = Field(
         0.0, ge=0, description="on SIGTERM, keep serving this long (readiness already 503) so load balancers can stop routing"

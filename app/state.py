@@ -107,6 +107,11 @@ class AppState:
         return self._active == 0
 
     @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The threads for work too heavy for the event loop: tokenizing, postprocessing, rendering big answers."""
+        return self._executor
+
+    @property
     def draining(self) -> bool:
         """True from the first signal on: answers carry `Connection: close` so clients move elsewhere."""
         return self._draining or self._closing

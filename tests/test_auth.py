@@ -36,7 +36,7 @@ def test_the_right_key_is_served_and_health_and_metrics_stay_open(keyed):
     response = httpx.post(f"{keyed.url}/classify", json={"inputs": "fine"}, headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 200
     assert httpx.post(f"{keyed.url}/classify", json={"inputs": "fine"}, headers={"Authorization": f"bearer  {KEY}"}).status_code == 200
-    for path in ("/healthz", "/readyz", "/info", "/metrics"):
+    for path in ("/healthz", "/readyz", "/info", "/metrics", "/docs", "/openapi.json"):
         assert httpx.get(f"{keyed.url}{path}").status_code == 200, path
     assert KEY not in httpx.get(f"{keyed.url}/info").text
 
@@ -44,7 +44,7 @@ def test_the_right_key_is_served_and_health_and_metrics_stay_open(keyed):
 def test_health_and_metrics_can_require_the_key_too(exported_classifier):
     env = {"ROBERTA_API_KEY": KEY, "ROBERTA_PROTECT_HEALTH_AND_METRICS": "true"}
     with ServerProcess(*flags(exported_classifier), env=env, wait_ready=False) as process:
-        for path in ("/healthz", "/readyz", "/info", "/metrics"):
+        for path in ("/healthz", "/readyz", "/info", "/metrics", "/docs", "/redoc", "/openapi.json"):
             assert httpx.get(f"{process.url}{path}").status_code == 401, path
         authorized = httpx.get(f"{process.url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
         assert authorized.status_code == 200 and "roberta_requests_total" in authorized.text

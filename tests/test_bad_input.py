@@ -38,7 +38,10 @@ def assert_error(response, status, error_type):
 CLASSIFY_REFUSED = [
     pytest.param(b"{not json", 400, "invalid_json", id="invalid-json"),
     pytest.param(b'{"inputs": "caf\xe9"}', 400, "invalid_json", id="not-utf8"),
-    pytest.param(b"", 422, "validation", id="empty-body"),
+    pytest.param(b"", 400, "invalid_json", id="empty-body"),
+    pytest.param('{"inputs": "a film"}'.encode("utf-16"), 400, "invalid_json", id="utf-16-with-bom"),
+    pytest.param('{"inputs": "a film"}'.encode("utf-16-le"), 400, "invalid_json", id="utf-16-without-bom"),
+    pytest.param('{"inputs": "a film"}'.encode("utf-32"), 400, "invalid_json", id="utf-32"),
     pytest.param({"inputs": 5}, 422, "validation", id="inputs-number"),
     pytest.param({"inputs": [1, 2]}, 422, "validation", id="inputs-list-of-numbers"),
     pytest.param({"inputs": {"text": 3}}, 422, "validation", id="pair-of-wrong-type"),
@@ -113,9 +116,43 @@ def test_a_thousand_unknown_targets_give_a_short_warning_every_client_can_read(s
     assert "x" * 41 not in warning  # never echoed past 40 characters
 
 
-def test_a_body_that_is_not_json_gets_415(server):
-    response = httpx.post(f"{server.url}/classify", content=b"inputs=hello", headers={"content-type": "text/plain"})
+@pytest.mark.parametrize("content_type", ["text/plain", "text/json", "application/x-www-form-urlencoded"])
+def test_a_body_not_sent_as_json_gets_415(server, content_type):
+    response = httpx.post(f"{server.url}/classify", content=b'{"inputs": "a film"}', headers={"content-type": content_type})
     assert_error(response, 415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/vnd.api+json"])
+def test_json_media_types_and_a_utf8_byte_order_mark_are_taken(server, content_type):
+    body = '\ufeff{"inputs": "a film"}'.encode()
+    assert httpx.post(f"{server.url}/classify", content=body, headers={"content-type": content_type}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path, body, message",
+    [
+        ("/classify", {"inputs": 5}, "inputs must be a string, a {text, text_pair} object, or a list of them"),
+        ("/classify", {"inputs": [1, 2]}, "inputs[0] must be a string or a {text, text_pair} object; inputs[1] must be"),
+        ("/fill-mask", {"inputs": ["a <mask>", 3]}, "inputs[1] must be a string"),
+        ("/fill-mask", {"inputs": "a <mask>", "parameters": {"targets": 7}}, "parameters.targets must be a word or a list of words"),
+        ("/classify", {"inputs": "x", "parameters": {"topk": 2}},
+         "unknown field 'topk' in parameters; accepted: top_k, function_to_apply, truncation"),
+        ("/classify", {}, "inputs is required"),
+        ("/classify", ["x"], "the body must be a JSON object"),
+    ],
+)
+def test_validation_messages_name_the_field_and_what_it_accepts(server, path, body, message):
+    response = send(server, path, body)
+    assert_error(response, 422, "validation")
+    assert response.json()["error"].startswith(message)
+    assert "function-after" not in response.text and "TextPair" not in response.text
+
+
+def test_what_a_client_sent_is_never_echoed_back_at_length(server):
+    key = "k" * 1_000_000
+    response = send(server, "/classify", {"inputs": "a film", key: 1})
+    assert_error(response, 422, "validation")
+    assert len(response.content) < 300 and "k" * 41 not in response.text
 
 
 def test_a_body_over_the_limit_is_refused_from_its_declared_length(server):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 
 import httpx
 import numpy as np
@@ -199,6 +201,37 @@ def test_health_readiness_and_info(served):
     assert info["models"]["fill-mask"]["mask_token"] == "<mask>"
 
 
+def test_info_shows_no_paths_and_no_library_versions_but_onnxruntime(served, exported_classifier):
+    import onnxruntime
+
+    text = httpx.get(f"{served.url}/info").text
+    info = json.loads(text)
+    assert info["onnxruntime"] == onnxruntime.__version__
+    assert info["models"]["text-classification"]["export"]["source"] == "cls"  # the checkpoint folder's name
+    assert str(exported_classifier.parent) not in text and "/tmp" not in text
+    for library in ("torch", "transformers", "python", "optimum", "tokenizers"):
+        assert f'"{library}"' not in text
+
+
+def test_docs_pages_work_offline(served):
+    page = httpx.get(f"{served.url}/docs")
+    assert page.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in page.text
+    redoc = httpx.get(f"{served.url}/redoc").text
+    for html in (page.text, redoc):
+        assert not re.search(r"(src|href)=\"https?://", html), "the page loads something from another host"
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        response = httpx.get(f"{served.url}/docs/assets/{asset}")
+        assert response.status_code == 200 and len(response.content) > 10_000
+    schema = httpx.get(f"{served.url}/openapi.json").json()
+    assert {"/classify", "/fill-mask"} <= set(schema["paths"])
+
+
+def test_docs_can_be_turned_off(exported_classifier):
+    with ServerThread(Settings(classify_model=exported_classifier, docs=False)) as server:
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/assets/swagger-ui.css"):
+            assert httpx.get(f"{server.url}{path}").status_code == 404, path
+
+
 def test_metrics_parse_and_name_what_the_readme_lists(served):
     post(served, "/classify", {"inputs": "fine"})
     families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{served.url}/metrics").text)}
@@ -223,3 +256,12 @@ def test_metrics_parse_and_name_what_the_readme_lists(served):
     providers = [s.labels for s in families["roberta_model_info"].samples]
     assert {"model": "text-classification", "task": "text-classification", "precision": "fp32", "provider": "cpu"} in providers
 
+
+
+def test_json_rendered_item_by_item_equals_jsonresponse():
+    from fastapi.responses import JSONResponse
+
+    from app.http import render_json
+
+    for content in ([[{"score": 0.5, "token": 3, "token_str": " café", "sequence": "ü 🙂"}]] * 3, [], {"a": [1, 2]}):
+        assert render_json(content) == JSONResponse(content).body

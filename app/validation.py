@@ -1,0 +1,104 @@
+"""Pydantic's validation errors -> one message a person can act on, naming the field and what it accepts.
+
+Pydantic reports a union by trying every member, so a wrong `inputs` yields three errors
+located at its internal type names (`inputs.function-after[_encodable(), str]: Input should
+be a valid string; inputs.TextPair: ...`). Here locations keep only field names and list
+indexes, the deepest explanation wins (a list of numbers is wrong in its items, not in being
+a list), a union that nothing matched says what the field accepts, and whatever the client
+sent (an unknown key included) is never echoed past 40 characters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from pydantic import BaseModel
+
+_FIELD = re.compile(r"^[a-z][a-z0-9_]*$")
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+MOST_SHOWN = 3
+
+
+def describe(errors: Sequence[Mapping], model: type[BaseModel] | None, expected: Mapping[str, str]) -> str:
+    """`inputs must be a string or a list of strings` or `parameters.top_k: Input should be ...` (at most 3 of them).
+
+    `model` is the request body's model (for the fields an unknown key could have been),
+    `expected` what a union field accepts, by location (`inputs`, `inputs[]` for a list's items).
+    """
+    groups: dict[tuple, list[Mapping]] = {}
+    for error in errors:
+        loc = _fields_only(error.get("loc", ()), keep_last=error.get("type") == "extra_forbidden")
+        groups.setdefault(loc, []).append(error)
+    deepest = [loc for loc in groups if not any(other[: len(loc)] == loc and other != loc for other in groups)]
+    parts = [_describe_one(loc, groups[loc], model, expected) for loc in deepest[:MOST_SHOWN]]
+    more = f" (and {len(deepest) - MOST_SHOWN} more)" if len(deepest) > MOST_SHOWN else ""
+    return "; ".join(parts) + more
+
+
+def _describe_one(loc: tuple, errors: list[Mapping], model, expected: Mapping[str, str]) -> str:
+    name = _display(loc)
+    unknown = [error for error in errors if error.get("type") == "extra_forbidden"]
+    if unknown:
+        parent = loc[:-1]
+        accepted = _accepted_fields(model, parent)
+        where = f" in {_display(parent)}" if parent else ""
+        listing = f"; accepted: {', '.join(accepted)}" if accepted else ""
+        return f"unknown field {_quoted(str(loc[-1]))}{where}{listing}"
+    if not loc and errors[0].get("type") in ("model_type", "model_attributes_type", "dict_type"):
+        return "the body must be a JSON object"
+    if any(error.get("type") == "missing" for error in errors):
+        return f"{name} is required"
+    specific = [error for error in errors if not str(error.get("type", "")).endswith("_type")]
+    if specific:  # a rule the value broke (a range, a lone surrogate): its own message is the clearest
+        return f"{name}: {str(specific[0].get('msg', 'invalid')).removeprefix('Value error, ')}"
+    key = _pattern(loc)
+    if key in expected:
+        return f"{name} must be {expected[key]}"
+    return f"{name}: {errors[0].get('msg', 'invalid')}"
+
+
+def _fields_only(loc: Sequence, *, keep_last: bool = False) -> tuple:
+    """('body', 'inputs', 'list[union[...]]', 0, 'TextPair', 'text') -> ('inputs', 0, 'text').
+
+    `keep_last` keeps the last part whatever it is: the key a client sent that is not a field.
+    """
+    parts = [part for part in loc if part != "body"]
+    kept = [part for part in parts[:-1] if _is_field(part)]
+    if parts:
+        kept += [parts[-1]] if keep_last or _is_field(parts[-1]) else []
+    return tuple(kept)
+
+
+def _is_field(part) -> bool:
+    return isinstance(part, int) or (bool(_FIELD.match(str(part))) and part not in _TYPE_TAGS)
+
+
+def _display(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            part = str(part) if len(str(part)) <= 40 else str(part)[:40] + "..."
+            text += f".{part}" if text else part
+    return text or "body"
+
+
+def _pattern(loc: tuple) -> str:
+    """`inputs[3].text` -> `inputs[].text`: the key `expected` is looked up by."""
+    return "".join("[]" if isinstance(part, int) else (f".{part}" if index else str(part)) for index, part in enumerate(loc))
+
+
+def _accepted_fields(model: type[BaseModel] | None, parent: tuple) -> list[str]:
+    for name in parent:
+        if model is None or isinstance(name, int):
+            return []
+        field = model.model_fields.get(name)
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _quoted(text: str, most: int = 40) -> str:
+    return repr(text if len(text) <= most else text[:most] + "...")
