@@ -250,8 +250,9 @@ class Batcher:
         for row, item in enumerate(batch):
             count = 1 if item.positions is None else len(item.positions)
             if not item.future.done():
-                result = outputs[row] if item.positions is None else outputs[first : first + count]
-                item.future.set_result(np.array(result, copy=True))
+                # A view, not a copy: a fill-mask batch's rows are tens of MB, and copying them here would
+                # hold the event loop. The batch's array lives until its last request is answered.
+                item.future.set_result(outputs[row] if item.positions is None else outputs[first : first + count])
             first += count
 
 

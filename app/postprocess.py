@@ -49,35 +49,36 @@ def fill_mask(
     *,
     top_k: int,
     target_ids: np.ndarray | None,
-    decode: Callable[[Sequence[int], bool], str],
+    decode: Callable[[Sequence[Sequence[int]], bool], list[str]],
 ) -> list[list[dict]] | list[dict]:
     """One text's answer: a flat list for one mask, one list per mask for several (the pipeline's shape).
 
     `mask_logits` holds the rows at `mask_positions` only; `input_ids` is the text
-    unpadded. `decode(ids, skip_special_tokens)` turns ids into text.
+    unpadded. `decode(sequences, skip_special_tokens)` turns lists of ids into texts, all
+    at once: a request's answers are thousands of decoded sequences, and one call for
+    them all is what lets the tokenizer work without holding the interpreter.
     """
     probs = activate(mask_logits, "softmax")
     if target_ids is not None:
         probs = probs[:, target_ids]
         top_k = min(top_k, len(target_ids))
     single = len(mask_positions) == 1
-    answers = []
+    picks = []  # (row, position, token, score) in answer order
     for row, position in enumerate(mask_positions):
-        best = _top_k(probs[row], top_k)
-        proposals = []
-        for index in best:
+        for index in _top_k(probs[row], top_k):
             token = int(target_ids[index]) if target_ids is not None else int(index)
-            filled = input_ids.copy()
-            filled[position] = token
-            proposals.append(
-                {
-                    "score": float(probs[row, index]),
-                    "token": token,
-                    "token_str": decode([token], False),
-                    "sequence": decode(filled.tolist(), single),
-                }
-            )
-        answers.append(proposals)
+            picks.append((row, int(position), token, float(probs[row, index])))
+    prefix = input_ids.tolist()
+    filled = []
+    for _, position, token, _ in picks:
+        sequence = prefix.copy()
+        sequence[position] = token
+        filled.append(sequence)
+    token_strs = decode([[token] for _, _, token, _ in picks], False)
+    sequences = decode(filled, single)
+    answers: list[list[dict]] = [[] for _ in mask_positions]
+    for (row, _, token, score), token_str, sequence in zip(picks, token_strs, sequences):
+        answers[row].append({"score": score, "token": token, "token_str": token_str, "sequence": sequence})
     return answers[0] if single else answers
 
 

@@ -118,8 +118,8 @@ class ModelService:
             for row, e, found in zip(rows, encoded, positions)
         ]
 
-    def _decode(self, ids, skip_special_tokens: bool) -> str:
-        return self.encoder.decode(ids, skip_special_tokens=skip_special_tokens)
+    def _decode(self, sequences, skip_special_tokens: bool) -> list[str]:
+        return self.encoder.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
 
     def target_ids(self, targets: tuple[str, ...]) -> tuple[np.ndarray, str | None]:
         """transformers' rule: an exact vocabulary entry, else the word's first sub-token (with a warning)."""

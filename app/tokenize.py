@@ -14,6 +14,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 TextInput = str | tuple[str, str]
+DECODE_CHUNK = 64  # sequences per decode_batch call
 
 # transformers' clean_up_tokenization, applied to decoded text when the tokenizer config asks for it.
 _CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
@@ -44,14 +45,11 @@ class TextEncoder:
         self.pad_id = 1 if pad_id is None else pad_id
         self._cleanup = bool(config.get("clean_up_tokenization_spaces", False))
         self._vocab = self._truncating.get_vocab(with_added_tokens=True)
+        self.vocab_size = self._truncating.get_vocab_size(with_added_tokens=True)  # 20 ms a call for 50k tokens
         # No normalizer means every input byte is covered by some token, so a token count can be bounded from
         # the bytes alone (see surely_too_long); a normalizer may delete or merge input, so then nothing is.
         self._bytes_per_token = max(len(token.encode("utf-8")) for token in self._vocab)
         self._bounded = self._truncating.normalizer is None
-
-    @property
-    def vocab_size(self) -> int:
-        return self._truncating.get_vocab_size(with_added_tokens=True)
 
     def encode(self, inputs: Sequence[TextInput], *, truncate: bool = True) -> list[Encoded]:
         """Ids of each input: cut to max_seq_len when `truncate`, else whole (the caller refuses what is too long).
@@ -79,7 +77,18 @@ class TextEncoder:
         return solid > limit
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool) -> str:
-        text = self._truncating.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self._clean(self._truncating.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    def decode_batch(self, sequences: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
+        """`decode` of each sequence. tokenizers' `decode` holds the GIL, `decode_batch` lets it go while it
+        works; in chunks, because turning the ids into Rust's form holds it too, for as long as they are many."""
+        texts: list[str] = []
+        for start in range(0, len(sequences), DECODE_CHUNK):
+            chunk = [list(ids) for ids in sequences[start : start + DECODE_CHUNK]]
+            texts += self._truncating.decode_batch(chunk, skip_special_tokens=skip_special_tokens)
+        return [self._clean(text) for text in texts]
+
+    def _clean(self, text: str) -> str:
         if self._cleanup:
             for before, after in _CLEANUPS:
                 text = text.replace(before, after)

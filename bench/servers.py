@@ -75,9 +75,10 @@ class Server:
         self._log_file.close()
 
 
-def service(name: str, folder: Path, port: int, log: Path, **settings) -> Server:
+def service(name: str, folder: Path, port: int, log: Path, task: str = "classify", **settings) -> Server:
+    """This service on `folder`, as its `task` model (classify or fill-mask), with `settings` as flags."""
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
-    command = [sys.executable, "-m", "app", "--classify-model", str(folder), "--port", str(port), "--log-level", "warning", *flags]
+    command = [sys.executable, "-m", "app", f"--{task}-model", str(folder), "--port", str(port), "--log-level", "warning", *flags]
     return Server(name, command, port, log)
 
 

@@ -20,6 +20,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tiny-encoder", action="store_true",
+        help="2 layers of width 64 under roberta-base's vocabulary and length: what the vocabulary head alone costs",
+    )
     args = parser.parse_args()
 
     import torch
@@ -29,12 +33,13 @@ def main() -> None:
     tokenizer = RobertaTokenizerFast(
         vocab_file=str(args.tokenizer / "vocab.json"), merges_file=str(args.tokenizer / "merges.txt"), model_max_length=512
     )
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) if args.tiny_encoder else {}
     if args.task == "fill-mask":
-        model = RobertaForMaskedLM(RobertaConfig())
+        model = RobertaForMaskedLM(RobertaConfig(**shape))
     else:
         labels = {0: "negative", 1: "positive"}
         model = RobertaForSequenceClassification(
-            RobertaConfig(id2label=labels, label2id={v: k for k, v in labels.items()})
+            RobertaConfig(id2label=labels, label2id={v: k for k, v in labels.items()}, **shape)
         )
     model.save_pretrained(args.output)
     tokenizer.save_pretrained(args.output)

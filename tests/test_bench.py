@@ -28,3 +28,17 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert soak["requests"] == 200 and soak["rss_after_mb"] > 0
     assert report["embedded_accuracy"]["fp32"] > 0.78  # the real sentences got the embedded model's real answers
     assert "| target | measured | bound | met |" in (tmp_path / "report.md").read_text()
+
+
+def test_quick_fill_mask_benchmark_compares_both_exports(tmp_path):
+    command = [sys.executable, "-m", "bench.fill_mask", "--quick", "--seconds", "1", "--rounds", "1", "--output", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "fill-mask.json").read_text())
+    for export in ("old", "new"):
+        assert all(case["status"] == 200 for case in report["memory"][export].values()), export
+        levels = report["throughput"][export]["levels"]
+        assert [level["level"] for level in levels] == [1, 32] and all(level["requests_per_s"] > 0 for level in levels)
+    loaded = report["event_loop"]["loaded"]
+    assert loaded["statuses"] == [200] * 4 and loaded["polls"] > 0
+    assert "| 4 x the heaviest accepted fill-mask request" in (tmp_path / "fill-mask.md").read_text()

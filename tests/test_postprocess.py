@@ -41,9 +41,9 @@ def test_classify_sorts_descending_and_cuts_to_top_k():
     assert len(classify(logits, labels, "softmax", 10)) == 3
 
 
-def decode(ids, skip_special):
+def decode(sequences, skip_special):
     words = {0: "<s>", 2: "</s>", 9: "<mask>", 5: " cat", 6: " dog", 7: " sat", 8: "The"}
-    return "".join(words.get(i, f"[{i}]") for i in ids if not (skip_special and i in (0, 2)))
+    return ["".join(words.get(i, f"[{i}]") for i in ids if not (skip_special and i in (0, 2))) for ids in sequences]
 
 
 def test_fill_mask_single_mask_is_a_flat_list():

@@ -64,3 +64,11 @@ def test_decode_matches_transformers(encoder, reference):
     ids = reference("The ending was brilliant, sadly.")["input_ids"]
     assert encoder.decode(ids, skip_special_tokens=True) == reference.decode(ids, skip_special_tokens=True)
     assert encoder.decode(ids, skip_special_tokens=False) == reference.decode(ids)
+
+
+def test_batch_decoding_equals_one_by_one_across_chunks(encoder, reference):
+    sequences = [reference(f"The film number {i} was brilliant, sadly.")["input_ids"] for i in range(150)]
+    for skip in (True, False):
+        assert encoder.decode_batch(sequences, skip_special_tokens=skip) == [
+            encoder.decode(ids, skip_special_tokens=skip) for ids in sequences
+        ]
