@@ -16,8 +16,7 @@ def main() -> None:
     settings, state = load_or_exit(cli=True)
     configure_logging(settings.log_level)
     app = create_app(state=state)
-    config = uvicorn_config(app, settings, on_refused=lambda reason: state.metrics.http_refused.labels(reason).inc())
-    DrainingServer(config, state).run()
+    DrainingServer(uvicorn_config(app, state), state).run()
 
 
 if __name__ == "__main__":

@@ -73,27 +73,6 @@ class RequestMetrics:
             self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
-class CloseWhileDraining:
-    """Every answer after SIGTERM says `Connection: close`: a client's next request then goes to another replica
-    instead of a connection that is about to close."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        state = getattr(scope["app"].state, "services", None)
-
-        async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start" and state is not None and state.draining:
-                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
-            await send(message)
-
-        await self.app(scope, receive, send_closing)
-
-
 class BodySizeLimit:
     """413 for bodies over `max_bytes`: at once from Content-Length, or as soon as a chunked body passes it.
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from app import __version__
 from app.docs import install_docs
-from app.http import BodySizeLimit, CloseWhileDraining, RequestMetrics, install_error_handlers
+from app.http import BodySizeLimit, RequestMetrics, install_error_handlers
 from app.metrics import Metrics
 from app.model_folder import ModelFolderError
 from app.routes import router
@@ -54,7 +54,6 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         openapi_url=None,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(CloseWhileDraining)
     app.add_middleware(RequestMetrics, metrics=metrics)
     install_error_handlers(app)
     app.include_router(router)

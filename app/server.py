@@ -8,7 +8,8 @@ reading. `limited_protocol` bounds the first two, `DrainingServer` the third:
   closed; the rest is never read), and complete within `header_timeout_s` of the first byte;
 - body: complete within `body_timeout_s` of the headers (408 and closed);
 - idle connections, a new one included, close after `keep_alive_timeout_s`;
-- a request that is not HTTP gets the service's JSON error body (400), not uvicorn's text.
+- a request that is not HTTP gets the service's JSON error body (400), not uvicorn's text;
+- from SIGTERM on, every answer says `Connection: close`, so clients take their next request elsewhere.
 
 On SIGTERM the server goes unready, keeps serving for `shutdown_delay_s`, then has
 `shutdown_timeout_s` for everything else: admitted requests, responses still being written,
@@ -63,8 +64,13 @@ class _Refused(Exception):
     """Raised inside a parser callback to stop parsing; the protocol has already decided the answer."""
 
 
-def limited_protocol(limits: HttpLimits, on_refused: Callable[[str], None] = lambda reason: None) -> type[asyncio.Protocol]:
-    """The httptools protocol with `limits`; `on_refused(reason)` counts each refusal."""
+def limited_protocol(
+    limits: HttpLimits,
+    on_refused: Callable[[str], None] = lambda reason: None,
+    is_draining: Callable[[], bool] = lambda: False,
+) -> type[asyncio.Protocol]:
+    """The httptools protocol with `limits`; `on_refused(reason)` counts each refusal; while `is_draining()`,
+    every answer closes its connection."""
 
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args, **kwargs) -> None:
@@ -88,8 +94,6 @@ def limited_protocol(limits: HttpLimits, on_refused: Callable[[str], None] = lam
             self._unset_keepalive_if_required()
             if not self._headers_done:
                 self._header_bytes += len(data)
-                if self._header_timer is None:
-                    self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timed_out)
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
@@ -104,19 +108,27 @@ def limited_protocol(limits: HttpLimits, on_refused: Callable[[str], None] = lam
                 else:
                     self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
                 return
-            if not self._headers_done and self._header_bytes > limits.max_header_bytes:
-                self._refuse_large_headers()
+            # Timers only for a request that did not arrive whole in this read: most do, and pay nothing.
+            if not self._headers_done and self._header_bytes:
+                if self._header_bytes > limits.max_header_bytes:
+                    self._refuse_large_headers()
+                elif self._header_timer is None:
+                    self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timed_out)
+            elif self._headers_done and self.cycle is not None and self.cycle.more_body and self._body_timer is None:
+                self._body_timer = self.loop.call_later(limits.body_timeout_s, self._body_timed_out)
 
         def on_headers_complete(self) -> None:
             self._headers_done = True
             self._cancel(self._header_timer)
             self._header_timer = None
-            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-            if size > limits.max_header_bytes:
-                self._refusal = self._large_headers()
-                raise _Refused
-            self._body_timer = self.loop.call_later(limits.body_timeout_s, self._body_timed_out)
+            if self._header_bytes > limits.max_header_bytes:  # only then can the headers themselves be too large
+                size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+                if size > limits.max_header_bytes:
+                    self._refusal = self._large_headers()
+                    raise _Refused
             super().on_headers_complete()
+            if is_draining():
+                self.cycle.keep_alive = False  # the answer says `Connection: close`: the next request goes elsewhere
 
         def on_message_complete(self) -> None:
             self._cancel(self._body_timer)
@@ -135,6 +147,11 @@ def limited_protocol(limits: HttpLimits, on_refused: Callable[[str], None] = lam
                 return  # the request is whole and being answered: the answer will close the connection
             # Still uploading: the answer would come after the body, which may never arrive.
             self._refuse(503, "not_ready", "the server is shutting down; retry on another replica", (("retry-after", "1"),))
+
+        def close_after_answer(self) -> None:
+            """The drain began: the answer being made, if any, says `Connection: close` (later ones do anyway)."""
+            if self.cycle is not None and not self.cycle.response_started:
+                self.cycle.keep_alive = False
 
         def close_at_deadline(self) -> None:
             """The shutdown deadline passed: answer what is unanswered with 503, close, abort a second later."""
@@ -220,6 +237,8 @@ class DrainingServer(uvicorn.Server):
 
     def _start_drain(self, signal_name: str) -> None:
         log.info("received %s: draining", signal_name)
+        for connection in self._our_connections():
+            connection.close_after_answer()
         loop = asyncio.get_running_loop()
         self._drain_task = loop.create_task(self._drain_then_exit(), name="drain")
         loop.call_later(max(0.0, self._deadline - time.monotonic()), self._close_connections)
@@ -234,8 +253,11 @@ class DrainingServer(uvicorn.Server):
             self.config.timeout_graceful_shutdown = max(0.0, self._deadline - time.monotonic()) + ABORT_AFTER_CLOSE_S
         await super().shutdown(sockets)
 
+    def _our_connections(self) -> list:
+        return [c for c in self.server_state.connections if hasattr(c, "close_at_deadline")]
+
     def _close_connections(self) -> None:
-        left = [c for c in self.server_state.connections if hasattr(c, "close_at_deadline")]
+        left = self._our_connections()
         if left:
             log.warning("shutdown timeout reached: closing %d connections", len(left))
         for connection in left:
@@ -254,7 +276,8 @@ def _start_watchdog(deadline: float) -> None:
     threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
 
 
-def uvicorn_config(app, settings: Settings, on_refused: Callable[[str], None]) -> uvicorn.Config:
+def uvicorn_config(app, state: AppState) -> uvicorn.Config:
+    settings = state.settings
     limits = HttpLimits(
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
@@ -266,7 +289,11 @@ def uvicorn_config(app, settings: Settings, on_refused: Callable[[str], None]) -
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        http=limited_protocol(limits, on_refused),
+        http=limited_protocol(
+            limits,
+            on_refused=lambda reason: state.metrics.http_refused.labels(reason).inc(),
+            is_draining=lambda: state.draining,
+        ),
         timeout_keep_alive=limits.keep_alive_timeout_s,
         server_header=False,  # what runs here is nobody's business
         lifespan="on",

@@ -1,0 +1,68 @@
+"""The service from this checkout against the service from another, same model, same load, in turn.
+
+    python -m bench.ab ../other-checkout                      # embedded INT8 classifier, c=32 and 64, 20 s each
+    python -m bench.ab ../other-checkout --seconds 10 --concurrency 8
+
+For a change to the serving path (the HTTP layer, the batcher) whose cost must be seen beside the
+code before it: both servers run `python -m app` with the same flags on the same exported folder,
+and every level is taken in slices, one server at a time, the other SIGSTOPped (bench.__main__'s
+measure_interleaved), so drift of these shared cores falls on both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import sys
+from pathlib import Path
+
+from bench import servers
+from bench.__main__ import REPO, System, measure_interleaved, sst2_dev
+from bench.load import closed_loop, encode_requests
+
+WORK = REPO / "build" / "bench"
+
+
+def checkout_server(name: str, checkout: Path, folder: Path, precision: str) -> servers.Server:
+    """`python -m app` with `checkout` first on sys.path, so its `app` package is the one that runs."""
+    port = servers.free_port()
+    launcher = f"import sys; sys.path.insert(0, {str(checkout.resolve())!r}); from app.__main__ import main; main()"
+    command = [sys.executable, "-c", launcher, "--classify-model", str(folder), "--precision", precision,
+               "--port", str(port), "--log-level", "warning"]
+    return servers.Server(name, command, port, WORK / "logs" / f"ab-{name}.log")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
+    parser.add_argument("other", type=Path, help="another checkout of this repository (e.g. a git worktree)")
+    parser.add_argument("--folder", type=Path, default=REPO / "build" / "onnx" / "roberta-mini-sst2",
+                        help="exported classifier both serve (default: the embedded one, as serve-default.sh exports it)")
+    parser.add_argument("--precision", default="int8")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
+    args = parser.parse_args()
+    (WORK / "logs").mkdir(parents=True, exist_ok=True)
+    requests = encode_requests("127.0.0.1", "/classify", [{"inputs": text} for text in sst2_dev()[0]])
+    with contextlib.ExitStack() as stack:
+        systems = []
+        for name, checkout in (("this", REPO), ("other", args.other)):
+            server = stack.enter_context(checkout_server(name, checkout, args.folder, args.precision))
+            system = System(name, server, itertools.cycle(requests), is_service=True)
+            asyncio.run(closed_loop("127.0.0.1", server.port, system.source, 1, 2.0))  # warm the path
+            server.pause()
+            systems.append(system)
+        results, _ = measure_interleaved(systems, args.concurrency, args.seconds, None, args.rounds, lambda: None)
+    for this, other in zip(results["this"]["levels"], results["other"]["levels"]):
+        print(f"c={this['level']}: this {this['requests_per_s']:.1f} req/s, other {other['requests_per_s']:.1f}: "
+              f"this / other {this['requests_per_s'] / other['requests_per_s']:.3f}")
+    if args.output:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
