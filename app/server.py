@@ -75,8 +75,9 @@ def limited_protocol(
     class LimitedHttpToolsProtocol(HttpToolsProtocol):
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
+            self._begun = False  # the parser has seen the first byte of a request it has not finished
             self._headers_done = False
-            self._header_bytes = 0  # bytes received since the current request began, until its headers are complete
+            self._header_bytes = 0  # bytes received while reading headers (one read's worth approximate)
             self._header_timer: asyncio.TimerHandle | None = None
             self._body_timer: asyncio.TimerHandle | None = None
             self._refusal: tuple[int, str, str] | None = None
@@ -109,23 +110,26 @@ def limited_protocol(
                     self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
                 return
             # Timers only for a request that did not arrive whole in this read: most do, and pay nothing.
-            if not self._headers_done and self._header_bytes:
+            if self._begun and not self._headers_done:
                 if self._header_bytes > limits.max_header_bytes:
                     self._refuse_large_headers()
                 elif self._header_timer is None:
                     self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timed_out)
-            elif self._headers_done and self.cycle is not None and self.cycle.more_body and self._body_timer is None:
+            elif self._begun and self._body_timer is None:
                 self._body_timer = self.loop.call_later(limits.body_timeout_s, self._body_timed_out)
 
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._begun = True
+
         def on_headers_complete(self) -> None:
-            self._headers_done = True
             self._cancel(self._header_timer)
             self._header_timer = None
-            if self._header_bytes > limits.max_header_bytes:  # only then can the headers themselves be too large
-                size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-                if size > limits.max_header_bytes:
-                    self._refusal = self._large_headers()
-                    raise _Refused
+            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            if size > limits.max_header_bytes:
+                self._refusal = self._large_headers()
+                raise _Refused
+            self._headers_done = True
             super().on_headers_complete()
             if is_draining():
                 self.cycle.keep_alive = False  # the answer says `Connection: close`: the next request goes elsewhere
@@ -133,8 +137,14 @@ def limited_protocol(
         def on_message_complete(self) -> None:
             self._cancel(self._body_timer)
             self._body_timer = None
-            self._headers_done, self._header_bytes = False, 0
+            self._begun = self._headers_done = False
+            self._header_bytes = 0
             super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self._begun and not self._headers_done:
+                self._unset_keepalive_if_required()  # not idle: a next request has begun; its header timer runs
 
         def send_400_response(self, msg: str) -> None:
             self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
@@ -143,8 +153,8 @@ def limited_protocol(
             super().shutdown()
             if self.cycle is None or self.cycle.response_complete:
                 return
-            if not self.cycle.more_body:
-                return  # the request is whole and being answered: the answer will close the connection
+            if not self.cycle.more_body or self.cycle.response_started:
+                return  # whole and being answered, or answered already: that answer will close the connection
             # Still uploading: the answer would come after the body, which may never arrive.
             self._refuse(503, "not_ready", "the server is shutting down; retry on another replica", (("retry-after", "1"),))
 
@@ -187,7 +197,10 @@ def limited_protocol(
                 return
             self._cancel_timers()
             on_refused(error_type)
-            if self.cycle is None or not self.cycle.response_started:
+            # Before its headers are complete, `cycle` is the previous request's; after, this one's.
+            in_flight = self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
+            answered = self._headers_done and self.cycle is not None and self.cycle.response_started
+            if not in_flight and not answered:
                 headers = (*extra_headers, *((n.decode(), v.decode()) for n, v in self.server_state.default_headers))
                 self.transport.write(raw_response(status, error_type, message, headers))
             if self.cycle is not None:

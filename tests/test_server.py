@@ -111,6 +111,23 @@ def test_a_body_that_stops_arriving_gets_408_and_the_connection_is_dropped(serve
     assert metric_value(server.url, "roberta_http_refused_total", reason="request_timeout") >= 1
 
 
+def test_a_second_request_that_stalls_on_a_kept_alive_connection_gets_its_own_408(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo")
+        raw = read_all(sock)
+    first, _, second = raw.partition(b'{"status":"ok"}')
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 408")
+    assert parse(second)[2]["error_type"] == "request_timeout"
+
+
+def test_a_body_that_stalls_after_an_early_answer_gets_no_second_answer(server):
+    with connect(server) as sock:  # over the body limit: 413 at once from Content-Length, then the body stops
+        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 2000000\r\n\r\n" + b"a" * 100)
+        raw = read_all(sock)
+    assert raw.startswith(b"HTTP/1.1 413") and raw.count(b"HTTP/1.1") == 1
+
+
 def test_idle_connections_are_closed_new_ones_included(server):
     with connect(server) as sock:  # never sends a byte
         started = time.monotonic()
