@@ -1,0 +1,1221 @@
+"""Attack and new-user cases against a real `python -m app` process: one figure per case.
+
+What it measures (case letters as in `--cases`):
+
+  A  fill-mask memory: big-vocabulary model, 32 texts of ~505 tokens, then 64 texts x 8 masks (time, RSS)
+  B  headers: an 8 MB header, ten unfinished 50 MB headers, a body that never completes, half a request line
+  C  SIGTERM: with a stalled upload, with 20 clients that never read a large answer, keep-alive during the drain
+  D  event-loop stalls: worst /healthz latency (polled every 10 ms) while heavy requests run (tiny and big vocab)
+  E  1,000 long fill-mask targets: the size of the X-Warning header and whether httpx / urllib can read it
+  F  a queue smaller than one request (--max-queue 8, 16 inputs): statuses and Retry-After
+  G  exposure: /info without a key, the Server header, /docs /redoc /openapi.json with everything protected
+  H  contract: UTF-16/32 bodies, text/json, empty body, a protocol error, error messages, a 1 MB key
+  I  start-up errors: exit codes, stderr lines, tracebacks; WARNING lines of a normal start
+
+The code under test is the repository in the current directory (`python -m app` is started with
+that directory first on sys.path). Models are exported on first use into build/abuse/ and reused:
+
+  models/roberta-mini-sst2, models/roberta-mini-mlm   -> build/abuse/<name> (fp32 + INT8)
+  a RobertaForMaskedLM with roberta-base's vocabulary (50,265) and length (512) but a 2-layer,
+  64-wide encoder, random weights, the real roberta-base tokenizer  -> build/abuse/bigvocab-onnx (fp32)
+
+Data from ../shared/data (SST-2 dev sentences, the roberta-base tokenizer files). Run from a repo root:
+
+    python -m bench.abuse --out /tmp/abuse.json            # every case, ~10 min on two cores
+    python -m bench.abuse --cases B H --out /tmp/bh.json   # a subset
+
+stdout is a Markdown table (case, what was sent, what was observed); --out gets the same figures as
+JSON, case id -> dict. A case that fails records its error and the run goes on; every wait has a timeout
+and every server process is killed on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import random
+import re
+import signal
+import socket
+import string
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path.cwd()
+BUILD = REPO / "build" / "abuse"
+DEFAULT_SHARED = REPO.parent / "shared" / "data"
+MIB = 1024 * 1024
+JSON_HEADERS = {"Content-Type": "application/json"}
+LONG_WAIT = {"X-Request-Timeout": "120"}  # heavy requests: measure the stall, not the default 30 s deadline
+
+
+def log(message: str) -> None:
+    print(f"[abuse {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+_CHILDREN: set[subprocess.Popen] = set()
+
+
+def _kill_children() -> None:
+    for process in list(_CHILDREN):
+        if process.poll() is None:
+            process.kill()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+atexit.register(_kill_children)
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment without ROBERTA_* settings, the repo in the current directory first on the path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ROBERTA_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of a process, in MB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {"rss_mb": float("nan"), "peak_mb": float("nan")}
+    values = {key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 1024 for key in ("VmRSS", "VmHWM")}
+    return {"rss_mb": round(values["VmRSS"], 1), "peak_mb": round(values["VmHWM"], 1)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class StartFailed(RuntimeError):
+    """The server process exited (or never became ready) before /readyz said 200."""
+
+    def __init__(self, message: str, exit_code: int | None, lines: list[str]) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.first_line = next((line for line in lines if line.strip()), "")
+
+
+class Server:
+    """`python -m app --host 127.0.0.1 --port 0 --log-level info FLAGS`, its URL parsed from uvicorn's log."""
+
+    def __init__(self, *flags: str, env: dict[str, str] | None = None, auth: str | None = None) -> None:
+        self.command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", "0", "--log-level", "info", *flags]
+        self.env = server_env(env)
+        self.auth_headers = {"Authorization": f"Bearer {auth}"} if auth else {}
+        self.process: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self.url = ""
+        self.ready_lines = 0  # log lines written before /readyz first said 200
+        self.exited_at: float | None = None  # monotonic time the process was first seen to have exited
+
+    def __enter__(self) -> Server:
+        self.process = subprocess.Popen(
+            self.command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        _CHILDREN.add(self.process)
+        bound = threading.Event()
+        threading.Thread(target=self._read_output, args=(bound,), daemon=True).start()
+        try:
+            self._wait_ready(bound)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _wait_ready(self, bound: threading.Event) -> None:
+        deadline = time.monotonic() + 180
+        while not bound.wait(timeout=0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                time.sleep(0.2)  # let the reader thread take the last lines
+                raise StartFailed("server did not start: " + self.tail(), self.process.poll(), self.lines)
+        while True:
+            try:
+                if httpx.get(f"{self.url}/readyz", headers=self.auth_headers, timeout=5).status_code == 200:
+                    self.ready_lines = len(self.lines)
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise StartFailed("server did not become ready: " + self.tail(), self.process.poll(), self.lines)
+            time.sleep(0.1)
+
+    def _read_output(self, bound: threading.Event) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            if found and not bound.is_set():
+                self.url = found.group(1)
+                bound.set()
+
+    def tail(self, lines: int = 5) -> str:
+        return " / ".join(self.lines[-lines:])
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").split(":")
+        return host, int(port)
+
+    def memory(self) -> dict[str, float]:
+        return memory_mb(self.pid)
+
+    def rss(self) -> float:
+        return self.memory()["rss_mb"]
+
+    def run_overhead_tokens(self, task: str = "fill-mask") -> float | None:
+        """The batching cost model's fixed cost per run, as /info reports it (it decides how batches are cut)."""
+        try:
+            info = httpx.get(f"{self.url}/info", headers=self.auth_headers, timeout=10).json()
+            return info["models"][task]["batching"]["run_overhead_tokens"]
+        except Exception:
+            return None
+
+    def batches(self, model: str = "fill-mask") -> tuple[float, float]:
+        """(batches run, sequences batched) so far for `model`, from /metrics."""
+        try:
+            text = httpx.get(f"{self.url}/metrics", headers=self.auth_headers, timeout=10).text
+        except httpx.HTTPError:
+            return float("nan"), float("nan")
+
+        def sample(name: str) -> float:
+            found = re.search(rf'^{name}\{{model="{model}"\}} (\S+)$', text, re.M)
+            return float(found.group(1)) if found else float("nan")
+
+        return sample("roberta_batch_size_count"), sample("roberta_batch_size_sum")
+
+    def alive(self) -> bool:
+        if self.process.poll() is None:
+            return True
+        self.exited_at = self.exited_at or time.monotonic()
+        return False
+
+    def sigterm(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+    def wait_exit(self, seconds: float, poll_s: float = 0.5) -> tuple[float | None, int | None]:
+        """Poll until the process exits or `seconds` pass: (seconds to exit, exit code), or (None, None)."""
+        started = time.monotonic()
+        while self.alive():
+            if time.monotonic() - started >= seconds:
+                return None, None
+            time.sleep(poll_s)
+        return round(max(0.0, self.exited_at - started), 2), self.process.returncode
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            self.sigterm()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        _CHILDREN.discard(self.process)
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class Models:
+    classify: Path
+    fill_mask: Path
+    bigvocab: Path
+
+    def tiny_flags(self) -> list[str]:
+        return ["--classify-model", str(self.classify), "--fill-mask-model", str(self.fill_mask)]
+
+    def big_flags(self) -> list[str]:
+        return ["--classify-model", str(self.classify), "--fill-mask-model", str(self.bigvocab), "--precision", "fp32"]
+
+
+def run_export(source: Path, output: Path, *flags: str) -> None:
+    command = [sys.executable, "-m", "export", str(source), "--output", str(output), "--reuse", *flags]
+    done = subprocess.run(command, cwd=REPO, env=server_env(), capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
+
+
+def write_bigvocab_checkpoint(output: Path, tokenizer_dir: Path) -> None:
+    """roberta-base's vocabulary and positions on a 2-layer, 64-wide encoder with random weights."""
+    import torch
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
+
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=50265, max_position_embeddings=514, hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=128,
+    )
+    tokenizer = RobertaTokenizerFast(
+        vocab_file=str(tokenizer_dir / "vocab.json"), merges_file=str(tokenizer_dir / "merges.txt"), model_max_length=512
+    )
+    staging = output.with_name(output.name + ".partial")
+    RobertaForMaskedLM(config).save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.rename(output)
+
+
+def prepare_models(shared: Path) -> Models:
+    BUILD.mkdir(parents=True, exist_ok=True)
+    for name in ("roberta-mini-sst2", "roberta-mini-mlm"):
+        log(f"export models/{name} -> build/abuse/{name} (reused when up to date)")
+        run_export(REPO / "models" / name, BUILD / name, "--quantize", "int8")
+    checkpoint = BUILD / "bigvocab-ckpt"
+    if not (checkpoint / "config.json").is_file():
+        log("writing the big-vocab fill-mask checkpoint (random weights, roberta-base tokenizer)")
+        write_bigvocab_checkpoint(checkpoint, shared / "roberta-base-tokenizer")
+    log("export build/abuse/bigvocab-ckpt -> build/abuse/bigvocab-onnx (fp32)")
+    run_export(checkpoint, BUILD / "bigvocab-onnx")
+    return Models(BUILD / "roberta-mini-sst2", BUILD / "roberta-mini-mlm", BUILD / "bigvocab-onnx")
+
+
+# --------------------------------------------------------------------------------------------- request bodies
+
+
+class TextMaker:
+    """Long SST-2 dev texts with masks, their length counted by the model's own tokenizer.json."""
+
+    def __init__(self, shared: Path, model_folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        rows = (shared / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
+        self.sentences = [row.split("\t")[0].strip() for row in rows if row.strip()]
+        self.tokenizer = Tokenizer.from_file(str(model_folder / "tokenizer.json"))
+        self.max_seq_len = int(json.loads((model_folder / "manifest.json").read_text())["max_seq_len"])
+        self.mask_id = self.tokenizer.token_to_id("<mask>")
+
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text).ids)  # special tokens included
+
+    def text(self, start: int, tokens: int) -> str:
+        """SST-2 sentences from `start` on, each added while the whole stays within `tokens` (specials included)."""
+        parts: list[str] = []
+        for step in range(len(self.sentences)):
+            candidate = parts + [self.sentences[(start + step) % len(self.sentences)]]
+            if self.count(" ".join(candidate)) <= tokens:
+                parts = candidate
+            if self.count(" ".join(parts)) >= tokens - 2 or step > 400:
+                break
+        return " ".join(parts)
+
+    def masked(self, count: int, masks: int, tokens: int | None = None) -> list[str]:
+        """`count` distinct texts of about `tokens` tokens (default: as long as fits with the masks), `masks` masks each."""
+        tokens = tokens if tokens is not None else self.max_seq_len - masks - 2
+        texts = []
+        for index in range(count):
+            words = self.text(index * 13, tokens).split(" ")
+            for slot in range(masks, 0, -1):  # from the right, so earlier positions stay put
+                words.insert(slot * len(words) // (masks + 1), "<mask>")
+            text = " ".join(words)
+            ids = self.tokenizer.encode(text).ids
+            if ids.count(self.mask_id) != masks or len(ids) > self.max_seq_len:
+                raise RuntimeError(f"text {index}: {ids.count(self.mask_id)} masks, {len(ids)} tokens")
+            texts.append(text)
+        return texts
+
+    def mean_tokens(self, texts: list[str]) -> float:
+        return round(sum(self.count(t) for t in texts) / len(texts), 1)
+
+
+def dumps(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+def one_mb_word(room: int) -> str:
+    """A single word that leaves `room` bytes of the 1 MiB body limit for the rest of the JSON."""
+    return "a" * (MIB - room)
+
+
+# --------------------------------------------------------------------------------------------- clients
+
+
+@dataclass
+class Answer:
+    status: int | None
+    seconds: float
+    size: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    error: str | None = None
+
+    def json_error(self) -> tuple[str | None, str | None]:
+        try:
+            value = json.loads(self.body)
+        except ValueError:
+            return None, None
+        if isinstance(value, dict):
+            return value.get("error_type"), value.get("error")
+        return None, None
+
+    def short(self) -> str:
+        """'200', '413 input_too_long', or the client's exception."""
+        if self.error:
+            return self.error
+        error_type = self.json_error()[0] if self.status != 200 else None
+        return f"{self.status} {error_type}" if error_type else str(self.status)
+
+
+def post(url: str, path: str, body: bytes, headers: dict[str, str] | None = None, timeout: float = 300,
+         client: httpx.Client | None = None, keep_body: bool = True) -> Answer:
+    started = time.perf_counter()
+    try:
+        if client is None:
+            with httpx.Client(timeout=timeout) as own:
+                response = own.post(url + path, content=body, headers={**JSON_HEADERS, **(headers or {})})
+        else:
+            response = client.post(url + path, content=body, headers={**JSON_HEADERS, **(headers or {})})
+        return Answer(
+            response.status_code, round(time.perf_counter() - started, 3), len(response.content),
+            dict(response.headers), response.content if keep_body else response.content[:4096],
+        )
+    except Exception as exc:
+        return Answer(None, round(time.perf_counter() - started, 3), error=f"{type(exc).__name__}: {str(exc)[:120]}")
+
+
+class HealthPoller:
+    """GET /healthz every `interval_s` on one keep-alive connection, in a thread: the worst latency seen."""
+
+    def __init__(self, url: str, interval_s: float = 0.01, timeout_s: float = 120) -> None:
+        self.url = url
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=self.timeout_s) as client:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                try:
+                    client.get(f"{self.url}/healthz").raise_for_status()
+                except Exception as exc:
+                    self.failures.append(type(exc).__name__)
+                self.latencies.append(time.perf_counter() - started)
+                self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> HealthPoller:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.latencies and time.monotonic() < deadline:  # connected and answered once before the load starts
+            time.sleep(0.005)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout_s + 5)
+
+    @property
+    def worst_ms(self) -> float:
+        return round(max(self.latencies, default=float("nan")) * 1000, 1)
+
+    def figures(self) -> dict:
+        return {"worst_healthz_ms": self.worst_ms, "healthz_polls": len(self.latencies), "healthz_failures": len(self.failures)}
+
+
+def idle_worst_healthz(url: str, seconds: float = 2.0) -> float:
+    with HealthPoller(url) as poller:
+        time.sleep(seconds)
+    return poller.worst_ms
+
+
+def raw_connect(server: Server, timeout: float = 10, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: it sets the TCP window
+    sock.settimeout(timeout)
+    sock.connect(server.host_port)
+    return sock
+
+
+def await_reply(sock: socket.socket, seconds: float) -> tuple[str, float]:
+    """Wait up to `seconds` for the first line the server sends, or for it to close: (what, after how long)."""
+    started = time.monotonic()
+    data = b""
+    while True:
+        left = seconds - (time.monotonic() - started)
+        if left <= 0:
+            return ("nothing, still open" if not data else first_line(data)), round(time.monotonic() - started, 2)
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except OSError as exc:
+            return f"reset ({type(exc).__name__})", round(time.monotonic() - started, 2)
+        if not chunk:
+            return (first_line(data) + ", then closed" if data else "closed"), round(time.monotonic() - started, 2)
+        data += chunk
+        if b"\r\n" in data:
+            return first_line(data), round(time.monotonic() - started, 2)
+
+
+def first_line(data: bytes) -> str:
+    return data.split(b"\r\n", 1)[0].decode("latin-1")[:120]
+
+
+def read_response(sock: socket.socket, timeout: float = 60) -> tuple[str, list[tuple[str, str]], bytes]:
+    """One HTTP/1.1 response from a raw socket: status line, headers, body (by Content-Length, else to close)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:] if ":" in line]
+    length = next((int(v) for k, v in headers if k.lower() == "content-length"), None)
+    while length is None or len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return lines[0], headers, body
+
+
+def header(headers: list[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in headers if k.lower() == name.lower()), None)
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class Report:
+    out: Path | None
+    figures: dict[str, dict] = field(default_factory=dict)
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def print_header(self) -> None:
+        print("| case | sent | observed |\n| --- | --- | --- |", flush=True)
+
+    def add(self, case_id: str, sent: str, observed: str, figures: dict) -> None:
+        self.rows.append((case_id, sent, observed))
+        self.figures[case_id] = {"sent": sent, "observed": observed, **figures}
+        cells = (cell.replace("|", "\\|").replace("\n", " ") for cell in (case_id, sent, observed))
+        print("| " + " | ".join(cells) + " |", flush=True)
+        self.save()
+
+    def save(self) -> None:
+        if self.out is not None:
+            self.out.write_text(json.dumps(self.figures, indent=2, default=str) + "\n")
+
+
+Outcome = tuple[str, dict]  # (observed, figures)
+
+
+def attempt(report: Report, case_id: str, sent: str, measure: Callable[[], Outcome]) -> dict:
+    """Run one measurement; an exception becomes the observed figure and the run goes on."""
+    log(f"{case_id}: {sent}")
+    try:
+        observed, figures = measure()
+    except Exception as exc:
+        observed = f"ERROR {type(exc).__name__}: {str(exc)[:300]}"
+        figures = {"error": observed, "traceback": traceback.format_exc()[-2000:]}
+    report.add(case_id, sent, observed, figures)
+    return figures
+
+
+@dataclass
+class Context:
+    models: Models
+    shared: Path
+    report: Report
+
+    def texts(self, folder: Path) -> TextMaker:
+        return TextMaker(self.shared, folder)
+
+
+# --------------------------------------------------------------------------------------------- A: fill-mask memory
+
+
+def case_a(ctx: Context) -> None:
+    maker = ctx.texts(ctx.models.bigvocab)
+    with Server(*ctx.models.big_flags()) as server:
+        one = maker.masked(32, masks=1, tokens=503)
+        attempt(ctx.report, "A1", f"big-vocab fill-mask: 32 texts x ~{maker.mean_tokens(one):.0f} tokens, 1 mask, top_k 1",
+                lambda: fill_mask_memory(server, one))
+        eight = maker.masked(64, masks=8)
+        attempt(ctx.report, "A2", f"big-vocab fill-mask: 64 texts x ~{maker.mean_tokens(eight):.0f} tokens, 8 masks, top_k 1",
+                lambda: fill_mask_memory(server, eight))
+
+
+def fill_mask_memory(server: Server, texts: list[str]) -> Outcome:
+    body = dumps({"inputs": texts, "parameters": {"top_k": 1}})
+    before = server.rss()
+    batches_before, sequences_before = server.batches()
+    answer = post(server.url, "/fill-mask", body, LONG_WAIT)
+    after = server.memory()
+    time.sleep(2)
+    idle = server.rss()
+    batches_after, sequences_after = server.batches()
+    batches = batches_after - batches_before
+    mean_batch = (sequences_after - sequences_before) / batches if batches else float("nan")
+    error_type, message = answer.json_error() if answer.status != 200 else (None, None)
+    figures = {
+        "batches": batches, "mean_batch": round(mean_batch, 1), "run_overhead_tokens": server.run_overhead_tokens(),
+        "status": answer.status, "error": answer.error, "error_type": error_type, "message": (message or "")[:200],
+        "seconds": answer.seconds, "body_kb": round(len(body) / 1024, 1), "response_kb": round(answer.size / 1024, 1),
+        "rss_before_mb": before, "rss_after_mb": after["rss_mb"], "rss_after_2s_idle_mb": idle, "peak_rss_mb": after["peak_mb"],
+    }
+    observed = (
+        f"{answer.short()} in {answer.seconds:.1f} s; body {figures['body_kb']:.0f} KB; "
+        f"RSS {before:.0f} -> {after['rss_mb']:.0f} MB (2 s idle: {idle:.0f}; peak {after['peak_mb']:.0f}); "
+        f"{batches:.0f} batches of {mean_batch:.1f}"
+    )
+    return observed, figures
+
+
+# --------------------------------------------------------------------------------------------- B: headers
+
+
+def case_b(ctx: Context) -> None:
+    with Server(*ctx.models.tiny_flags()) as server:
+        attempt(ctx.report, "B1", "GET /healthz with one 8 MB header value (raw socket)", lambda: big_header(server))
+        attempt(ctx.report, "B2", "10 connections, each a request line + a 50 MB header never finished (64 KB chunks, 30 s)",
+                lambda: endless_headers(server))
+        attempt(ctx.report, "B3", "POST /classify, Content-Length 1000, 15 body bytes, then nothing (wait 40 s)",
+                lambda: stalled_body(server))
+        attempt(ctx.report, "B4", "half a request line, then nothing (wait 40 s)", lambda: half_request_line(server))
+
+
+def big_header(server: Server) -> Outcome:
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (8 * MIB) + b"\r\n\r\n"
+    started = time.monotonic()
+    with raw_connect(server, timeout=30) as sock:
+        send_error = None
+        try:
+            sock.sendall(request)
+        except OSError as exc:
+            send_error = type(exc).__name__
+        reply, _ = await_reply(sock, 30)
+    seconds = round(time.monotonic() - started, 2)
+    observed = f"{reply} after {seconds} s" + (f" (send failed: {send_error})" if send_error else "")
+    return observed, {"reply": reply, "seconds": seconds, "send_error": send_error, "rss_mb_after": server.rss()}
+
+
+def endless_headers(server: Server, connections: int = 10, total: int = 50 * MIB, give_up_s: float = 30) -> Outcome:
+    before = server.rss()
+    cpu_before = cpu_seconds(server.pid)
+    results: list[dict] = [{} for _ in range(connections)]
+    sockets: list[socket.socket] = []
+    chunk = b"a" * 65536
+
+    def feed(index: int) -> None:
+        sent, started = 0, time.monotonic()
+        try:
+            sock = raw_connect(server, timeout=5)
+        except OSError as exc:
+            results[index] = {"sent": 0, "end": f"connect failed: {type(exc).__name__}"}
+            return
+        sockets.append(sock)
+        end = f"gave up at {give_up_s:.0f} s"
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            while sent < total:
+                left = give_up_s - (time.monotonic() - started)
+                if left <= 0:
+                    break
+                sock.settimeout(left)
+                try:
+                    sent += sock.send(chunk[: min(len(chunk), total - sent)])
+                except TimeoutError:
+                    break
+            if sent >= total:
+                end = "sent all"
+        except OSError as exc:
+            end = f"closed by server ({type(exc).__name__})"
+        results[index] = {"sent": sent, "end": end, "seconds": round(time.monotonic() - started, 2)}
+
+    threads = [threading.Thread(target=feed, args=(i,), daemon=True) for i in range(connections)]
+    for thread in threads:
+        thread.start()
+    peak = before
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, server.rss())
+        time.sleep(0.25)
+    with_open = server.rss()
+    cpu = round(cpu_seconds(server.pid) - cpu_before, 1)
+    for sock in sockets:
+        sock.close()
+    time.sleep(2)
+    after_close = server.rss()
+    health = healthz_status(server)
+    ends = sorted({r["end"] for r in results})
+    sent_mb = [round(r["sent"] / MIB, 1) for r in results]
+    observed = (
+        f"{'; '.join(ends)}; MB sent per connection {sent_mb}; RSS {before:.0f} -> peak {peak:.0f}, "
+        f"{with_open:.0f} with them open, {after_close:.0f} 2 s after closing; server CPU {cpu} s; /healthz then {health}"
+    )
+    figures = {"connections": results, "server_cpu_s": cpu, "rss_before_mb": before, "rss_peak_mb": peak, "rss_with_open_mb": with_open,
+               "rss_after_close_mb": after_close, "healthz_after": health}
+    return observed, figures
+
+
+def healthz_status(server: Server) -> str:
+    try:
+        return str(httpx.get(f"{server.url}/healthz", timeout=10).status_code)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
+STALLED_POST = (
+    b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    b'{"inputs": "ab'  # 15 of the 1,000 bytes promised
+)
+
+
+def stalled_body(server: Server) -> Outcome:
+    with raw_connect(server) as sock:
+        sock.sendall(STALLED_POST)
+        reply, seconds = await_reply(sock, 40)
+    return f"{reply} after {seconds} s", {"reply": reply, "seconds": seconds}
+
+
+def half_request_line(server: Server) -> Outcome:
+    with raw_connect(server) as sock:
+        sock.sendall(b"GET /hea")
+        reply, seconds = await_reply(sock, 40)
+    return f"{reply} after {seconds} s", {"reply": reply, "seconds": seconds}
+
+
+# --------------------------------------------------------------------------------------------- C: SIGTERM
+
+
+def case_c(ctx: Context) -> None:
+    flags = [*ctx.models.tiny_flags(), "--shutdown-timeout-s", "5"]
+    attempt(ctx.report, "C1", "--shutdown-timeout-s 5: a client sent 15 of 1,000 body bytes, then SIGTERM (watch 20 s)",
+            lambda: sigterm_with_stalled_upload(flags))
+    maker = ctx.texts(ctx.models.fill_mask)
+    texts = maker.masked(64, masks=8)
+    attempt(ctx.report, "C2", "--shutdown-timeout-s 5 --max-queue 2048: 20 clients (SO_RCVBUF 4 KB) each POST /fill-mask "
+            "64 texts x 8 masks top_k 100 and never read; then SIGTERM (watch 30 s)",
+            lambda: sigterm_with_unread_answers([*flags, "--max-queue", "2048"], texts))
+    long_texts = ctx.texts(ctx.models.bigvocab).masked(8, masks=1, tokens=503)
+    drain_flags = [*ctx.models.big_flags(), "--shutdown-timeout-s", "5", "--shutdown-delay-s", "3", "--max-batch-tokens", "4096"]
+    attempt(ctx.report, "C3", "big-vocab server --shutdown-delay-s 3 --shutdown-timeout-s 5 --max-batch-tokens 4096: "
+            "keep-alive POST /classify every 0.1 s from SIGTERM on, while 6 fill-mask requests (8 x ~503 tokens, top_k 1: "
+            "model time, not event-loop time) keep the drain open",
+            lambda: keep_alive_during_drain(drain_flags, long_texts))
+
+
+def exit_figures(server: Server, seconds: float) -> tuple[str, dict]:
+    """Watch for `seconds` after a signal: the exit time and code, or how busy it still is (CPU over the last 5 s)."""
+    started = time.monotonic()
+    server.wait_exit(seconds - 5)
+    cpu_before = cpu_seconds(server.pid)
+    server.wait_exit(5)
+    if server.alive():
+        cpu = round(cpu_seconds(server.pid) - cpu_before, 2)
+        rss = server.rss()
+        return (f"still alive after {seconds:.0f} s (CPU {cpu} s in the last 5 s, RSS {rss:.0f} MB)",
+                {"alive_after_s": seconds, "exit_s": None, "exit_code": None, "cpu_last_5s": cpu, "rss_mb": rss})
+    exit_s = round(server.exited_at - started, 2)
+    code = server.process.returncode
+    return f"exited after {exit_s} s with code {code}", {"alive_after_s": None, "exit_s": exit_s, "exit_code": code}
+
+
+def sigterm_with_stalled_upload(flags: list[str]) -> Outcome:
+    with Server(*flags) as server, raw_connect(server) as sock:
+        sock.sendall(STALLED_POST)
+        time.sleep(0.5)
+        server.sigterm()
+        observed, figures = exit_figures(server, 20)
+        reply, _ = await_reply(sock, 0.5)
+        figures["client_got"] = reply
+        return f"{observed}; the client got: {reply}", figures
+
+
+def watch_until_idle(server: Server, since: float, up_to_s: float, idle_for_s: float = 10) -> tuple[float | None, str]:
+    """Poll each second until the process exits, or has used no CPU for `idle_for_s`, or `up_to_s` after `since`."""
+    idle_from = None
+    cpu = cpu_seconds(server.pid)
+    while time.monotonic() - since < up_to_s and server.alive():
+        time.sleep(1)
+        now_cpu = cpu_seconds(server.pid)
+        busy = now_cpu - cpu > 0.05
+        cpu = now_cpu
+        if busy:
+            idle_from = None
+        elif idle_from is None:
+            idle_from = round(time.monotonic() - 1 - since, 1)
+        if idle_from is not None and time.monotonic() - since - idle_from >= idle_for_s:
+            break
+    if not server.alive():
+        return idle_from, f"exited {server.exited_at - since:.1f} s after SIGTERM with code {server.process.returncode}"
+    return idle_from, f"still alive {time.monotonic() - since:.0f} s after SIGTERM (RSS {server.rss():.0f} MB)"
+
+
+def sigterm_with_unread_answers(flags: list[str], texts: list[str], clients: int = 20) -> Outcome:
+    body = dumps({"inputs": texts, "parameters": {"top_k": 100}})
+    request = (
+        f"POST /fill-mask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Request-Timeout: 120\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with Server(*flags) as server:
+        sockets = []
+        try:
+            for _ in range(clients):
+                sock = raw_connect(server, timeout=30, rcvbuf=4096)
+                sock.sendall(request)
+                sockets.append(sock)
+            time.sleep(0.5)
+            rss_at_term = server.rss()
+            server.sigterm()
+            signalled = time.monotonic()
+            observed, figures = exit_figures(server, 30)
+            figures.update(rss_at_sigterm_mb=rss_at_term, request_body_kb=round(len(body) / 1024, 1))
+            if server.alive():  # still answering, or done and stuck on the unread answers? watch on until idle
+                idle_from, end = watch_until_idle(server, signalled, up_to_s=150)
+                figures.update(cpu_idle_from_s=idle_from, later=end)
+                observed += f"; CPU idle from {idle_from} s after SIGTERM; then {end}"
+            return f"{observed}; RSS at SIGTERM {rss_at_term:.0f} MB; request body {len(body) / 1024:.0f} KB each", figures
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def keep_alive_during_drain(flags: list[str], texts: list[str], heavy: int = 6, watch_s: float = 15) -> Outcome:
+    heavy_body = dumps({"inputs": texts, "parameters": {"top_k": 1}})
+    classify = dumps({"inputs": "a fine film"})
+    with Server(*flags) as server, httpx.Client(timeout=30) as client:
+        client.post(server.url + "/classify", content=classify, headers=JSON_HEADERS)
+        in_flight: list[Answer] = []
+        blockers = [threading.Thread(target=lambda: in_flight.append(post(server.url, "/fill-mask", heavy_body, LONG_WAIT, 120)),
+                                     daemon=True) for _ in range(heavy)]
+        for thread in blockers:
+            thread.start()
+        time.sleep(0.3)
+        server.sigterm()
+        signalled = time.monotonic()
+        timeline = []
+        while time.monotonic() - signalled < watch_s:
+            answer = post(server.url, "/classify", classify, client=client, timeout=10)
+            timeline.append({"t": round(time.monotonic() - signalled, 2), "status": answer.status, "error": answer.error,
+                             "connection": answer.headers.get("connection"), "retry_after": answer.headers.get("retry-after")})
+            if answer.status is None and not server.alive():
+                break
+            time.sleep(0.1)
+        exit_s, code = server.wait_exit(15)
+        if exit_s is not None:
+            exit_s = round(server.exited_at - signalled, 2)
+    for thread in blockers:
+        thread.join(5)
+    observed, figures = summarise_drain(timeline, exit_s, code)
+    figures["in_flight_statuses"] = [a.short() for a in in_flight]
+    return f"{observed}; the {heavy} in-flight requests got {count_statuses(figures['in_flight_statuses'])}", figures
+
+
+def summarise_drain(timeline: list[dict], exit_s: float | None, code: int | None) -> Outcome:
+    first = timeline[0]
+    first_503 = next((t for t in timeline if t["status"] == 503), None)
+    last_200 = max((t["t"] for t in timeline if t["status"] == 200), default=None)
+    first_error = next((t for t in timeline if t["status"] is None), None)
+    parts = [f"first after SIGTERM: {first['status']} (Connection: {first['connection'] or '-'})",
+             f"last 200 at {last_200} s"]
+    if first_503:
+        parts.append(f"first 503 at {first_503['t']} s (Connection: {first_503['connection'] or '-'}, "
+                     f"Retry-After: {first_503['retry_after']})")
+    else:
+        parts.append("no 503 seen")
+    if first_error:
+        parts.append(f"connection refused/failed from {first_error['t']} s")
+    parts.append(f"exit code {code} at {exit_s} s" if exit_s is not None else "still alive")
+    statuses = sorted({str(t["status"]) for t in timeline})
+    figures = {"first_status": first["status"], "first_connection_header": first["connection"],
+               "first_503": first_503, "last_200_s": last_200, "first_error": first_error, "statuses": statuses,
+               "exit_s": exit_s, "exit_code": code, "timeline": timeline}
+    return "; ".join(parts), figures
+
+
+# --------------------------------------------------------------------------------------------- D: event-loop stalls
+
+
+def case_d(ctx: Context) -> None:
+    for name, folder, flags in (("tiny", ctx.models.fill_mask, ctx.models.tiny_flags()),
+                                ("big", ctx.models.bigvocab, ctx.models.big_flags())):
+        try:
+            texts = ctx.texts(folder).masked(64, masks=8)
+            with Server(*flags) as server:
+                stalls_on(ctx.report, name, server, texts)
+        except Exception as exc:
+            ctx.report.add(f"D.{name}", "start", f"ERROR {type(exc).__name__}: {str(exc)[:300]}", {"error": str(exc)})
+
+
+def stalls_on(report: Report, name: str, server: Server, texts: list[str]) -> None:
+    idle = idle_worst_healthz(server.url)
+    overhead = server.run_overhead_tokens()
+    heavy = dumps({"inputs": texts, "parameters": {"top_k": 100}})
+    big_classify = dumps({"inputs": one_mb_word(100)})
+    big_target = dumps({"inputs": "the <mask>", "parameters": {"targets": [one_mb_word(200)]}})
+    label = f"{name} fill-mask model"
+    attempt(report, f"D0.{name}", f"{label}: nothing else running, /healthz every 10 ms for 2 s",
+            lambda: (f"worst /healthz {idle} ms (batching: one run costs {overhead} tokens)",
+                     {"worst_healthz_ms": idle, "run_overhead_tokens": overhead, "rss_mb": server.rss()}))
+    attempt(report, f"D1.{name}", f"{label}: 1 x fill-mask 64 texts x 8 masks top_k 100 ({len(heavy) / 1024:.0f} KB body)",
+            lambda: under_load(server, [("/fill-mask", heavy)], idle))
+    attempt(report, f"D2.{name}", f"{label}: 4 x that fill-mask at once",
+            lambda: under_load(server, [("/fill-mask", heavy)] * 4, idle))
+    attempt(report, f"D3.{name}", f"{label}: /classify one {len(big_classify) / MIB:.2f} MiB word",
+            lambda: under_load(server, [("/classify", big_classify)], idle))
+    attempt(report, f"D4.{name}", f"{label}: /fill-mask 'the <mask>', targets [one {len(big_target) / MIB:.2f} MiB word]",
+            lambda: under_load(server, [("/fill-mask", big_target)], idle))
+    attempt(report, f"D5.{name}", f"{label}: 4 x D3 + 4 x D4 at once",
+            lambda: under_load(server, [("/classify", big_classify)] * 4 + [("/fill-mask", big_target)] * 4, idle))
+
+
+def under_load(server: Server, requests: list[tuple[str, bytes]], idle_ms: float) -> Outcome:
+    before = server.rss()
+    batches_before = server.batches()
+    answers: list[Answer | None] = [None] * len(requests)
+
+    def one(index: int) -> None:
+        path, body = requests[index]
+        answers[index] = post(server.url, path, body, LONG_WAIT, timeout=300, keep_body=False)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(requests))]
+    started = time.perf_counter()
+    with HealthPoller(server.url) as poller:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(310)
+    seconds = round(time.perf_counter() - started, 2)
+    after = server.memory()
+    batches_after = server.batches()
+    answers = [a or Answer(None, 300, error="did not finish") for a in answers]
+    statuses = [a.short() for a in answers]
+    error_types = sorted({t for t in (a.json_error()[0] for a in answers) if t})
+    size_mb = round(max(a.size for a in answers) / 1e6, 2)
+    figures = {"statuses": statuses, "error_types": error_types, "largest_response_mb": size_mb, "seconds": seconds,
+               "idle_worst_healthz_ms": idle_ms, "rss_before_mb": before, "rss_after_mb": after["rss_mb"],
+               "peak_rss_mb": after["peak_mb"], "fill_mask_batches": batches_after[0] - batches_before[0],
+               "fill_mask_sequences": batches_after[1] - batches_before[1], **poller.figures()}
+    status_text = count_statuses(statuses)
+    unreadable = [requests[i] for i, a in enumerate(answers) if a.error and "RemoteProtocolError" in a.error]
+    if unreadable:  # httpx could not parse the answer: what did the server really send?
+        path, body = unreadable[0]
+        figures["raw_reply"] = raw_post(server, path, body)
+        status_text += (f" (raw socket: {figures['raw_reply']['status_line']}, "
+                        f"largest header {figures['raw_reply']['largest_header_kb']} KB)")
+    observed = (
+        f"{status_text}, response {size_mb} MB, {seconds} s; "
+        f"worst /healthz {poller.worst_ms} ms (idle {idle_ms}); RSS {before:.0f} -> {after['rss_mb']:.0f} MB "
+        f"(peak so far {after['peak_mb']:.0f})"
+    )
+    return observed, figures
+
+
+def count_statuses(statuses: list[str]) -> str:
+    """'200' for one answer; '4 x 413, 4 x RemoteProtocolError: ...' for several."""
+    if len(statuses) == 1:
+        return statuses[0]
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return ", ".join(f"{n} x {status}" for status, n in counts.items())
+
+
+def raw_post(server: Server, path: str, body: bytes, timeout: float = 120) -> dict:
+    """POST over a raw socket: the status line and header sizes, whatever an HTTP client library would accept."""
+    with raw_connect(server, timeout=timeout) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"X-Request-Timeout: 120\r\nConnection: close\r\n\r\n".encode() + body
+        )
+        status_line, headers, response_body = read_response(sock, timeout)
+    largest = max(headers, key=lambda kv: len(kv[1]), default=("", ""))
+    return {"status_line": status_line, "largest_header": largest[0], "largest_header_kb": round(len(largest[1]) / 1024, 1),
+            "header_kb": round(sum(len(k) + len(v) + 4 for k, v in headers) / 1024, 1), "body_bytes": len(response_body)}
+
+
+# --------------------------------------------------------------------------------------------- E: long targets
+
+
+def case_e(ctx: Context) -> None:
+    with Server(*ctx.models.tiny_flags()) as server:
+        words = long_words(1000, 200)
+        body = dumps({"inputs": "the <mask>.", "parameters": {"targets": words}})
+        attempt(ctx.report, "E1", f"/fill-mask 'the <mask>.' with 1,000 distinct non-vocabulary targets of 200 chars "
+                f"({len(body) / 1024:.0f} KB body)", lambda: long_targets(server, body))
+
+
+def long_words(count: int, length: int) -> list[str]:
+    rng = random.Random(0)
+    return ["".join(rng.choices(string.ascii_lowercase, k=length)) for _ in range(count)]
+
+
+def long_targets(server: Server, body: bytes) -> Outcome:
+    with raw_connect(server, timeout=60) as sock:
+        sock.sendall(
+            f"POST /fill-mask HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n".encode() + body
+        )
+        status_line, headers, _ = read_response(sock)
+    warning = header(headers, "x-warning") or ""
+    header_bytes = sum(len(k) + len(v) + 4 for k, v in headers)
+    httpx_result = client_result(lambda: httpx.post(server.url + "/fill-mask", content=body, headers=JSON_HEADERS, timeout=60).status_code)
+    urllib_result = client_result(lambda: urllib_post(server.url + "/fill-mask", body))
+    observed = (f"{status_line}; X-Warning {len(warning) / 1024:.0f} KB (all headers {header_bytes / 1024:.0f} KB); "
+                f"httpx: {httpx_result}; urllib.request: {urllib_result}")
+    figures = {"status_line": status_line, "x_warning_bytes": len(warning), "header_bytes": header_bytes,
+               "httpx": httpx_result, "urllib": urllib_result}
+    return observed, figures
+
+
+def urllib_post(url: str, body: bytes) -> int:
+    request = urllib.request.Request(url, data=body, headers=JSON_HEADERS, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def client_result(call: Callable[[], int]) -> str:
+    try:
+        return f"ok, {call()}"
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}: {str(exc)[:100]}"
+
+
+# --------------------------------------------------------------------------------------------- F: small queue
+
+
+def case_f(ctx: Context) -> None:
+    attempt(ctx.report, "F1", "--max-queue 8: POST /classify with 16 inputs, 3 times 1 s apart",
+            lambda: queue_smaller_than_request(ctx.models))
+
+
+def queue_smaller_than_request(models: Models) -> Outcome:
+    body = dumps({"inputs": [f"film number {i} was fine" for i in range(16)]})
+    results = []
+    with ExitStack() as stack:
+        try:
+            server = stack.enter_context(Server("--max-queue", "8", "--classify-model", str(models.classify)))
+        except StartFailed as exc:
+            return (f"refused to start: exit {exc.exit_code}: {exc.first_line}",
+                    {"exit_code": exc.exit_code, "line": exc.first_line})
+        for attempt_number in range(3):
+            if attempt_number:
+                time.sleep(1)
+            answer = post(server.url, "/classify", body, timeout=30)
+            results.append({"status": answer.short(), "retry_after": answer.headers.get("retry-after"),
+                            "error_type": answer.json_error()[0]})
+    observed = "; ".join(f"{r['status']}, Retry-After {r['retry_after']}" for r in results)
+    return observed, {"attempts": results}
+
+
+# --------------------------------------------------------------------------------------------- G: exposure
+
+ABSOLUTE_PATH = re.compile(r"(/work|/tmp|/home|/root)[^\"\s]*")
+VERSION_KEYS = re.compile(r'"(python|torch|transformers|optimum|onnx|onnxruntime|optimum-onnx|accelerate)"\s*:\s*"([^"]+)"')
+
+
+def case_g(ctx: Context) -> None:
+    with Server(*ctx.models.tiny_flags(), "--api-key", "secret") as server:
+        attempt(ctx.report, "G1", "--api-key secret: GET /info without a key", lambda: info_exposure(server))
+        attempt(ctx.report, "G2", "--api-key secret: the Server header of GET /healthz and of a 401 POST /classify",
+                lambda: server_header(server))
+    with Server(*ctx.models.tiny_flags(), "--api-key", "secret", "--protect-health-and-metrics", "true", auth="secret") as server:
+        attempt(ctx.report, "G3", "--api-key secret --protect-health-and-metrics true: GET /docs /redoc /openapi.json "
+                "/info without a key", lambda: docs_exposure(server))
+
+
+def info_exposure(server: Server) -> Outcome:
+    response = httpx.get(server.url + "/info", timeout=10)
+    paths = sorted({m.group(0) for m in ABSOLUTE_PATH.finditer(response.text)})
+    versions = sorted({f"{m.group(1)} {m.group(2)}" for m in VERSION_KEYS.finditer(response.text)})
+    observed = (f"{response.status_code}; absolute paths: {', '.join(paths) if paths else 'none'}; "
+                f"versions: {', '.join(versions) if versions else 'none'}")
+    return observed, {"status": response.status_code, "absolute_paths": paths, "versions": versions,
+                      "body_head": response.text[:600]}
+
+
+def server_header(server: Server) -> Outcome:
+    health = httpx.get(server.url + "/healthz", timeout=10)
+    refused = httpx.post(server.url + "/classify", json={"inputs": "x"}, timeout=10)
+    observed = f"/healthz: Server: {health.headers.get('server')}; 401: Server: {refused.headers.get('server')} ({refused.status_code})"
+    return observed, {"healthz_server": health.headers.get("server"), "refused_status": refused.status_code,
+                      "refused_server": refused.headers.get("server")}
+
+
+def docs_exposure(server: Server) -> Outcome:
+    statuses = {path: httpx.get(server.url + path, timeout=10) for path in ("/docs", "/redoc", "/openapi.json", "/info")}
+    hosts = sorted(set(re.findall(r"https?://([^/\"'\s]+)", statuses["/docs"].text)))
+    redoc_hosts = sorted(set(re.findall(r"https?://([^/\"'\s]+)", statuses["/redoc"].text)))
+    observed = (", ".join(f"{path} {r.status_code}" for path, r in statuses.items())
+                + f"; /docs loads from: {', '.join(hosts) or 'nothing external'}; /redoc from: {', '.join(redoc_hosts) or '-'}")
+    return observed, {"statuses": {p: r.status_code for p, r in statuses.items()}, "docs_external_hosts": hosts,
+                      "redoc_external_hosts": redoc_hosts}
+
+
+# --------------------------------------------------------------------------------------------- H: contract
+
+
+def case_h(ctx: Context) -> None:
+    valid = {"inputs": "a fine film"}
+    text = json.dumps(valid)
+    with Server(*ctx.models.tiny_flags()) as server:
+        sends = [
+            ("H1", "POST /classify, UTF-16 JSON body with BOM", text.encode("utf-16"), JSON_HEADERS),
+            ("H2", "POST /classify, UTF-32 JSON body (with BOM)", text.encode("utf-32"), JSON_HEADERS),
+            ("H3", "POST /classify, Content-Type: text/json, valid body", text.encode(), {"Content-Type": "text/json"}),
+            ("H4", "POST /classify, empty body, application/json", b"", JSON_HEADERS),
+            ("H6", 'POST /classify {"inputs": 5}', dumps({"inputs": 5}), JSON_HEADERS),
+            ("H7", 'POST /classify {"inputs": "x", "<1 MB key>": 1}', dumps({"inputs": "x", "k" * 1_000_000: 1}), JSON_HEADERS),
+        ]
+        for case_id, sent, body, headers in sends:
+            attempt(ctx.report, case_id, sent, lambda body=body, headers=headers: contract_answer(server, body, headers))
+        attempt(ctx.report, "H5", 'raw socket: "GARBAGE\\r\\n\\r\\n"', lambda: protocol_error(server))
+
+
+def contract_answer(server: Server, body: bytes, headers: dict[str, str]) -> Outcome:
+    with httpx.Client(timeout=60) as client:
+        response = client.post(server.url + "/classify", content=body, headers=headers)
+    answer = Answer(response.status_code, 0, len(response.content), dict(response.headers), response.content)
+    error_type, message = answer.json_error()
+    message = (message or "")[:200]
+    kind = f" {error_type}" if error_type else ""
+    observed = f"{response.status_code}{kind}: {message or response.text[:200]} ({len(response.content)} bytes)"
+    return observed, {"status": response.status_code, "error_type": error_type, "message": message,
+                      "response_bytes": len(response.content)}
+
+
+def protocol_error(server: Server) -> Outcome:
+    with raw_connect(server) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        try:
+            status_line, headers, body = read_response(sock, timeout=10)
+        except TimeoutError:
+            return "no answer in 10 s", {}
+    content_type = header(headers, "content-type")
+    body_text = body.decode("latin-1")[:200]
+    return (f"{status_line or 'closed'}; Content-Type: {content_type}; body: {body_text}",
+            {"status_line": status_line, "content_type": content_type, "body": body_text})
+
+
+# --------------------------------------------------------------------------------------------- I: start-up errors
+
+
+def case_i(ctx: Context) -> None:
+    bind = ["--host", "127.0.0.1", "--port", "0"]
+    uvicorn = ["-m", "uvicorn", "--factory", "app.main:create_app", *bind]
+    runs = [
+        ("I1", "python -m app (no model setting)", ["-m", "app", *bind], {}),
+        ("I2", "python -m app --classify-model /nonexistent", ["-m", "app", *bind, "--classify-model", "/nonexistent"], {}),
+        ("I3", "python -m uvicorn --factory app.main:create_app, ROBERTA_CLASSIFY_MODEL=/nonexistent", uvicorn,
+         {"ROBERTA_CLASSIFY_MODEL": "/nonexistent"}),
+        ("I4", "python -m uvicorn --factory app.main:create_app (no model setting)", uvicorn, {}),
+    ]
+    for case_id, sent, arguments, env in runs:
+        attempt(ctx.report, case_id, sent, lambda arguments=arguments, env=env: startup_failure(arguments, env))
+    attempt(ctx.report, "I5", "python -m app with both tiny models, CPU, default settings: WARNING lines until ready",
+            lambda: startup_warnings(ctx.models))
+
+
+def startup_failure(arguments: list[str], env: dict[str, str], timeout: float = 60) -> Outcome:
+    process = subprocess.Popen([sys.executable, *arguments], cwd=REPO, env=server_env(env), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    _CHILDREN.add(process)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+        code = process.returncode
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate(timeout=10)
+        code = None
+    finally:
+        _CHILDREN.discard(process)
+    lines = stderr.splitlines()
+    last = next((line for line in reversed(lines) if line.strip()), "")
+    observed = (f"exit {code if code is not None else f'none (still running after {timeout:.0f} s)'}; "
+                f"{len(lines)} stderr lines; Traceback: {'yes' if 'Traceback' in stderr else 'no'}; last: {last[:160]}")
+    return observed, {"exit_code": code, "stderr_lines": len(lines), "traceback": "Traceback" in stderr,
+                      "stdout_lines": len(stdout.splitlines()), "stderr_head": stderr[:1500], "stderr_last_line": last}
+
+
+def startup_warnings(models: Models) -> Outcome:
+    with Server(*models.tiny_flags()) as server:
+        lines = server.lines[: server.ready_lines]
+    warnings = [line for line in lines if "WARNING" in line]
+    observed = " / ".join(warnings) if warnings else "no WARNING lines"
+    return observed, {"warnings": warnings, "startup_lines": lines}
+
+
+# --------------------------------------------------------------------------------------------- main
+
+CASES: dict[str, Callable[[Context], None]] = {
+    "A": case_a, "B": case_b, "C": case_c, "D": case_d, "E": case_e, "F": case_f, "G": case_g, "H": case_h, "I": case_i,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.abuse", description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), type=str.upper, choices=list(CASES),
+                        help="case letters to run (default: all)")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared data folder (default ../shared/data)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so atexit kills the servers
+    import app
+
+    log(f"code under test: {Path(app.__file__).resolve().parent} (python {sys.executable})")
+    models = prepare_models(args.shared)
+    report = Report(args.out)
+    context = Context(models, args.shared, report)
+    report.print_header()
+    for letter in args.cases:
+        try:
+            CASES[letter](context)
+        except Exception as exc:
+            report.add(letter, "case setup", f"ERROR {type(exc).__name__}: {str(exc)[:300]}",
+                       {"error": str(exc), "traceback": traceback.format_exc()[-2000:]})
+    report.save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
