@@ -22,6 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import validation
 from app.errors import (
     ClientClosedRequest,
     InvalidInput,
@@ -32,7 +33,6 @@ from app.errors import (
     error_body,
     status_of,
 )
-from app import validation
 from app.metrics import Metrics
 from app.schemas import EXPECTED, REQUEST_BODIES
 
@@ -40,7 +40,9 @@ log = logging.getLogger("app.http")
 
 T = TypeVar("T")
 
-ENDPOINTS = frozenset({"/classify", "/fill-mask", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/redoc", "/openapi.json"})
+ENDPOINTS = frozenset(
+    {"/classify", "/fill-mask", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/redoc", "/openapi.json"}
+)
 # FastAPI answers 400 itself only when the body cannot be decoded at all (bytes that are not UTF-8).
 _HTTP_ERROR_TYPES = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -150,7 +152,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`"))
         if any(error.get("type") == "json_invalid" for error in errors):
             return error_response(InvalidJSON("the body is not valid JSON"))
-        if exc.body is None and any(error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",) for error in errors):
+        body_missing = any(error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",) for error in errors)
+        if exc.body is None and body_missing:
             return error_response(InvalidJSON("the body is empty; send a JSON object such as {\"inputs\": \"...\"}"))
         path = request.url.path
         message = validation.describe(errors, REQUEST_BODIES.get(path), EXPECTED.get(path, {}))

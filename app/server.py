@@ -35,7 +35,6 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.errors import error_body
-from app.settings import Settings
 from app.state import AppState
 
 log = logging.getLogger("app.server")

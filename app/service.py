@@ -31,7 +31,6 @@ log = logging.getLogger("app.service")
 _SHORTEN = 'Shorten it or pass "truncation": true'
 
 MAX_MASKS = 8  # per text: each mask is a full-vocabulary softmax in the response path
-MAX_MASK_ANSWERS = 2048  # texts x masks x top_k per request: each answer carries its whole filled-in sequence
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class ModelService:
         metrics: ModelMetrics,
         executor: Executor,
         *,
-        max_mask_answers: int = MAX_MASK_ANSWERS,
+        max_mask_answers: int,  # texts x masks x top_k per request: each answer carries its filled-in sequence
     ) -> None:
         self.folder = folder
         self.encoder = encoder
@@ -102,10 +101,10 @@ class ModelService:
             if len(found) > MAX_MASKS:
                 raise InvalidInput(f"inputs[{index}] has {len(found)} mask tokens; at most {MAX_MASKS} are allowed")
         per_mask = options.top_k if target_ids is None else min(options.top_k, len(target_ids))
-        answers = sum(len(found) for found in positions) * per_mask
-        if answers > self.max_mask_answers:
+        asked = sum(len(found) for found in positions) * per_mask
+        if asked > self.max_mask_answers:
             raise TooManyAnswers(
-                f"this request asks for {answers} answers (texts x masks x top_k); at most {self.max_mask_answers} "
+                f"this request asks for {asked} answers (texts x masks x top_k); at most {self.max_mask_answers} "
                 "are allowed: lower top_k or send fewer texts per request"
             )
         rows = await self._infer([e.ids for e in encoded], deadline, positions)
@@ -199,7 +198,6 @@ class ModelService:
                 "format_version": self.folder.manifest.get("format_version"),
             },
         }
-
 
 
 def source_name(source: dict) -> str | None:
