@@ -57,8 +57,9 @@ def optimize(source: Path, target: Path, config: dict, *, for_gpu: bool = False)
 def quantize_int8(source: Path, target: Path, *, per_channel: bool) -> Path:
     """Dynamic INT8 for the CPU: weights quantized offline, activations at run time.
 
-    Per-channel scales keep each output row's own range, which matters for the
-    vocabulary projection of a fill-mask head and costs nothing at run time.
+    Per-channel scales keep each output row's own range and cost nothing at run time. A
+    fill-mask head's vocabulary projection, tied to the embeddings, stays fp32 (see
+    _untie_gemm_weights): it runs on the mask rows only.
     """
     import tempfile
 
