@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -129,3 +130,14 @@ def metric_value(url: str, sample_name: str, **labels: str) -> float:
             if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def raw_connection(url: str, receive_buffer: int | None = None) -> socket.socket:
+    """A plain TCP socket to a test server, for clients that misbehave in ways httpx will not."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    if receive_buffer is not None:  # a client that reads nothing: the server's writes back up at once
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(15)
+    sock.connect((host, int(port)))
+    return sock

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from server import ServerProcess, metric_value
+from server import ServerProcess, metric_value, raw_connection
 
 TIMEOUT_S = 1.0
 
@@ -27,12 +27,6 @@ def server(exported_classifier):
     ]
     with ServerProcess(*flags) as process:
         yield process
-
-
-def connect(server) -> socket.socket:
-    host, port = server.url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=15)
-    return sock
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -67,14 +61,14 @@ def send_forever(sock: socket.socket, prefix: bytes, total: int) -> int:
 
 
 def test_headers_over_the_limit_get_431_and_are_never_buffered_whole(server):
-    with connect(server) as sock:
+    with raw_connection(server.url) as sock:
         send_forever(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", 8 * 2**20)
         status, headers, body = parse(read_all(sock))
     assert status == 431 and body["error_type"] == "headers_too_large" and "65536" in body["error"]
     assert headers["connection"] == "close" and headers["content-type"] == "application/json"
 
     before = server.rss_bytes()
-    socks = [connect(server) for _ in range(10)]
+    socks = [raw_connection(server.url) for _ in range(10)]
     sent = [send_forever(sock, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", 50 * 2**20) for sock in socks]
     for sock in socks:
         sock.close()
@@ -90,7 +84,7 @@ def test_headers_within_the_limit_are_served(server):
 
 
 def test_headers_that_stop_arriving_get_408(server):
-    with connect(server) as sock:
+    with raw_connection(server.url) as sock:
         started = time.monotonic()
         sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Ty")
         status, _, body = parse(read_all(sock))
@@ -100,7 +94,7 @@ def test_headers_that_stop_arriving_get_408(server):
 
 
 def test_a_body_that_stops_arriving_gets_408_and_the_connection_is_dropped(server):
-    with connect(server) as sock:
+    with raw_connection(server.url) as sock:
         started = time.monotonic()
         sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1000\r\n\r\n" + b'{"inputs": "a fi')
@@ -112,7 +106,7 @@ def test_a_body_that_stops_arriving_gets_408_and_the_connection_is_dropped(serve
 
 
 def test_a_second_request_that_stalls_on_a_kept_alive_connection_gets_its_own_408(server):
-    with connect(server) as sock:
+    with raw_connection(server.url) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo")
         raw = read_all(sock)
     first, _, second = raw.partition(b'{"status":"ok"}')
@@ -121,7 +115,7 @@ def test_a_second_request_that_stalls_on_a_kept_alive_connection_gets_its_own_40
 
 
 def test_a_body_that_stalls_after_an_early_answer_gets_no_second_answer(server):
-    with connect(server) as sock:  # over the body limit: 413 at once from Content-Length, then the body stops
+    with raw_connection(server.url) as sock:  # over the body limit: 413 at once from Content-Length, then the body stops
         sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 2000000\r\n\r\n" + b"a" * 100)
         raw = read_all(sock)
@@ -129,11 +123,11 @@ def test_a_body_that_stalls_after_an_early_answer_gets_no_second_answer(server):
 
 
 def test_idle_connections_are_closed_new_ones_included(server):
-    with connect(server) as sock:  # never sends a byte
+    with raw_connection(server.url) as sock:  # never sends a byte
         started = time.monotonic()
         assert read_all(sock) == b""
         assert time.monotonic() - started < TIMEOUT_S + 3
-    with connect(server) as sock:  # one request, then silence
+    with raw_connection(server.url) as sock:  # one request, then silence
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         started = time.monotonic()
         raw = read_all(sock)
@@ -141,7 +135,7 @@ def test_idle_connections_are_closed_new_ones_included(server):
 
 
 def test_something_that_is_not_http_gets_a_json_400(server):
-    with connect(server) as sock:
+    with raw_connection(server.url) as sock:
         sock.sendall(b"GARBAGE\r\n\r\n")
         status, headers, body = parse(read_all(sock))
     assert status == 400 and body == {"error": "the request is not valid HTTP/1.1", "error_type": "bad_request"}

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import threading
 import time
 from collections import Counter
 
 import httpx
 
-from server import ServerProcess
+from server import ServerProcess, raw_connection
 
 WORKERS = 16
 DELAY_S = 1.0
@@ -65,16 +64,6 @@ def test_sigterm_drains_answers_everything_accepted_and_exits_0(exported_classif
     assert results[503] + results["refused"] == WORKERS  # every worker was refused at the end, none lost
     assert exit_code == 0
     assert "received SIGTERM: draining" in process.output
-
-
-def raw_connection(url: str, receive_buffer: int | None = None) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.socket()
-    if receive_buffer is not None:  # a client that reads nothing: the server's writes back up at once
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-    sock.settimeout(15)
-    sock.connect((host, int(port)))
-    return sock
 
 
 def exit_within(process: ServerProcess, seconds: float) -> tuple[int, float]:
