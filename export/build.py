@@ -21,6 +21,8 @@ from export import convert, verify
 from export.errors import BadOption, OutputExists, SourceNotFound, TaskMismatch, UnsupportedModel, VerificationFailed
 from export.manifest import FORMAT_VERSION, MANIFEST_NAME, file_entry, tool_versions, write_manifest
 from export.source import (
+    HEADS,
+    LABELLED_TASKS,
     Checkpoint,
     check_supported,
     default_max_seq_len,
@@ -164,7 +166,7 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
             "revision": checkpoint.revision,
             "sha256": fingerprint(checkpoint.path),
         },
-        "labels": _labels(config) if task == "text-classification" else None,
+        "labels": _labels(config) if task in LABELLED_TASKS else None,
         "problem_type": config.get("problem_type"),
         "max_seq_len": max_seq_len,
         "opset": convert.opset_of(fp32),
@@ -187,10 +189,10 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
 
 def _load_pytorch(checkpoint: Checkpoint, task: str):
     import transformers
-    from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()
-    model_class = AutoModelForSequenceClassification if task == "text-classification" else AutoModelForMaskedLM
+    model_class = getattr(transformers, HEADS[task][1])
     model, info = model_class.from_pretrained(str(checkpoint.path), output_loading_info=True, local_files_only=True)
     missing = [key for key in info["missing_keys"] if not key.endswith("position_ids")]
     if missing:

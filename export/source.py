@@ -13,10 +13,15 @@ from pathlib import Path
 
 from export.errors import HubUnreachable, SourceNotFound, TaskMismatch, UnsupportedModel
 
-TASKS = ("text-classification", "fill-mask")
-
-# The head class suffix that each task needs, as `architectures` names it.
-_HEAD_SUFFIX = {"text-classification": "ForSequenceClassification", "fill-mask": "ForMaskedLM"}
+# Each task's head, as `architectures` names it (a class-name suffix) and as transformers loads it (an Auto class).
+HEADS = {
+    "text-classification": ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+    "fill-mask": ("ForMaskedLM", "AutoModelForMaskedLM"),
+    "token-classification": ("ForTokenClassification", "AutoModelForTokenClassification"),
+}
+TASKS = tuple(HEADS)
+LABELLED_TASKS = ("text-classification", "token-classification")  # their config's id2label names the outputs
+_HEAD_SUFFIX = {task: suffix for task, (suffix, _) in HEADS.items()}
 
 # model_type -> how many position ids are reserved before the first token.
 # RoBERTa-style models number positions from padding_idx + 1, so a 514-row table
@@ -73,11 +78,11 @@ def resolve_task(checkpoint: Checkpoint, requested: str | None) -> str:
         if inferred is None:
             raise TaskMismatch(
                 f"cannot tell the task from architectures={checkpoint.architectures}; "
-                f"pass --task ({' or '.join(TASKS)})"
+                f"pass --task ({', '.join(TASKS)})"
             )
         return inferred
     if requested not in TASKS:
-        raise TaskMismatch(f"unknown task '{requested}'; choose {' or '.join(TASKS)}")
+        raise TaskMismatch(f"unknown task '{requested}'; choose {', '.join(TASKS)}")
     if checkpoint.architectures and inferred != requested:
         head = checkpoint.architectures[0]
         hint = f"pass --task {inferred}" if inferred else f"export a checkpoint with a *{_HEAD_SUFFIX[requested]} head"

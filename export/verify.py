@@ -27,6 +27,7 @@ PROBE_TEXTS = (
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
     "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light.",
     "I would not recommend this to anyone.",
+    "Spaces   between,\ttabs and  José's 🙂🙂 emoji.",
 )
 PROBE_MASKED = (
     "Hello {mask}.",
@@ -47,7 +48,7 @@ class Comparison:
     max_abs_diff: float
     mean_abs_diff: float
     top1_agreement: float
-    compared: int  # sequences (classification) or token positions (fill-mask)
+    compared: int  # sequences (text classification) or token positions (fill-mask, token classification)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -75,11 +76,12 @@ def encode(tokenizer, texts: Sequence[str], max_seq_len: int, task: str = "text-
 
 
 def at_positions(logits: np.ndarray, batch: Batch) -> np.ndarray:
-    """Rows at the batch's mask positions, from logits over every position ([batch, length, vocab])."""
-    if MASK_POSITIONS in batch and logits.ndim == 3:
-        positions = batch[MASK_POSITIONS]
-        return logits[positions[:, 0], positions[:, 1]]
-    return logits
+    """From logits at every position ([batch, length, n]): the rows at the batch's mask positions, or at
+    every real token (token classification); padded positions, which nobody reads, are left out."""
+    if logits.ndim != 3:
+        return logits
+    positions = batch[MASK_POSITIONS] if MASK_POSITIONS in batch else np.argwhere(batch["attention_mask"] == 1)
+    return logits[positions[:, 0], positions[:, 1]]
 
 
 def torch_runner(model) -> Runner:

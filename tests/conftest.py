@@ -28,6 +28,17 @@ def tiny_mlm(tmp_path_factory, tiny_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_ner(tmp_path_factory, tiny_tokenizer) -> Path:
+    return tiny_models.build_checkpoint(tmp_path_factory.mktemp("ckpt") / "ner", "token-classification", tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_nli(tmp_path_factory, tiny_tokenizer) -> Path:
+    folder = tmp_path_factory.mktemp("ckpt") / "nli"
+    return tiny_models.build_checkpoint(folder, "text-classification", tiny_tokenizer, labels=tiny_models.NLI_LABELS, seed=1)
+
+
+@pytest.fixture(scope="session")
 def exported_classifier(tmp_path_factory, tiny_classifier) -> Path:
     from export.build import ExportOptions, export_model
 

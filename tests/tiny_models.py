@@ -16,6 +16,8 @@ ADJECTIVES = ["good", "bad", "wonderful", "awful", "boring", "brilliant", "dull"
 TAILS = ["", " and I loved it", " but too long", ", sadly", " from start to finish", " for a sequel"]
 
 LABELS = {0: "negative", 1: "positive"}
+NER_LABELS = {0: "O", 1: "B-PER", 2: "I-PER", 3: "B-LOC", 4: "I-LOC", 5: "MISC"}  # MISC: a tag without B-/I-
+NLI_LABELS = {0: "contradiction", 1: "neutral", 2: "entailment"}
 
 
 def sentences(count: int = 400, seed: int = 0) -> list[str]:
@@ -40,9 +42,16 @@ def build_tokenizer(folder: Path):
     )
 
 
-def build_checkpoint(folder: Path, task: str, tokenizer, *, num_labels: int = 2, seed: int = 0, **config) -> Path:
+def build_checkpoint(
+    folder: Path, task: str, tokenizer, *, num_labels: int = 2, labels: dict[int, str] | None = None, seed: int = 0, **config
+) -> Path:
     import torch
-    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification
+    from transformers import (
+        RobertaConfig,
+        RobertaForMaskedLM,
+        RobertaForSequenceClassification,
+        RobertaForTokenClassification,
+    )
 
     torch.manual_seed(seed)
     shape = dict(
@@ -56,8 +65,14 @@ def build_checkpoint(folder: Path, task: str, tokenizer, *, num_labels: int = 2,
     shape.update(config)
     if task == "fill-mask":
         model = RobertaForMaskedLM(RobertaConfig(**shape))
+    elif task == "token-classification":
+        shape.setdefault("id2label", labels or NER_LABELS)
+        shape.setdefault("label2id", {v: k for k, v in shape["id2label"].items()})
+        model = RobertaForTokenClassification(RobertaConfig(**shape))
+        with torch.no_grad():  # spread the logits, so that tags vary from token to token and groups form
+            model.classifier.weight.mul_(30.0)
     else:
-        labels = LABELS if num_labels == 2 else {i: f"label_{i}" for i in range(num_labels)}
+        labels = labels or (LABELS if num_labels == 2 else {i: f"label_{i}" for i in range(num_labels)})
         shape.setdefault("id2label", labels)
         shape.setdefault("label2id", {v: k for k, v in shape["id2label"].items()})
         model = RobertaForSequenceClassification(RobertaConfig(**shape))
