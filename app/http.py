@@ -11,7 +11,7 @@ import email.message
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import Executor
 from typing import TypeVar
 
@@ -34,25 +34,28 @@ from app.errors import (
     status_of,
 )
 from app.metrics import Metrics
-from app.schemas import EXPECTED, REQUEST_BODIES
 
 log = logging.getLogger("app.http")
 
 T = TypeVar("T")
 
-ENDPOINTS = frozenset(
-    {"/classify", "/fill-mask", "/healthz", "/readyz", "/info", "/metrics", "/docs", "/redoc", "/openapi.json"}
-)
+ENDPOINTS = frozenset({"/healthz", "/readyz", "/info", "/metrics", "/models", "/docs", "/redoc", "/openapi.json"})
+MODEL_ENDPOINT = "/models/{name}"
 # FastAPI answers 400 itself only when the body cannot be decoded at all (bytes that are not UTF-8).
 _HTTP_ERROR_TYPES = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 class RequestMetrics:
-    """Counts every request by endpoint and status and times it end to end (pure ASGI: no buffering)."""
+    """Counts every request by endpoint, model and status and times it end to end (pure ASGI: no buffering).
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    The endpoint label is a route's path, so the label set stays bounded whatever paths clients send;
+    the model is the one a handler chose (`request.state.model`), known only once it ran.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, endpoints: frozenset[str]) -> None:
         self.app = app
         self.metrics = metrics
+        self.endpoints = ENDPOINTS | endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,9 +73,11 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.request_latency.labels(endpoint).observe(time.perf_counter() - started)
+            path = scope["path"]
+            endpoint = path if path in self.endpoints else MODEL_ENDPOINT if path.startswith("/models/") else "other"
+            model = scope.get("state", {}).get("model", "")
+            self.metrics.requests.labels(endpoint, model, str(status)).inc()
+            self.metrics.request_latency.labels(endpoint, model).observe(time.perf_counter() - started)
 
 
 class BodySizeLimit:
@@ -140,7 +145,9 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, bodies: Mapping[str, validation.BodyRules]) -> None:
+    """`bodies`: each POST route's rules for validation messages (app.validation)."""
+
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return error_response(exc)
@@ -155,9 +162,7 @@ def install_error_handlers(app: FastAPI) -> None:
         body_missing = any(error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",) for error in errors)
         if exc.body is None and body_missing:
             return error_response(InvalidJSON("the body is empty; send a JSON object such as {\"inputs\": \"...\"}"))
-        path = request.url.path
-        message = validation.describe(errors, REQUEST_BODIES.get(path), EXPECTED.get(path, {}))
-        return error_response(InvalidInput(message))
+        return error_response(InvalidInput(validation.describe(errors, bodies.get(request.url.path))))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

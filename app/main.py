@@ -14,9 +14,10 @@ from app.docs import install_docs
 from app.http import BodySizeLimit, RequestMetrics, install_error_handlers
 from app.metrics import Metrics
 from app.model_folder import ModelFolderError
-from app.routes import router
+from app.routes import body_rules, build_router
 from app.settings import Settings, describe_settings_error
 from app.state import AppState
+from app.tasks import build_tasks
 
 log = logging.getLogger("app")
 
@@ -32,11 +33,12 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         settings, state = load_or_exit(cli=False)
     settings = settings if settings is not None else state.settings
     metrics = state.metrics if state is not None else Metrics()
+    tasks = state.tasks if state is not None else build_tasks(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         configure_logging(settings.log_level)
-        services = state if state is not None else AppState.build(settings, metrics)
+        services = state if state is not None else AppState.build(settings, metrics, tasks)
         app.state.services = services
         await services.start()
         try:
@@ -54,9 +56,9 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         openapi_url=None,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)
-    install_error_handlers(app)
-    app.include_router(router)
+    app.add_middleware(RequestMetrics, metrics=metrics, endpoints=frozenset(task.route for task in tasks.values()))
+    install_error_handlers(app, body_rules(tasks))
+    app.include_router(build_router(tasks))
     if settings.docs:
         install_docs(app)
     return app

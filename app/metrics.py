@@ -32,15 +32,20 @@ class ModelMetrics:
     dropped_deadline: Counter
     dropped_disconnected: Counter
     failed_batches: Counter
+    memory: Gauge
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter("roberta_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.requests = Counter(
+            "roberta_requests", "HTTP requests by endpoint, model (empty for none) and status", ["endpoint", "model", "status"],
+            registry=r,
+        )
         self.request_latency = Histogram(
-            "roberta_request_duration_seconds", "End-to-end request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+            "roberta_request_duration_seconds", "End-to-end request latency", ["endpoint", "model"], buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
             "roberta_queue_wait_seconds", "Time a sequence waited before its batch ran", ["model"], buckets=LATENCY_BUCKETS, registry=r
@@ -64,6 +69,9 @@ class Metrics:
             "roberta_dropped_sequences", "Sequences dropped before the model ran them", ["model", "reason"], registry=r
         )
         self.failed_batches = Counter("roberta_failed_batches", "Batches whose inference raised", ["model"], registry=r)
+        self.memory = Gauge(
+            "roberta_model_memory_bytes", "Resident memory that loading and warming up the model added", ["model"], registry=r
+        )
         self.provider = Gauge(
             "roberta_model_info",
             "1 for each loaded model, labelled with what runs it",
@@ -91,4 +99,5 @@ class Metrics:
             dropped_deadline=self.dropped.labels(model, "deadline"),
             dropped_disconnected=self.dropped.labels(model, "disconnected"),
             failed_batches=self.failed_batches.labels(model),
+            memory=self.memory.labels(model),
         )

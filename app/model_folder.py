@@ -9,7 +9,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-TASKS = ("text-classification", "fill-mask")
 PRECISION_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 
 
@@ -21,7 +20,8 @@ class ModelFolderError(Exception):
 class ModelFolder:
     path: Path
     task: str
-    labels: tuple[str, ...]  # empty for fill-mask
+    labels: tuple[str, ...]  # the output names, by id (config.json's id2label); empty for fill-mask
+    label2id: dict[str, int]  # in the config's order, which is the order transformers' pipelines search it in
     problem_type: str | None
     max_seq_len: int
     files: dict[str, Path]  # precision -> ONNX file that exists
@@ -37,14 +37,17 @@ class ModelFolder:
         return _read_json(path) if path.is_file() else {}
 
 
-def load_model_folder(path: Path, expected_task: str) -> ModelFolder:
+def load_model_folder(path: Path, expected_task: str | None = None) -> ModelFolder:
+    """The export at `path`; `expected_task`, when given, is the task a setting needs it to be."""
     path = Path(path)
     if not path.is_dir():
         raise ModelFolderError(f"model folder {path} does not exist; export one with `python -m export`")
     manifest = _read_json(path / "manifest.json")
     config = _read_json(path / "config.json")
     task = manifest.get("task")
-    if task != expected_task:
+    if not isinstance(task, str) or not task:
+        raise ModelFolderError(f"{path}/manifest.json names no task; re-export it with `python -m export`")
+    if expected_task is not None and task != expected_task:
         raise ModelFolderError(f"{path} holds a '{task}' model; this setting needs a '{expected_task}' export")
     if not (path / "tokenizer.json").is_file():
         raise ModelFolderError(f"{path} has no tokenizer.json; re-export it with `python -m export`")
@@ -52,11 +55,12 @@ def load_model_folder(path: Path, expected_task: str) -> ModelFolder:
     if not files:
         raise ModelFolderError(f"{path} has no ONNX model file (model.onnx); re-export it with `python -m export`")
     labels: tuple[str, ...] = ()
-    if task == "text-classification":
-        id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+    if manifest.get("labels") is not None:  # the exporter writes labels for the tasks that have them
+        id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
         labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(len(id2label)))
         if not labels:
-            raise ModelFolderError(f"{path}/config.json has no id2label; a classifier needs its labels")
+            raise ModelFolderError(f"{path}/config.json has no id2label; a {task} model needs its labels")
+    label2id = {str(k): int(v) for k, v in (config.get("label2id") or {}).items()} or {v: i for i, v in enumerate(labels)}
     max_seq_len = int(manifest.get("max_seq_len") or 0)
     if max_seq_len <= 2:
         raise ModelFolderError(f"{path}/manifest.json has no usable max_seq_len")
@@ -64,6 +68,7 @@ def load_model_folder(path: Path, expected_task: str) -> ModelFolder:
         path=path,
         task=task,
         labels=labels,
+        label2id=label2id,
         problem_type=config.get("problem_type"),
         max_seq_len=max_seq_len,
         files=files,

@@ -1,22 +1,30 @@
-"""Thin handlers: parse, pick the model, call it, shape the answer."""
+"""Thin handlers: parse, pick the model, hand the body to its task, send the answer.
+
+Every task gets its fixed endpoint (`/classify`, ...), which serves that task's default
+model, and every model answers at `/models/{name}` in the Hugging Face Inference API's
+shape, so `huggingface_hub.InferenceClient(model=".../models/NAME")` works unchanged.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
 import secrets
 import time
+from collections.abc import Mapping
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
 
-from app import __version__
-from app.errors import InvalidInput, TooManyInputs, Unauthorized, error_body
-from app.http import Utf8JsonRoute, json_off_loop, unless_disconnected
-from app.schemas import ClassifyRequest, ErrorBody, FillMaskRequest, FillMaskResponse, LabelScore, TextPair
-from app.service import ClassifyOptions, FillMaskOptions
+from app import __version__, validation
+from app.errors import InvalidInput, InvalidJSON, TooManyInputs, Unauthorized, UnsupportedMediaType, error_body
+from app.http import Utf8JsonRoute, is_json, json_off_loop, unless_disconnected
+from app.model import ServedModel
+from app.schemas import ErrorBody
 from app.state import AppState
-from app.tokenize import TextInput
+from app.tasks import Task
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)}
 TIMEOUT_HEADER = "x-request-timeout"
@@ -64,53 +72,134 @@ def deadline_of(request: Request, arrived: float) -> float:
     return arrived + seconds
 
 
-router = APIRouter(dependencies=[Depends(require_api_key_if_protected)])
-inference = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, route_class=Utf8JsonRoute)
+def build_router(tasks: Mapping[str, Task]) -> APIRouter:
+    """Every route: one POST per task (its default model), the model routes, and the operational ones."""
+    router = APIRouter(dependencies=[Depends(require_api_key_if_protected)])
+    inference = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, route_class=Utf8JsonRoute)
+    for task in tasks.values():
+        inference.add_api_route(
+            task.route, _default_model_handler(task), methods=["POST"], response_model=task.response,
+            summary=f"{task.summary} ({task.name}, the default model)",
+        )
+    inference.add_api_route(
+        "/models/{name}", post_model, methods=["POST"], summary="Run the named model on a body of its task",
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "oneOf": [{"$ref": f"#/components/schemas/{task.request.__name__}"} for task in tasks.values()]}}}}},
+        responses={200: {"description": "the answer of the model's task", "content": {"application/json": {"schema": {}}}}},
+    )
+    router.add_api_route("/models", list_models, methods=["GET"], summary="The models served, with their tasks and state")
+    router.add_api_route(
+        "/models/{name}", get_model, methods=["GET"], summary="One model", responses={404: {"model": ErrorBody}}
+    )
+    router.add_api_route("/healthz", healthz, methods=["GET"], summary="Liveness: the process answers")
+    router.add_api_route(
+        "/readyz", readyz, methods=["GET"], summary="Readiness: models loaded, warm and healthy",
+        responses={503: {"model": ErrorBody}},
+    )
+    router.add_api_route("/info", info, methods=["GET"], summary="Version, limits, and every model")
+    router.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    router.include_router(inference)
+    return router
 
 
-@inference.post("/classify", response_model=list[list[LabelScore]], summary="Classify texts or text pairs")
-async def classify(body: ClassifyRequest, request: Request) -> JSONResponse:
+def _default_model_handler(task: Task):
+    async def handler(body, request: Request) -> Response:
+        arrived = time.monotonic()
+        state = get_state(request)
+        deadline = deadline_of(request, arrived)
+        return await _run(request, state, task, state.model(task=task.name), body, deadline)
+
+    # FastAPI reads the body's type from the signature; each task's route gets its own.
+    handler.__signature__ = inspect.Signature([
+        inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=task.request),
+        inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+    ])
+    handler.__name__ = task.name.replace("-", "_")
+    return handler
+
+
+async def post_model(name: str, request: Request) -> Response:
     arrived = time.monotonic()
     state = get_state(request)
     deadline = deadline_of(request, arrived)
-    options = ClassifyOptions(
-        top_k=body.parameters.top_k,
-        function_to_apply=body.parameters.function_to_apply,
-        truncation=body.parameters.truncation,
-    )
-    inputs = _classify_inputs(body.inputs)
-    _check_count(len(inputs), state)
-    with state.admit("text-classification") as service:
-        answers = await unless_disconnected(request, service.classify(inputs, options, deadline))
-    return JSONResponse(answers)
+    model = state.model(name)
+    raw = await _json_body(request)
+    task = state.models.task_for(model, raw if isinstance(raw, dict) else {})
+    try:
+        body = task.request.model_validate(raw)
+    except ValidationError as exc:
+        rules = validation.BodyRules(task.request, task.expected, parameters_elsewhere(state, model))
+        raise InvalidInput(validation.describe(exc.errors(), rules, model_name=model.name)) from None
+    return await _run(request, state, task, model, body, deadline)
 
 
-@inference.post("/fill-mask", response_model=FillMaskResponse, summary="Fill the mask token in texts")
-async def fill_mask(body: FillMaskRequest, request: Request) -> Response:
-    arrived = time.monotonic()
+async def _run(request: Request, state: AppState, task: Task, model: ServedModel, body: BaseModel, deadline: float) -> Response:
+    count = task.count(body)
+    if count == 0:
+        raise InvalidInput("inputs is an empty list; send at least one text")
+    if count > state.settings.max_inputs:
+        unit = "inputs" if count == len(getattr(body, "inputs", [None])) else "sequences (texts x labels)"
+        raise TooManyInputs(f"{count} {unit} in one request; at most {state.settings.max_inputs} are allowed")
+    request.state.model = model.name
+    with state.admit():
+        answer = await unless_disconnected(request, task(model, body, deadline))
+    if answer.large:  # up to megabytes: rendered off the event loop
+        return await json_off_loop(answer.content, state.executor, headers=answer.headers)
+    return JSONResponse(answer.content, headers=answer.headers)
+
+
+async def _json_body(request: Request):
+    if not is_json(request.headers.get("content-type")):
+        raise UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`")
+    if not await request.body():
+        raise InvalidJSON("the body is empty; send a JSON object such as {\"inputs\": \"...\"}")
+    try:
+        return await request.json()
+    except (ValueError, RecursionError):
+        raise InvalidJSON("the body is not valid JSON") from None
+
+
+def parameters_elsewhere(state: AppState, model: ServedModel) -> dict[str, str]:
+    """Parameter name -> the task that takes it, for the tasks `model` does not answer."""
+    return _parameters_of(state.tasks, {task.name for task in state.models.tasks_of(model)})
+
+
+def _parameters_of(tasks: Mapping[str, Task], leave_out: set[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for task in tasks.values():
+        parameters = task.request.model_fields.get("parameters")
+        annotation = parameters.annotation if parameters is not None else None
+        if task.name not in leave_out and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for field in annotation.model_fields:
+                found.setdefault(field, task.name)
+    return found
+
+
+def describe_model(state: AppState, model: ServedModel) -> dict:
+    tasks = state.models.tasks_of(model)
+    description = model.info()
+    description["tasks"] = [task.name for task in tasks]
+    description["default_for"] = [task for task, name in state.models.defaults().items() if name == model.name]
+    description["ready"] = model.warm and state.healthy(model) and not state.draining
+    for task in tasks:
+        description.update(task.info(model))
+    return description
+
+
+async def list_models(request: Request) -> dict:
     state = get_state(request)
-    deadline = deadline_of(request, arrived)
-    targets = body.parameters.targets
-    options = FillMaskOptions(
-        top_k=body.parameters.top_k,
-        targets=(targets,) if isinstance(targets, str) else (tuple(targets) if targets is not None else None),
-        truncation=body.parameters.truncation,
-    )
-    texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-    _check_count(len(texts), state)
-    with state.admit("fill-mask") as service:
-        answers, warning = await unless_disconnected(request, service.fill_mask(texts, options, deadline))
-    headers = {"X-Warning": warning} if warning else None
-    content = answers[0] if isinstance(body.inputs, str) else answers
-    return await json_off_loop(content, state.executor, headers=headers)  # up to megabytes: not on the event loop
+    return {"models": [describe_model(state, model) for model in state.models]}
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+async def get_model(name: str, request: Request) -> dict:
+    state = get_state(request)
+    return describe_model(state, state.models.get(name))
+
+
 async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: models loaded, warm and healthy", responses={503: {"model": ErrorBody}})
 async def readyz(request: Request):
     ready, reason = get_state(request).readiness()
     if not ready:
@@ -118,7 +207,6 @@ async def readyz(request: Request):
     return {"status": "ready"}
 
 
-@router.get("/info", summary="Models, precisions, providers in use and batching settings")
 async def info(request: Request) -> dict:
     import onnxruntime
 
@@ -129,34 +217,20 @@ async def info(request: Request) -> dict:
         "ready": state.readiness()[0],
         "max_inputs": state.settings.max_inputs,
         "request_timeout_s": state.settings.request_timeout_s,
-        "models": {task: service.info() for task, service in state.services.items()},
+        "defaults": state.models.defaults(),
+        "models": {model.name: describe_model(state, model) for model in state.models},
     }
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     registry = get_state(request).metrics.registry
     return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-router.include_router(inference)
-
-
-def _classify_inputs(inputs) -> list[TextInput]:
-    items = inputs if isinstance(inputs, list) else [inputs]
-    return [_as_text_input(item) for item in items]
-
-
-def _as_text_input(item: str | TextPair) -> TextInput:
-    if isinstance(item, str):
-        return item
-    return item.text if item.text_pair is None else (item.text, item.text_pair)
-
-
-def _check_count(count: int, state: AppState) -> None:
-    if count == 0:
-        raise InvalidInput("inputs is an empty list; send at least one text")
-    if count > state.settings.max_inputs:
-        raise TooManyInputs(f"{count} inputs in one request; at most {state.settings.max_inputs} are allowed")
-
+def body_rules(tasks: Mapping[str, Task]) -> dict[str, validation.BodyRules]:
+    """Each task route's body, what its union fields accept and which parameters belong to other tasks."""
+    return {
+        task.route: validation.BodyRules(task.request, task.expected, _parameters_of(tasks, {task.name}))
+        for task in tasks.values()
+    }
 

@@ -64,8 +64,9 @@ def choose_precision(requested: str, exported: set[str], on_cuda: bool) -> str:
 
 
 class ModelRuntime:
-    def __init__(self, folder: ModelFolder, config: SessionConfig) -> None:
+    def __init__(self, folder: ModelFolder, config: SessionConfig, name: str | None = None) -> None:
         self.folder = folder
+        self.name = name or folder.path.name
         available = ort.get_available_providers()
         providers = requested_providers(config.providers, available)
         cuda_wanted = "cuda" in config.providers
@@ -83,10 +84,10 @@ class ModelRuntime:
             log.warning("%s: CUDA provider could not start (no GPU?); running on %s", folder.path.name, ",".join(self.providers_in_use))
         self.input_names = [node.name for node in self._session.get_inputs()]
         self.takes_positions = POSITIONS_INPUT in self.input_names
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnx-{folder.task}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnx-{self.name}")
         log.info(
             "%s: %s, %s on %s (%s)",
-            folder.task, folder.path.name, self.precision, ",".join(self.providers_in_use), folder.files[self.precision].name,
+            self.name, folder.task, self.precision, ",".join(self.providers_in_use), folder.files[self.precision].name,
         )
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,8 +18,18 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ROBERTA_", extra="ignore", frozen=True)
 
-    classify_model: Path | None = Field(None, description="exported text-classification folder")
-    fill_mask_model: Path | None = Field(None, description="exported fill-mask folder")
+    model_repository: Path | None = Field(
+        None, description="a folder of exports: every subfolder holding one is served, named by the subfolder"
+    )
+    models: str | None = Field(
+        None, description="models by name: name=folder,name=folder (with or without a repository)"
+    )
+    classify_model: Path | None = Field(
+        None, description="exported text-classification folder, named by its folder name; /classify's default model"
+    )
+    fill_mask_model: Path | None = Field(
+        None, description="exported fill-mask folder, named by its folder name; /fill-mask's default model"
+    )
     precision: Precision = Field("auto", description="auto: fp16 on CUDA if exported, else int8 on CPU if exported, else fp32")
     providers: Annotated[tuple[Provider, ...], NoDecode] = Field(
         ("cuda", "cpu"), description="execution providers in order of preference, comma separated"
@@ -104,11 +115,44 @@ class Settings(BaseSettings):
             raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
         return self
 
+    @field_validator("models")
+    @classmethod
+    def _name_equals_folder(cls, value):
+        if value is not None:
+            parse_named_models(value)
+        return value
+
     @model_validator(mode="after")
     def _some_model(self):
-        if self.classify_model is None and self.fill_mask_model is None:
-            raise ValueError("set ROBERTA_CLASSIFY_MODEL or ROBERTA_FILL_MASK_MODEL (an exported model folder)")
+        if not (self.model_repository or self.models or self.classify_model or self.fill_mask_model):
+            raise ValueError(
+                "name a model: ROBERTA_MODEL_REPOSITORY (a folder of exports), ROBERTA_MODELS (name=folder,...), "
+                "ROBERTA_CLASSIFY_MODEL or ROBERTA_FILL_MASK_MODEL"
+            )
         return self
+
+    def named_models(self) -> dict[str, Path]:
+        return parse_named_models(self.models) if self.models else {}
+
+
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # safe in a URL path and a metric label
+
+
+def parse_named_models(value: str) -> dict[str, Path]:
+    """`sentiment=/models/a,ner=/models/b` -> {name: folder}; a malformed entry or a repeated name is an error."""
+    named: dict[str, Path] = {}
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        name, equals, folder = (piece.strip() for piece in entry.partition("="))
+        if not equals or not folder:
+            raise ValueError(f"{entry!r} is not name=folder")
+        if not MODEL_NAME.match(name):
+            raise ValueError(f"model name {name!r} must be letters, digits, '.', '_' or '-' (at most 100)")
+        if name in named:
+            raise ValueError(f"model name {name!r} is given twice")
+        named[name] = Path(folder)
+    return named
 
 
 def describe_settings_error(error: ValidationError) -> str:

@@ -1,7 +1,8 @@
 """Everything the running service owns, built once in the lifespan from Settings.
 
-Start-up order: load every model (fail fast), start the batchers, then warm up in the
-background; `/readyz` answers 503 until the warm-up finished.
+Start-up order: load every model (fail fast, naming the model), start the batchers,
+then warm up in the background; `/readyz` answers 503 until every model is warm. This
+object admits requests and drains them; the models themselves live in the repository.
 """
 
 from __future__ import annotations
@@ -12,17 +13,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path
 
-from app.batcher import BatchLimits
-from app.errors import NotFound, NotReady
+from app.errors import NotReady
 from app.metrics import Metrics
-from app.model_folder import ModelFolderError, load_model_folder
-from app.runtime import ModelRuntime, SessionConfig, warm_up_shapes
-from app.service import ModelService
+from app.model import ServedModel
+from app.repository import ModelRepository
 from app.settings import Settings
-from app.tokenize import TextEncoder
+from app.tasks import Task, build_tasks
 
 log = logging.getLogger("app.state")
 
@@ -30,10 +27,18 @@ FAILURES_BEFORE_UNREADY = 3  # consecutive failed batches that make /readyz say 
 
 
 class AppState:
-    def __init__(self, settings: Settings, metrics: Metrics, services: dict[str, ModelService], executor: ThreadPoolExecutor):
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        tasks: dict[str, Task],
+        models: ModelRepository,
+        executor: ThreadPoolExecutor,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.services = services
+        self.tasks = tasks
+        self.models = models
         self._executor = executor
         self._warm = False
         self._draining = False  # readiness says 503; requests are still admitted (shutdown_delay_s)
@@ -44,49 +49,24 @@ class AppState:
         self._warm_up_task: asyncio.Task | None = None
 
     @classmethod
-    def build(cls, settings: Settings, metrics: Metrics) -> AppState:
+    def build(cls, settings: Settings, metrics: Metrics, tasks: dict[str, Task] | None = None) -> AppState:
         executor = ThreadPoolExecutor(max_workers=settings.tokenizer_threads, thread_name_prefix="tokenize")
-        limits = BatchLimits(
-            max_batch_size=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            max_wait_s=settings.max_wait_ms / 1000,
-            max_queue=settings.max_queue,
-            run_overhead_tokens=BatchLimits.run_overhead_tokens if settings.run_overhead_tokens is None else settings.run_overhead_tokens,
-        )
-        session = SessionConfig(
-            precision=settings.precision,
-            providers=settings.providers,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-            providers_chosen="providers" in settings.model_fields_set,
-        )
-        services = {}
-        for task, path in (("text-classification", settings.classify_model), ("fill-mask", settings.fill_mask_model)):
-            if path is not None:
-                services[task] = _build_service(
-                    Path(path), task, limits, session, metrics, executor, settings.max_mask_answers
-                )
-        return cls(settings, metrics, services, executor)
+        tasks = tasks if tasks is not None else build_tasks(settings)
+        try:
+            models = ModelRepository.build(settings, metrics, executor, tasks)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(settings, metrics, tasks, models, executor)
 
     async def start(self) -> None:
-        for service in self.services.values():
-            service.start()
+        for model in self.models:
+            model.start()
         self._warm_up_task = asyncio.create_task(self._warm_up(), name="warm-up")
 
     async def _warm_up(self) -> None:
-        for service in self.services.values():
-            shapes = warm_up_shapes(
-                self.settings.max_batch_size,
-                self.settings.max_batch_tokens,
-                service.folder.max_seq_len,
-                on_cuda=service.runtime.provider == "cuda",
-            )
-            seconds = await service.runtime.warm_up(shapes, service.encoder.pad_id)
-            log.info("%s warm in %.2f s over shapes %s", service.task, seconds, shapes)
-            if self.settings.run_overhead_tokens is None:
-                overhead = await service.runtime.measure_run_overhead(service.encoder.pad_id, self.settings.max_batch_tokens)
-                service.batcher.limits = replace(service.batcher.limits, run_overhead_tokens=overhead)
-                log.info("%s: one run costs as much as %.0f tokens of work", service.task, overhead)
+        for model in self.models:  # one at a time: each is timed, and measured, alone
+            await model.warm_up()
         self._warm = True
         self.metrics.ready.set(1)
 
@@ -122,7 +102,7 @@ class AppState:
         self.metrics.ready.set(0)
         if self._warm_up_task is not None and not self._warm_up_task.done():
             self._warm_up_task.cancel()
-        await asyncio.gather(*(service.stop() for service in self.services.values()))
+        await asyncio.gather(*(model.stop() for model in self.models))
         self._executor.shutdown(wait=True)
 
     def readiness(self) -> tuple[bool, str]:
@@ -130,19 +110,33 @@ class AppState:
             return False, "the server is shutting down"
         if not self._warm:
             return False, "models are warming up"
-        failing = [s.task for s in self.services.values() if s.batcher.consecutive_failures >= FAILURES_BEFORE_UNREADY]
+        failing = [model.name for model in self.models if not self.healthy(model)]
         if failing:
             return False, f"inference keeps failing for {', '.join(failing)}"
         return True, "ready"
 
+    @staticmethod
+    def healthy(model: ServedModel) -> bool:
+        return model.batcher.consecutive_failures < FAILURES_BEFORE_UNREADY
+
+    def model(self, name: str | None = None, *, task: str | None = None) -> ServedModel:
+        """The model named `name`, or the default model of `task`; 503 while warming up or closing, 404 if none."""
+        if self._closing:
+            raise NotReady("the server is shutting down", headers={"Retry-After": "1"})
+        model = self.models.get(name) if name is not None else self.models.default(task)
+        if not self._warm:
+            raise NotReady("models are warming up", headers={"Retry-After": "1"})
+        return model
+
     @contextmanager
-    def admit(self, task: str) -> Iterator[ModelService]:
-        """The service for `task`, counted as in flight until the block ends, so a drain knows what to wait for."""
-        service = self.service(task)
+    def admit(self) -> Iterator[None]:
+        """Counts a request as in flight until the block ends, so a drain knows what to wait for."""
+        if self._closing:
+            raise NotReady("the server is shutting down", headers={"Retry-After": "1"})
         self._active += 1
         self._idle.clear()
         try:
-            yield service
+            yield
         finally:
             self._active -= 1
             if not self._active:
@@ -151,29 +145,3 @@ class AppState:
     @property
     def in_flight(self) -> int:
         return self._active
-
-    def service(self, task: str) -> ModelService:
-        if self._closing:
-            raise NotReady("the server is shutting down", headers={"Retry-After": "1"})
-        if task not in self.services:
-            setting = "ROBERTA_CLASSIFY_MODEL" if task == "text-classification" else "ROBERTA_FILL_MASK_MODEL"
-            raise NotFound(f"no {task} model is loaded; start the server with {setting}")
-        if not self._warm:
-            raise NotReady("models are warming up", headers={"Retry-After": "1"})
-        return self.services[task]
-
-
-def _build_service(path, task, limits, session, metrics, executor, max_mask_answers) -> ModelService:
-    folder = load_model_folder(path, task)
-    try:
-        encoder = TextEncoder(folder.tokenizer_file, folder.max_seq_len, folder.tokenizer_config)
-    except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
-        raise ModelFolderError(f"{folder.tokenizer_file} could not be read ({type(exc).__name__}); re-export the model") from exc
-    runtime = ModelRuntime(folder, session)
-    if task == "fill-mask" and not runtime.takes_positions:
-        log.warning(
-            "%s is an older fill-mask export that computes logits at every position (memory grows with batch x "
-            "length x vocabulary); re-export it with `python -m export` for logits at mask positions only", path
-        )
-    metrics.provider.labels(task, task, runtime.precision, runtime.provider).set(1)
-    return ModelService(folder, encoder, runtime, limits, metrics.for_model(task), executor, max_mask_answers=max_mask_answers)

@@ -29,6 +29,18 @@ class Encoded:
         return len(self.ids)
 
 
+@dataclass(frozen=True)
+class Window:
+    """A text's tokens as one model input, with where each came from (token classification)."""
+
+    ids: np.ndarray  # int64, special tokens included
+    offsets: np.ndarray  # [n, 2] character offsets into the text; (0, 0) for special tokens
+    special: np.ndarray  # bool: special tokens, which have no place in the text
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 class TextEncoder:
     def __init__(self, tokenizer_file: Path, max_seq_len: int, tokenizer_config: dict | None = None) -> None:
         config = tokenizer_config or {}
@@ -50,6 +62,20 @@ class TextEncoder:
         # the bytes alone (see surely_too_long); a normalizer may delete or merge input, so then nothing is.
         self._bytes_per_token = max(len(token.encode("utf-8")) for token in self._vocab)
         self._bounded = self._truncating.normalizer is None
+        self._prefix, self._suffix = self._special_ends()
+        self.unk_id = self._truncating.token_to_id(_token_name(config.get("unk_token"), "<unk>"))
+        # transformers' token-classification rule for telling a word's first token from the rest: a BPE model
+        # with a continuing-subword prefix says so itself; byte-level BPE (RoBERTa's) has none.
+        self.marks_subwords = bool(getattr(self._whole.model, "continuing_subword_prefix", None))
+
+    def _special_ends(self) -> tuple[list[int], list[int]]:
+        """The special tokens the post-processor puts before and after one text (<s> and </s> for RoBERTa)."""
+        whole = self._whole.encode("a").ids
+        content = self._whole.encode("a", add_special_tokens=False).ids
+        for start in range(len(whole) - len(content) + 1):
+            if whole[start : start + len(content)] == content:
+                return whole[:start], whole[start + len(content) :]
+        return [], []
 
     def encode(self, inputs: Sequence[TextInput], *, truncate: bool = True) -> list[Encoded]:
         """Ids of each input: cut to max_seq_len when `truncate`, else whole (the caller refuses what is too long).
@@ -58,6 +84,40 @@ class TextEncoder:
         """
         tokenizer = self._truncating if truncate else self._whole
         return [Encoded(np.asarray(e.ids, dtype=np.int64)) for e in tokenizer.encode_batch(list(inputs))]
+
+    def windows(self, text: str, *, stride: int | None) -> list[Window]:
+        """The text whole (stride None: the caller refuses it if too long), or cut into windows of max_seq_len
+        tokens that overlap by `stride`, as the tokenizer's own truncation with a stride cuts them."""
+        content = self._whole.encode(text, add_special_tokens=False)
+        ids, offsets, special = content.ids, content.offsets, content.special_tokens_mask
+        room = self.max_seq_len - len(self._prefix) - len(self._suffix)
+        if stride is None or len(ids) <= room:
+            spans = [(0, len(ids))]
+        else:
+            step = room - stride  # stride < room: checked by the caller
+            spans = []
+            for start in range(0, len(ids), step):
+                spans.append((start, min(start + room, len(ids))))
+                if spans[-1][1] == len(ids):
+                    break
+        return [self._window(ids[a:b], offsets[a:b], special[a:b]) for a, b in spans]
+
+    def _window(self, ids, offsets, special) -> Window:
+        before, after = len(self._prefix), len(self._suffix)
+        return Window(
+            ids=np.asarray(self._prefix + list(ids) + self._suffix, dtype=np.int64),
+            offsets=np.asarray([(0, 0)] * before + list(offsets) + [(0, 0)] * after, dtype=np.int64).reshape(-1, 2),
+            special=np.asarray([1] * before + list(special) + [1] * after, dtype=bool),
+        )
+
+    @property
+    def special_tokens_per_text(self) -> int:
+        return len(self._prefix) + len(self._suffix)
+
+    def tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """transformers' convert_tokens_to_string: the decoder on token strings, no clean-up."""
+        decoder = self._truncating.decoder
+        return decoder.decode(list(tokens)) if decoder is not None else " ".join(tokens)
 
     def surely_too_long(self, text: TextInput) -> bool:
         """True when `text` is certainly more than max_seq_len tokens, decided without tokenizing it.

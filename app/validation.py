@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
@@ -20,30 +21,45 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 MOST_SHOWN = 3
 
 
-def describe(errors: Sequence[Mapping], model: type[BaseModel] | None, expected: Mapping[str, str]) -> str:
-    """`inputs must be a string or a list of strings` or `parameters.top_k: Input should be ...` (at most 3 of them).
+@dataclass(frozen=True)
+class BodyRules:
+    """What a message about one route's body can say.
 
     `model` is the request body's model (for the fields an unknown key could have been),
-    `expected` what a union field accepts, by location (`inputs`, `inputs[]` for a list's items).
+    `expected` what a union field accepts, by location (`inputs`, `inputs[]` for a list's items),
+    `elsewhere` which task takes a parameter this body does not (`aggregation_strategy` sent to a classifier).
     """
+
+    model: type[BaseModel] | None = None
+    expected: Mapping[str, str] = field(default_factory=dict)
+    elsewhere: Mapping[str, str] = field(default_factory=dict)
+
+
+def describe(errors: Sequence[Mapping], rules: BodyRules | None = None, *, model_name: str | None = None) -> str:
+    """`inputs must be a string or a list of strings` or `parameters.top_k: Input should be ...` (at most 3 of them)."""
+    rules = rules or BodyRules()
     groups: dict[tuple, list[Mapping]] = {}
     for error in errors:
         loc = _fields_only(error.get("loc", ()), keep_last=error.get("type") == "extra_forbidden")
         groups.setdefault(loc, []).append(error)
     deepest = [loc for loc in groups if not any(other[: len(loc)] == loc and other != loc for other in groups)]
-    parts = [_describe_one(loc, groups[loc], model, expected) for loc in deepest[:MOST_SHOWN]]
+    parts = [_describe_one(loc, groups[loc], rules, model_name) for loc in deepest[:MOST_SHOWN]]
     more = f" (and {len(deepest) - MOST_SHOWN} more)" if len(deepest) > MOST_SHOWN else ""
     return "; ".join(parts) + more
 
 
-def _describe_one(loc: tuple, errors: list[Mapping], model, expected: Mapping[str, str]) -> str:
+def _describe_one(loc: tuple, errors: list[Mapping], rules: BodyRules, model_name: str | None) -> str:
     name = _display(loc)
     unknown = [error for error in errors if error.get("type") == "extra_forbidden"]
     if unknown:
         parent = loc[:-1]
-        accepted = _accepted_fields(model, parent)
+        accepted = _accepted_fields(rules.model, parent)
         where = f" in {_display(parent)}" if parent else ""
         listing = f"; accepted: {', '.join(accepted)}" if accepted else ""
+        other = rules.elsewhere.get(str(loc[-1])) if parent == ("parameters",) else None
+        if other is not None:
+            who = f"model {model_name!r}" if model_name else "this endpoint"
+            return f"{_quoted(str(loc[-1]))} is a {other} parameter, and {who} does not do {other}{listing}"
         return f"unknown field {_quoted(str(loc[-1]))}{where}{listing}"
     if not loc and errors[0].get("type") in ("model_type", "model_attributes_type", "dict_type"):
         return "the body must be a JSON object"
@@ -53,8 +69,8 @@ def _describe_one(loc: tuple, errors: list[Mapping], model, expected: Mapping[st
     if specific:  # a rule the value broke (a range, a lone surrogate): its own message is the clearest
         return f"{name}: {str(specific[0].get('msg', 'invalid')).removeprefix('Value error, ')}"
     key = _pattern(loc)
-    if key in expected:
-        return f"{name} must be {expected[key]}"
+    if key in rules.expected:
+        return f"{name} must be {rules.expected[key]}"
     return f"{name}: {errors[0].get('msg', 'invalid')}"
 
 

@@ -25,17 +25,17 @@ def server(exported_classifier):
 
 
 def sequences_run(server) -> float:
-    return metric_value(server.url, "roberta_batch_size_sum", model="text-classification")
+    return metric_value(server.url, "roberta_batch_size_sum", model="cls")
 
 
 def dropped(server, reason: str) -> float:
-    return metric_value(server.url, "roberta_dropped_sequences_total", model="text-classification", reason=reason)
+    return metric_value(server.url, "roberta_dropped_sequences_total", model="cls", reason=reason)
 
 
 def settle(server) -> None:
     """Wait until the batcher has looked at the queue again (it holds work for HOLD_S)."""
     deadline = time.monotonic() + HOLD_S + 5
-    while metric_value(server.url, "roberta_queue_depth", model="text-classification") > 0 and time.monotonic() < deadline:
+    while metric_value(server.url, "roberta_queue_depth", model="cls") > 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.2)
 

@@ -18,9 +18,9 @@ FAULTY_APP = [sys.executable, str(Path(__file__).with_name("faulty_app.py"))]
 
 def test_cuda_requested_without_cuda_falls_back_to_cpu_and_says_so(exported_classifier):
     with ServerProcess("--classify-model", str(exported_classifier), "--providers", "cuda,cpu") as process:
-        info = httpx.get(f"{process.url}/info").json()["models"]["text-classification"]
+        info = httpx.get(f"{process.url}/info").json()["models"]["cls"]
         assert info["providers"] == ["cpu"] and info["precision"] == "int8"  # auto picks INT8 on the CPU
-        running = metric_value(process.url, "roberta_model_info", model="text-classification", provider="cpu")
+        running = metric_value(process.url, "roberta_model_info", model="cls", provider="cpu")
         assert running == 1
         assert httpx.post(f"{process.url}/classify", json={"inputs": "good"}).status_code == 200
     assert "CUDA requested but this onnxruntime build has no CUDA provider; running on CPU" in process.output
@@ -29,7 +29,7 @@ def test_cuda_requested_without_cuda_falls_back_to_cpu_and_says_so(exported_clas
 def test_a_default_cpu_start_says_what_runs_and_warns_about_nothing(exported_classifier):
     with ServerProcess("--classify-model", str(exported_classifier)) as process:
         pass
-    assert "text-classification: cls, int8 on cpu (model.int8.onnx)" in process.output
+    assert "cls: text-classification, int8 on cpu (model.int8.onnx)" in process.output
     assert "WARNING" not in process.output, process.output
 
 
@@ -56,7 +56,7 @@ UVICORN = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", 
     "command, env, expected",
     [
         pytest.param(["--classify-model", "/nowhere"], None, "model folder /nowhere does not exist", id="app-missing-folder"),
-        pytest.param([], None, "set ROBERTA_CLASSIFY_MODEL or ROBERTA_FILL_MASK_MODEL", id="app-no-model"),
+        pytest.param([], None, "name a model: ROBERTA_MODEL_REPOSITORY", id="app-no-model"),
         pytest.param(["--classify-model", "/x", "--max-queue", "8"], None,
                      "max_queue (8) must be at least max_inputs (64)", id="app-queue-smaller-than-a-request"),
         pytest.param(["--classify-model", "/x", "--max-batch-size", "0"], None,
@@ -64,7 +64,7 @@ UVICORN = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", 
                      id="app-bad-number"),
         pytest.param(UVICORN, {"ROBERTA_CLASSIFY_MODEL": "/nowhere"}, "model folder /nowhere does not exist",
                      id="uvicorn-missing-folder"),
-        pytest.param(UVICORN, {}, "set ROBERTA_CLASSIFY_MODEL or ROBERTA_FILL_MASK_MODEL", id="uvicorn-no-model"),
+        pytest.param(UVICORN, {}, "name a model: ROBERTA_MODEL_REPOSITORY", id="uvicorn-no-model"),
     ],
 )
 def test_every_start_up_error_is_one_line_and_exit_1_on_every_entry_point(command, env, expected):
@@ -115,7 +115,7 @@ def test_a_failing_batch_answers_500_and_the_next_batch_works(faulty):
     assert "/opt/secret" not in failed.text and "Traceback" not in failed.text
     flag.unlink()
     assert classify(process).status_code == 200
-    assert metric_value(process.url, "roberta_failed_batches_total", model="text-classification") == 1
+    assert metric_value(process.url, "roberta_failed_batches_total", model="cls") == 1
     assert "injected fault" in process.output  # the cause is logged for the operator, not sent to the client
 
 

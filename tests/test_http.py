@@ -141,8 +141,8 @@ def mask_answers(answers: list) -> list[dict]:
 def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(served):
     sentences = [f"{t} number {i}" for i in range(6) for t in TEXTS]
     sequential = [post(served, "/classify", {"inputs": s}).json() for s in sentences]
-    before = metric_value(served.url, "roberta_batch_size_sum", model="text-classification")
-    batches_before = metric_value(served.url, "roberta_batch_size_count", model="text-classification")
+    before = metric_value(served.url, "roberta_batch_size_sum", model="cls")
+    batches_before = metric_value(served.url, "roberta_batch_size_count", model="cls")
 
     async def burst():
         async with httpx.AsyncClient(base_url=served.url, timeout=30) as client:
@@ -152,8 +152,8 @@ def test_concurrent_requests_are_batched_and_answer_as_sequential_ones(served):
     concurrent = asyncio.run(burst())
     for one, other in zip(sequential, concurrent):
         assert as_dict(one[0]) == pytest.approx(as_dict(other[0]), abs=1e-5)
-    sequences = metric_value(served.url, "roberta_batch_size_sum", model="text-classification") - before
-    batches = metric_value(served.url, "roberta_batch_size_count", model="text-classification") - batches_before
+    sequences = metric_value(served.url, "roberta_batch_size_sum", model="cls") - before
+    batches = metric_value(served.url, "roberta_batch_size_count", model="cls") - batches_before
     assert sequences == len(sentences)
     assert sequences / batches > 1.5, f"{batches} batches for {sequences} sequences: not batched"
 
@@ -192,13 +192,13 @@ def test_health_readiness_and_info(served):
     assert httpx.get(f"{served.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{served.url}/readyz").status_code == 200
     info = httpx.get(f"{served.url}/info").json()
-    classify = info["models"]["text-classification"]
+    classify = info["models"]["cls"]
     assert classify["labels"] == ["negative", "positive"] and classify["precision"] == "fp32"
     assert classify["providers"] == ["cpu"] and classify["max_seq_len"] == 64
     assert classify["batching"]["max_batch_size"] == 16
     # Measured at start-up, not the batcher's stand-in default (1e9).
     assert 0 < classify["batching"]["run_overhead_tokens"] <= Settings.model_fields["max_batch_tokens"].default
-    assert info["models"]["fill-mask"]["mask_token"] == "<mask>"
+    assert info["models"]["mlm"]["mask_token"] == "<mask>"
 
 
 def test_info_shows_no_paths_and_no_library_versions_but_onnxruntime(served, exported_classifier):
@@ -207,7 +207,7 @@ def test_info_shows_no_paths_and_no_library_versions_but_onnxruntime(served, exp
     text = httpx.get(f"{served.url}/info").text
     info = json.loads(text)
     assert info["onnxruntime"] == onnxruntime.__version__
-    assert info["models"]["text-classification"]["export"]["source"] == "cls"  # the checkpoint folder's name
+    assert info["models"]["cls"]["export"]["source"] == "cls"  # the checkpoint folder's name
     assert str(exported_classifier.parent) not in text and "/tmp" not in text
     for library in ("torch", "transformers", "python", "optimum", "tokenizers"):
         assert f'"{library}"' not in text
@@ -252,9 +252,9 @@ def test_metrics_parse_and_name_what_the_readme_lists(served):
     ]:
         assert name in families, name
     requests = {tuple(sorted(s.labels.items())): s.value for s in families["roberta_requests"].samples if s.name.endswith("_total")}
-    assert requests[(("endpoint", "/classify"), ("status", "200"))] >= 1
+    assert requests[(("endpoint", "/classify"), ("model", "cls"), ("status", "200"))] >= 1
     providers = [s.labels for s in families["roberta_model_info"].samples]
-    assert {"model": "text-classification", "task": "text-classification", "precision": "fp32", "provider": "cpu"} in providers
+    assert {"model": "cls", "task": "text-classification", "precision": "fp32", "provider": "cpu"} in providers
 
 
 

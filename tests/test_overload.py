@@ -104,5 +104,5 @@ def test_a_flood_gets_only_200_and_429_memory_stays_bounded_and_service_recovers
     assert missing_retry_after == 0
     assert statistics.median(refused_in) < statistics.median(served_in)  # refused at once, not after waiting
     assert rss_after - rss_before < 100 * 2**20
-    assert metric_value(server.url, "roberta_queue_depth", model="text-classification") == 0
+    assert metric_value(server.url, "roberta_queue_depth", model="cls") == 0
     assert after < max(3 * normal, normal + 0.05)

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.postprocess import activate, classify, default_activation, fill_mask
+from app.tasks.fill_mask import fill_mask
+from app.tasks.text_classification import activate, classify, default_activation
 
 
 @pytest.mark.parametrize(
@@ -75,7 +76,7 @@ def test_fill_mask_targets_restrict_and_cap_top_k():
 
 
 def test_targets_warning_counts_and_shows_a_few_within_the_limit():
-    from app.postprocess import targets_warning
+    from app.tasks.fill_mask import targets_warning
 
     assert targets_warning([], []) is None
     replaced = [(f"w\u00e9rd{i}" + "y" * 60, "w") for i in range(500)]

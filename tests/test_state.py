@@ -19,22 +19,22 @@ def test_not_ready_until_warm_then_ready_then_draining(exported_classifier):
         state = AppState.build(Settings(classify_model=exported_classifier), Metrics())
         before = state.readiness()
         with pytest.raises(NotReady):
-            state.service("text-classification")
+            state.model(task="text-classification")
         await state.start()
         await state._warm_up_task
         warm = state.readiness()
-        with pytest.raises(NotFound, match="ROBERTA_FILL_MASK_MODEL"):
-            state.service("fill-mask")
-        state.services["text-classification"].batcher.consecutive_failures = FAILURES_BEFORE_UNREADY
+        with pytest.raises(NotFound, match="no fill-mask model is loaded; the models are: cls"):
+            state.model(task="fill-mask")
+        state.models.get("cls").batcher.consecutive_failures = FAILURES_BEFORE_UNREADY
         failing = state.readiness()
-        state.services["text-classification"].batcher.consecutive_failures = 0
+        state.models.get("cls").batcher.consecutive_failures = 0
         await state.stop()
         return before, warm, failing, state.readiness()
 
     before, warm, failing, after = asyncio.run(scenario())
     assert before == (False, "models are warming up")
     assert warm == (True, "ready")
-    assert failing[0] is False and "failing" in failing[1]
+    assert failing == (False, "inference keeps failing for cls")
     assert after == (False, "the server is shutting down")
 
 
@@ -54,15 +54,15 @@ def test_drain_goes_unready_at_once_admits_during_the_delay_then_waits_for_admit
         await state.start()
         await state._warm_up_task
         seen = {}
-        with state.admit("text-classification"):
+        with state.admit():
             drain = asyncio.create_task(state.drain(delay_s=0.2, deadline=time.monotonic() + 5))
             await asyncio.sleep(0.05)
             seen["readiness during delay"] = state.readiness()[0]
-            with state.admit("text-classification"):  # still admitted while load balancers catch up
+            with state.admit():  # still admitted while load balancers catch up
                 seen["in flight"] = state.in_flight
             await asyncio.sleep(0.3)
             with pytest.raises(NotReady, match="shutting down"):
-                state.service("text-classification")
+                state.model(task="text-classification")
             seen["drain done while a request runs"] = drain.done()
         seen["drained"] = await drain
         await state.stop()

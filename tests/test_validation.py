@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.schemas import EXPECTED, ClassifyRequest, FillMaskRequest
-from app.validation import describe
+from app.tasks.fill_mask import FillMask, FillMaskRequest
+from app.tasks.text_classification import ClassifyRequest, TextClassification
+from app.validation import BodyRules, describe
+
+EXPECTED = {"/classify": TextClassification.expected, "/fill-mask": FillMask.expected}
 
 
 def message(model, path, body) -> str:
     with pytest.raises(ValidationError) as caught:
         model.model_validate(body)
-    return describe(caught.value.errors(), model, EXPECTED[path])
+    return describe(caught.value.errors(), BodyRules(model, EXPECTED[path]))
 
 
 def test_a_union_that_nothing_matched_says_what_the_field_accepts():

@@ -1,0 +1,166 @@
+"""One served model: its folder, tokenizer, ONNX Runtime session and batcher. It knows no task.
+
+Tasks (app.tasks) turn a request into sequences, hand them to `infer`, and shape the
+rows that come back. Work that grows with the input (tokenizing, postprocessing) goes
+through `off_loop`, onto the executor's threads, so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import Executor
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from app.batcher import Batcher, BatchLimits
+from app.errors import DeadlineExceeded, InputTooLong
+from app.metrics import ModelMetrics
+from app.model_folder import ModelFolder
+from app.runtime import ModelRuntime, warm_up_shapes
+from app.tokenize import Encoded, TextEncoder, TextInput
+
+log = logging.getLogger("app.model")
+
+SHORTEN = 'Shorten it or pass "truncation": true'
+
+
+class ServedModel:
+    def __init__(
+        self,
+        name: str,
+        folder: ModelFolder,
+        encoder: TextEncoder,
+        runtime: ModelRuntime,
+        limits: BatchLimits,
+        metrics: ModelMetrics,
+        executor: Executor,
+        *,
+        measure_overhead: bool,  # False: limits.run_overhead_tokens was set by the operator
+        memory_bytes: int | None = None,  # what loading it added to the process's resident memory
+    ) -> None:
+        self.name = name
+        self.folder = folder
+        self.encoder = encoder
+        self.runtime = runtime
+        self.metrics = metrics
+        self.batcher = Batcher(runtime.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics)
+        self._executor = executor
+        self._measure_overhead = measure_overhead
+        self.memory_bytes = memory_bytes
+        self.warm = False
+
+    @property
+    def task(self) -> str:
+        return self.folder.task
+
+    async def encode(self, inputs: list[TextInput], truncation: bool, shorten: str = SHORTEN) -> list[Encoded]:
+        """Token ids of every input, refused (413) when one is longer than the model takes and `truncation` is off."""
+        self.batcher.check_room(len(inputs))  # refuse before tokenizing: overload should cost little
+        limit = self.encoder.max_seq_len
+        if not truncation:
+            for index, item in enumerate(inputs):
+                if self.encoder.surely_too_long(item):
+                    raise InputTooLong(f"inputs[{index}] is longer than {limit} tokens, the most the model takes. {shorten}")
+        started = time.perf_counter()
+        encoded = await self.off_loop(self.encoder.encode, inputs, truncate=truncation)
+        self.metrics.tokenize.observe(time.perf_counter() - started)
+        for index, item in enumerate(encoded):
+            if len(item) > limit:
+                raise InputTooLong(f"inputs[{index}] is {len(item)} tokens; the model takes at most {limit}. {shorten}")
+        return encoded
+
+    async def off_loop(self, function, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(function, *args, **kwargs))
+
+    async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[np.ndarray]:
+        """Each sequence's output rows: one row, or with `positions` (token indices per sequence) one per position."""
+        futures = self.batcher.submit(sequences, deadline, positions)
+        try:
+            return await asyncio.wait_for(asyncio.gather(*futures), timeout=max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise DeadlineExceeded("the request did not finish before its deadline") from None
+        finally:
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+                elif not future.cancelled():
+                    future.exception()  # mark retrieved: a failed batch fails every member at once
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def warm_up(self) -> None:
+        """Run the shapes first requests would pay for, then measure what one run costs (unless it was set)."""
+        limits = self.batcher.limits
+        shapes = warm_up_shapes(
+            limits.max_batch_size, limits.max_batch_tokens, self.folder.max_seq_len, on_cuda=self.runtime.provider == "cuda"
+        )
+        before = resident_bytes()
+        seconds = await self.runtime.warm_up(shapes, self.encoder.pad_id)
+        log.info("%s warm in %.2f s over shapes %s", self.name, seconds, shapes)
+        if self._measure_overhead:
+            overhead = await self.runtime.measure_run_overhead(self.encoder.pad_id, limits.max_batch_tokens)
+            self.batcher.limits = replace(limits, run_overhead_tokens=overhead)  # its own batcher, before it serves
+            log.info("%s: one run costs as much as %.0f tokens of work", self.name, overhead)
+        after = resident_bytes()
+        if self.memory_bytes is not None and before is not None and after is not None:
+            self.memory_bytes += after - before  # the session's buffers for the shapes it will run
+        if self.memory_bytes is not None:
+            self.metrics.memory.set(self.memory_bytes)
+        self.warm = True
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        self.runtime.close()
+
+    def info(self) -> dict:
+        limits = self.batcher.limits
+        return {
+            "name": self.name,
+            "task": self.task,
+            "labels": list(self.folder.labels) or None,
+            "precision": self.runtime.precision,
+            "provider": self.runtime.provider,
+            "providers": self.runtime.providers_in_use,
+            "file": self.folder.files[self.runtime.precision].name,
+            "max_seq_len": self.folder.max_seq_len,
+            "memory_bytes": self.memory_bytes,
+            "batching": {
+                "max_batch_size": limits.max_batch_size,
+                "max_batch_tokens": limits.max_batch_tokens,
+                "max_wait_ms": limits.max_wait_s * 1000,
+                "max_queue": limits.max_queue,
+                "run_overhead_tokens": round(limits.run_overhead_tokens, 1),
+            },
+            "export": {
+                "source": source_name(self.folder.manifest.get("source") or {}),
+                "created_at": self.folder.manifest.get("created_at"),
+                "format_version": self.folder.manifest.get("format_version"),
+            },
+        }
+
+
+def source_name(source: dict) -> str | None:
+    """What the model was exported from, without the exporting machine's paths: a hub id, or a folder's name."""
+    model = source.get("model")
+    if not model or source.get("revision"):  # a hub id (it has a revision) is public already
+        return model
+    return Path(str(model)).name or None
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux); None where /proc is not there.
+
+    Models load and warm up one after another, so what each step adds is that model's share.
+    """
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
