@@ -59,8 +59,9 @@ class ServedModel:
     def task(self) -> str:
         return self.folder.task
 
-    async def encode(self, inputs: list[TextInput], truncation: bool, shorten: str = SHORTEN) -> list[Encoded]:
-        """Token ids of every input, refused (413) when one is longer than the model takes and `truncation` is off."""
+    async def encode(self, inputs: list[TextInput], truncation: bool | str, shorten: str = SHORTEN) -> list[Encoded]:
+        """Token ids of every input, refused (413) when one is longer than the model takes and `truncation` is off
+        (or cannot make it fit: see TextEncoder.encode)."""
         self.batcher.check_room(len(inputs))  # refuse before tokenizing: overload should cost little
         limit = self.encoder.max_seq_len
         if not truncation:

@@ -48,6 +48,9 @@ class TextEncoder:
         self._truncating = Tokenizer.from_file(str(tokenizer_file))
         self._truncating.no_padding()  # the batcher pads, per batch, to the longest member
         self._truncating.enable_truncation(max_length=max_seq_len)
+        self._first_only = Tokenizer.from_file(str(tokenizer_file))  # pairs: only the first text is cut (zero-shot)
+        self._first_only.no_padding()
+        self._first_only.enable_truncation(max_length=max_seq_len, strategy="only_first")
         self._whole = Tokenizer.from_file(str(tokenizer_file))
         self._whole.no_padding()
         self._whole.no_truncation()
@@ -77,13 +80,20 @@ class TextEncoder:
                 return whole[:start], whole[start + len(content) :]
         return [], []
 
-    def encode(self, inputs: Sequence[TextInput], *, truncate: bool = True) -> list[Encoded]:
-        """Ids of each input: cut to max_seq_len when `truncate`, else whole (the caller refuses what is too long).
+    def encode(self, inputs: Sequence[TextInput], *, truncate: bool | str = True) -> list[Encoded]:
+        """Ids of each input: cut to max_seq_len when `truncate` (longest text of a pair first; "only_first": only
+        the first text of a pair), else whole (the caller refuses what is too long).
 
         Never reads the tokenizer's overflow: for a long input that is thousands of Python objects.
         """
-        tokenizer = self._truncating if truncate else self._whole
-        return [Encoded(np.asarray(e.ids, dtype=np.int64)) for e in tokenizer.encode_batch(list(inputs))]
+        if truncate == "only_first":
+            try:
+                encodings = self._first_only.encode_batch(list(inputs))
+            except Exception:  # the second text alone is too long: tokenizers raises a plain Exception
+                encodings = self._whole.encode_batch(list(inputs))  # the caller refuses what is too long
+        else:
+            encodings = (self._truncating if truncate else self._whole).encode_batch(list(inputs))
+        return [Encoded(np.asarray(e.ids, dtype=np.int64)) for e in encodings]
 
     def windows(self, text: str, *, stride: int | None) -> list[Window]:
         """The text whole (stride None: the caller refuses it if too long), or cut into windows of max_seq_len

@@ -16,7 +16,7 @@ DEFAULT_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "dat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=["text-classification", "fill-mask"], default="text-classification")
+    parser.add_argument("--task", choices=["text-classification", "fill-mask", "token-classification"], default="text-classification")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     parser.add_argument("--seed", type=int, default=0)
@@ -27,7 +27,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaForSequenceClassification, RobertaTokenizerFast
+    from transformers import (
+        RobertaConfig,
+        RobertaForMaskedLM,
+        RobertaForSequenceClassification,
+        RobertaForTokenClassification,
+        RobertaTokenizerFast,
+    )
 
     torch.manual_seed(args.seed)
     tokenizer = RobertaTokenizerFast(
@@ -36,6 +42,9 @@ def main() -> None:
     shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128) if args.tiny_encoder else {}
     if args.task == "fill-mask":
         model = RobertaForMaskedLM(RobertaConfig(**shape))
+    elif args.task == "token-classification":
+        labels = dict(enumerate(["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]))
+        model = RobertaForTokenClassification(RobertaConfig(id2label=labels, label2id={v: k for k, v in labels.items()}, **shape))
     else:
         labels = {0: "negative", 1: "positive"}
         model = RobertaForSequenceClassification(

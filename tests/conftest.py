@@ -62,3 +62,32 @@ def legacy_mlm(tmp_path_factory, tiny_mlm, exported_mlm) -> Path:
     from bench.fill_mask import legacy_export
 
     return legacy_export(exported_mlm, tiny_mlm, tmp_path_factory.mktemp("legacy") / "mlm")
+
+
+@pytest.fixture(scope="session")
+def exported_ner(tmp_path_factory, tiny_ner) -> Path:
+    from export.build import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("onnx") / "ner"
+    export_model(ExportOptions(model=str(tiny_ner), output=out, quantize="int8"), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def exported_nli(tmp_path_factory, tiny_nli) -> Path:
+    from export.build import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("onnx") / "nli"
+    export_model(ExportOptions(model=str(tiny_nli), output=out), log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory, exported_classifier, exported_mlm, exported_ner, exported_nli) -> Path:
+    """A repository folder of one export per task, as an operator lays one out (here as links to the exports)."""
+    root = tmp_path_factory.mktemp("repository")
+    for name, folder in {"sentiment": exported_classifier, "mlm": exported_mlm, "ner": exported_ner, "nli": exported_nli}.items():
+        (root / name).symlink_to(folder, target_is_directory=True)
+    (root / "notes").mkdir()  # not an export: left alone
+    (root / ".ner.partial-x").mkdir()  # an export in progress: hidden, left alone
+    return root

@@ -29,3 +29,21 @@ def test_progress_is_reported_step_by_step(tiny_classifier, tmp_path):
     assert any(line.startswith("export fp32 ONNX:") for line in lines)
     assert any(line.startswith("fp32:") and "top-1 agreement 100.0%" in line for line in lines)
     assert set(manifest["timings_s"]) >= {"load PyTorch checkpoint", "export fp32 ONNX", "verify fp32"}
+
+
+def test_a_token_classifier_is_exported_with_its_labels_and_verified_per_real_token(exported_ner, tiny_ner):
+    import json
+
+    manifest = json.loads((exported_ner / "manifest.json").read_text())
+    assert manifest["task"] == "token-classification" and manifest["labels"][:3] == ["O", "B-PER", "I-PER"]
+    fp32 = manifest["verification"]["fp32"]
+    assert fp32["passed"] and fp32["max_abs_diff"] <= 1e-4
+    # One compared row per real token of the probe texts, not one per padded position or per text.
+    from transformers import AutoTokenizer
+
+    from export.verify import probe_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_ner))
+    real = sum(len(ids) for ids in tokenizer(probe_texts("token-classification", "<mask>"), truncation=True, max_length=64)["input_ids"])
+    assert fp32["compared"] == real
+    assert "int8" in manifest["verification"]

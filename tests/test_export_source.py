@@ -40,6 +40,7 @@ def test_path_like_names_that_do_not_exist_are_not_sent_to_the_hub(name):
         (["RobertaForSequenceClassification"], None, "text-classification"),
         (["RobertaForMaskedLM"], None, "fill-mask"),
         (["RobertaForMaskedLM"], "fill-mask", "fill-mask"),
+        (["RobertaForTokenClassification"], None, "token-classification"),
         ([], "fill-mask", "fill-mask"),
     ],
 )

@@ -89,7 +89,8 @@ class ZeroShotClassification:
             if not text.strip():
                 raise InvalidInput(f"inputs[{index}] is empty; send some text")
         pairs = [(text, hypothesis) for text in texts for hypothesis in hypotheses]
-        encoded = await model.encode(pairs, truncation=False, shorten="Shorten the text or the hypothesis_template")
+        # As the pipeline: a text too long is cut to fit beside its hypothesis; a hypothesis too long is refused.
+        encoded = await model.encode(pairs, truncation="only_first", shorten="Shorten the hypothesis_template or the labels")
         rows = await model.infer([e.ids for e in encoded], deadline)
         logits = np.stack(rows).reshape(len(texts), len(labels), -1)
         entail = entailment_id(model.folder.label2id)

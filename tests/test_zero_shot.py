@@ -1,0 +1,86 @@
+"""Zero-shot classification over HTTP against transformers' pipeline, on a tiny NLI checkpoint."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from app.settings import Settings
+from server import ServerThread, metric_value
+
+TEXT = "The new phone's battery lasts two days, but the camera is poor. 🙂"
+
+
+@pytest.fixture(scope="module")
+def served(exported_nli):
+    with ServerThread(Settings(models=f"nli={exported_nli}", max_wait_ms=1, max_inputs=16)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def oracle(tiny_nli):
+    from transformers import pipeline
+
+    return pipeline("zero-shot-classification", model=str(tiny_nli))
+
+
+def assert_same(answer: dict, expected: dict) -> None:
+    assert answer["sequence"] == expected["sequence"]
+    theirs = dict(zip(expected["labels"], expected["scores"]))
+    ours = dict(zip(answer["labels"], answer["scores"]))
+    assert ours == pytest.approx(theirs, abs=1e-4)
+    assert answer["labels"] == expected["labels"]
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"candidate_labels": ["battery", "camera", "price", "screen"]},
+        {"candidate_labels": ["battery", "camera", "price"], "multi_label": True},
+        {"candidate_labels": ["complaint"]},  # one label: scored against contradiction, as multi_label
+        {"candidate_labels": "phones, cameras , ,food", "hypothesis_template": "Dieser Text handelt von {}."},
+    ],
+)
+def test_answers_equal_the_pipeline(served, oracle, parameters):
+    response = httpx.post(f"{served.url}/models/nli", json={"inputs": TEXT, "parameters": parameters})
+    assert response.status_code == 200, response.text
+    assert_same(response.json(), oracle(TEXT, **parameters))
+
+
+def test_a_list_of_texts_and_the_same_model_still_classifies(served, oracle):
+    texts = [TEXT, "Paris is lovely in May."]
+    parameters = {"candidate_labels": ["travel", "tech"]}
+    answers = httpx.post(f"{served.url}/zero-shot-classification", json={"inputs": texts, "parameters": parameters}).json()
+    for answer, expected in zip(answers, oracle(texts, **parameters)):
+        assert_same(answer, expected)
+    plain = httpx.post(f"{served.url}/models/nli", json={"inputs": TEXT}).json()  # no candidate_labels: its own labels
+    assert {item["label"] for item in plain[0]} == {"contradiction", "neutral", "entailment"}
+
+
+def test_pairs_go_through_the_batcher_and_count_against_max_inputs(served):
+    before = metric_value(served.url, "roberta_batch_size_sum", model="nli")
+    labels = [f"label {i}" for i in range(8)]
+    assert httpx.post(f"{served.url}/models/nli", json={"inputs": [TEXT, TEXT], "parameters": {"candidate_labels": labels}}).status_code == 200
+    assert metric_value(served.url, "roberta_batch_size_sum", model="nli") - before == 16  # 2 texts x 8 labels
+    too_many = httpx.post(f"{served.url}/models/nli", json={"inputs": [TEXT] * 3, "parameters": {"candidate_labels": labels}})
+    assert too_many.status_code == 413 and "24 sequences (texts x labels)" in too_many.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [("no placeholder", "must hold {}"), ("{:>999999999}", "only {}"), ("{name}", "only {}"), ("{} {", "only {}")],
+)
+def test_a_template_that_cannot_take_the_label_is_a_422(served, template, says):
+    body = {"inputs": TEXT, "parameters": {"candidate_labels": ["a"], "hypothesis_template": template}}
+    response = httpx.post(f"{served.url}/models/nli", json=body)
+    assert response.status_code == 422 and says in response.json()["error"]
+
+
+def test_a_long_text_is_cut_beside_its_hypothesis_but_a_hypothesis_too_long_is_a_413(served, oracle):
+    long_text = " ".join([TEXT] * 6)
+    parameters = {"candidate_labels": ["battery", "camera"]}
+    answer = httpx.post(f"{served.url}/models/nli", json={"inputs": long_text, "parameters": parameters}).json()
+    assert_same(answer, oracle(long_text, **parameters))
+    too_long = {"candidate_labels": ["battery"], "hypothesis_template": TEXT * 3 + " {}"}
+    response = httpx.post(f"{served.url}/models/nli", json={"inputs": "short", "parameters": too_long})
+    assert response.status_code == 413 and response.json()["error_type"] == "input_too_long"
