@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from app.batcher import BatchLimits
@@ -106,6 +106,7 @@ class ModelRepository:
             providers_chosen="providers" in settings.model_fields_set,
         )
         sources = model_sources(settings)
+        session = replace(session, spin=len(sources) == 1)
         models: dict[str, ServedModel] = {}
         try:
             for source in sources:

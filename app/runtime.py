@@ -37,6 +37,9 @@ class SessionConfig:
     # The operator named the providers. The default ("cuda,cpu") means "the GPU if this build has one":
     # on a CPU-only onnxruntime, running on the CPU is then what was asked for, not a fallback to warn about.
     providers_chosen: bool = False
+    # Worker threads spin between operators (ONNX Runtime's default). With several models in one process, the
+    # threads of one session spin on the cores another session needs: then they wait instead.
+    spin: bool = True
 
 
 def requested_providers(wanted: tuple[str, ...], available: list[str]) -> list[str]:
@@ -102,8 +105,10 @@ class ModelRuntime:
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Worker threads spin between operators (ONNX Runtime's default). Turning it off to leave the cores
-        # to the event loop measured slower here: 31 vs 33 req/s fp32 at concurrency 32, 93 vs 123 INT8.
+        # Spinning off to leave the cores to the event loop measured slower with one model: 31 vs 33 req/s
+        # fp32 at concurrency 32, 93 vs 123 INT8. With several models it is off (see SessionConfig.spin).
+        if not config.spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models

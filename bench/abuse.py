@@ -190,19 +190,24 @@ class Server:
     def rss(self) -> float:
         return self.memory()["rss_mb"]
 
+    def _model_of(self, task: str) -> tuple[str, dict]:
+        """(name, /info entry) of the model serving `task`: /info keys models by name now, by task before."""
+        models = httpx.get(f"{self.url}/info", headers=self.auth_headers, timeout=10).json()["models"]
+        return next((name, entry) for name, entry in models.items() if entry.get("task", name) == task)
+
     def run_overhead_tokens(self, task: str = "fill-mask") -> float | None:
         """The batching cost model's fixed cost per run, as /info reports it (it decides how batches are cut)."""
         try:
-            info = httpx.get(f"{self.url}/info", headers=self.auth_headers, timeout=10).json()
-            return info["models"][task]["batching"]["run_overhead_tokens"]
+            return self._model_of(task)[1]["batching"]["run_overhead_tokens"]
         except Exception:
             return None
 
-    def batches(self, model: str = "fill-mask") -> tuple[float, float]:
-        """(batches run, sequences batched) so far for `model`, from /metrics."""
+    def batches(self, task: str = "fill-mask") -> tuple[float, float]:
+        """(batches run, sequences batched) so far for the model of `task`, from /metrics."""
         try:
+            model = self._model_of(task)[0]
             text = httpx.get(f"{self.url}/metrics", headers=self.auth_headers, timeout=10).text
-        except httpx.HTTPError:
+        except (httpx.HTTPError, StopIteration, KeyError, ValueError):
             return float("nan"), float("nan")
 
         def sample(name: str) -> float:
