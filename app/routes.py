@@ -138,8 +138,7 @@ async def _run(request: Request, state: AppState, task: Task, model: ServedModel
     if count == 0:
         raise InvalidInput("inputs is an empty list; send at least one text")
     if count > state.settings.max_inputs:
-        unit = "inputs" if count == len(getattr(body, "inputs", [None])) else "sequences (texts x labels)"
-        raise TooManyInputs(f"{count} {unit} in one request; at most {state.settings.max_inputs} are allowed")
+        raise TooManyInputs(f"{count} {task.counted} in one request; at most {state.settings.max_inputs} are allowed")
     request.state.model = model.name
     with state.admit():
         answer = await unless_disconnected(request, task(model, body, deadline))

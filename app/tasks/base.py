@@ -35,6 +35,7 @@ class Task(Protocol):
     request: ClassVar[type[BaseModel]]  # the body, in the Hugging Face Inference API's shape
     response: ClassVar[Any]  # for the OpenAPI document
     expected: ClassVar[Mapping[str, str]]  # what a union field accepts, for validation messages (app.validation)
+    counted: ClassVar[str]  # what `count` counts, for the 413 message: "inputs"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Task: ...

@@ -68,6 +68,7 @@ class FillMask:
     name = "fill-mask"
     route = "/fill-mask"
     summary = "Fill the mask token in texts"
+    counted = "inputs"
     request = FillMaskRequest
     response = FillMaskText | list[FillMaskText]
     expected = {
@@ -129,14 +130,17 @@ class FillMask:
                 "are allowed: lower top_k or send fewer texts per request"
             )
         rows = await model.infer([e.ids for e in encoded], deadline, positions)
-        decode = model.encoder.decode_batch
-        answers = await model.off_loop(
-            lambda: [
-                fill_mask(row, e.ids, found, top_k=options.top_k, target_ids=target_ids,
-                          decode=lambda seqs, skip: decode(seqs, skip_special_tokens=skip))
+
+        def decode(sequences, skip_special_tokens: bool) -> list[str]:
+            return encoder.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
+
+        def answer_all() -> list:
+            return [
+                fill_mask(row, e.ids, found, top_k=options.top_k, target_ids=target_ids, decode=decode)
                 for row, e, found in zip(rows, encoded, positions)
             ]
-        )
+
+        answers = await model.off_loop(answer_all)
         content = answers[0] if isinstance(body.inputs, str) else answers
         return Answer(content, headers={"X-Warning": warning} if warning else None, large=True)
 

@@ -53,6 +53,7 @@ class TextClassification:
     name = "text-classification"
     route = "/classify"
     summary = "Classify texts or text pairs"
+    counted = "inputs"
     request = ClassifyRequest
     response = list[list[LabelScore]]
     expected = {

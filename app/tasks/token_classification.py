@@ -61,6 +61,7 @@ class TokenClassification:
     name = "token-classification"
     route = "/token-classification"
     summary = "Label the tokens of texts, or the entities they form"
+    counted = "inputs"
     request = TokenClassificationRequest
     response = list[Entity] | list[list[Entity]]
     expected = {"inputs": "a string or a list of strings", "inputs[]": "a string"}

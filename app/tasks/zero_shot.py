@@ -53,6 +53,7 @@ class ZeroShotClassification:
     name = "zero-shot-classification"
     route = "/zero-shot-classification"
     summary = "Classify texts into labels chosen per request, with an NLI model"
+    counted = "sequences (texts x labels)"
     request = ZeroShotRequest
     response = ZeroShotAnswer | list[ZeroShotAnswer]
     expected = {
