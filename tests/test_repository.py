@@ -90,6 +90,9 @@ def test_models_lists_every_model_with_its_task_labels_precision_provider_and_re
 def test_every_model_has_its_own_session_batcher_and_metrics(served):
     models = list(served.state.models)
     assert len({id(model.batcher) for model in models}) == len({id(model.runtime) for model in models}) == 4
+    for model in models:  # several sessions share the cores: their threads must not spin on each other's
+        options = model.runtime._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     for name in ("sentiment", "ner"):
         before = metric_value(served.url, "roberta_batch_size_count", model=name)
         assert httpx.post(f"{served.url}/models/{name}", json={"inputs": TEXT}).status_code == 200
