@@ -88,6 +88,11 @@ class ModelRepository:
         self._models = dict(models)
         self._tasks = dict(tasks)
         self._defaults = dict(defaults)  # task name -> model name
+        # Decided once: which tasks each model answers, its own first (a classifier of NLI labels answers zero-shot too).
+        self._answers = {
+            name: sorted((t for t in tasks.values() if t.serves(model.folder)), key=lambda t: t.name != model.task)
+            for name, model in self._models.items()
+        }
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics, executor: Executor, tasks: Mapping[str, Task]) -> ModelRepository:
@@ -142,8 +147,8 @@ class ModelRepository:
         return self._models[name]
 
     def tasks_of(self, model: ServedModel) -> list[Task]:
-        """The tasks a model answers, its own first (a classifier of NLI labels answers zero-shot too)."""
-        return sorted((t for t in self._tasks.values() if t.serves(model.folder)), key=lambda t: t.name != model.task)
+        """The tasks a model answers, its own first."""
+        return self._answers[model.name]
 
     def task_for(self, model: ServedModel, body: Mapping) -> Task:
         """Which of the model's tasks a raw request body is for: another task that claims it, else the model's own."""
@@ -153,7 +158,7 @@ class ModelRepository:
     def default(self, task: str) -> ServedModel:
         if task in self._defaults:
             return self._models[self._defaults[task]]
-        serving = [name for name, model in self._models.items() if self._tasks[task].serves(model.folder)]
+        serving = [name for name, answers in self._answers.items() if any(t.name == task for t in answers)]
         if not serving:
             raise NotFound(f"no {task} model is loaded; the models are: {', '.join(self._models)}")
         raise NotFound(

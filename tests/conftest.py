@@ -12,6 +12,14 @@ import tiny_models  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _export(tmp_path_factory, checkpoint: Path, name: str, **options) -> Path:
+    from export.build import ExportOptions, export_model
+
+    out = tmp_path_factory.mktemp("onnx") / name
+    export_model(ExportOptions(model=str(checkpoint), output=out, **options), log=lambda _: None)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     return tiny_models.build_tokenizer(tmp_path_factory.mktemp("tokenizer"))
@@ -40,20 +48,12 @@ def tiny_nli(tmp_path_factory, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_classifier(tmp_path_factory, tiny_classifier) -> Path:
-    from export.build import ExportOptions, export_model
-
-    out = tmp_path_factory.mktemp("onnx") / "cls"
-    export_model(ExportOptions(model=str(tiny_classifier), output=out, quantize="int8"), log=lambda _: None)
-    return out
+    return _export(tmp_path_factory, tiny_classifier, "cls", quantize="int8")
 
 
 @pytest.fixture(scope="session")
 def exported_mlm(tmp_path_factory, tiny_mlm) -> Path:
-    from export.build import ExportOptions, export_model
-
-    out = tmp_path_factory.mktemp("onnx") / "mlm"
-    export_model(ExportOptions(model=str(tiny_mlm), output=out, quantize="int8"), log=lambda _: None)
-    return out
+    return _export(tmp_path_factory, tiny_mlm, "mlm", quantize="int8")
 
 
 @pytest.fixture(scope="session")
@@ -66,20 +66,12 @@ def legacy_mlm(tmp_path_factory, tiny_mlm, exported_mlm) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_ner(tmp_path_factory, tiny_ner) -> Path:
-    from export.build import ExportOptions, export_model
-
-    out = tmp_path_factory.mktemp("onnx") / "ner"
-    export_model(ExportOptions(model=str(tiny_ner), output=out, quantize="int8"), log=lambda _: None)
-    return out
+    return _export(tmp_path_factory, tiny_ner, "ner", quantize="int8")
 
 
 @pytest.fixture(scope="session")
 def exported_nli(tmp_path_factory, tiny_nli) -> Path:
-    from export.build import ExportOptions, export_model
-
-    out = tmp_path_factory.mktemp("onnx") / "nli"
-    export_model(ExportOptions(model=str(tiny_nli), output=out), log=lambda _: None)
-    return out
+    return _export(tmp_path_factory, tiny_nli, "nli")
 
 
 @pytest.fixture(scope="session")

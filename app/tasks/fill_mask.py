@@ -7,7 +7,7 @@ The model computes vocabulary logits only at the mask positions it is given (the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import numpy as np
@@ -18,7 +18,7 @@ from app.model import ServedModel
 from app.model_folder import ModelFolderError
 from app.schemas import Strict, Text, encodable
 from app.settings import Settings
-from app.tasks.base import Answer, softmax, texts_of
+from app.tasks.base import Answer, Task, softmax, texts_of
 
 log = logging.getLogger("app.tasks.fill_mask")
 
@@ -64,11 +64,10 @@ class FillMaskAnswer(BaseModel):
 FillMaskText = list[FillMaskAnswer] | list[list[FillMaskAnswer]]
 
 
-class FillMask:
+class FillMask(Task):
     name = "fill-mask"
     route = "/fill-mask"
     summary = "Fill the mask token in texts"
-    counted = "inputs"
     request = FillMaskRequest
     response = FillMaskText | list[FillMaskText]
     expected = {
@@ -85,9 +84,6 @@ class FillMask:
     def from_settings(cls, settings: Settings) -> FillMask:
         return cls(settings.max_mask_answers)
 
-    def serves(self, folder) -> bool:
-        return folder.task == self.name
-
     def check(self, model: ServedModel) -> None:
         if model.encoder.mask_id is None:
             raise ModelFolderError(f"{model.folder.path}: its tokenizer has no {model.encoder.mask_token} token")
@@ -97,12 +93,6 @@ class FillMask:
                 "length x vocabulary); re-export it with `python -m export` for logits at mask positions only",
                 model.folder.path,
             )
-
-    def claims(self, body: Mapping) -> bool:
-        return True
-
-    def count(self, body: FillMaskRequest) -> int:
-        return len(texts_of(body.inputs))
 
     async def __call__(self, model: ServedModel, body: FillMaskRequest, deadline: float) -> Answer:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder

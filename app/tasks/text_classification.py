@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -10,10 +10,8 @@ from pydantic import BaseModel, Field
 
 from app.errors import InvalidInput
 from app.model import ServedModel
-from app.model_folder import ModelFolder
 from app.schemas import Strict, Text
-from app.settings import Settings
-from app.tasks.base import Answer, softmax
+from app.tasks.base import Answer, Task, softmax
 from app.tokenize import TextInput
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
@@ -49,30 +47,16 @@ class LabelScore(BaseModel):
     score: float
 
 
-class TextClassification:
+class TextClassification(Task):
     name = "text-classification"
     route = "/classify"
     summary = "Classify texts or text pairs"
-    counted = "inputs"
     request = ClassifyRequest
     response = list[list[LabelScore]]
     expected = {
         "inputs": "a string, a {text, text_pair} object, or a list of them",
         "inputs[]": "a string or a {text, text_pair} object",
     }
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> TextClassification:
-        return cls()
-
-    def serves(self, folder: ModelFolder) -> bool:
-        return folder.task == self.name
-
-    def check(self, model: ServedModel) -> None:
-        pass
-
-    def claims(self, body: Mapping) -> bool:
-        return True
 
     def count(self, body: ClassifyRequest) -> int:
         return len(body.inputs) if isinstance(body.inputs, list) else 1

@@ -7,7 +7,7 @@ transformers is needed at serve time; the grouping rules are the pipeline's, ste
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -15,10 +15,9 @@ from pydantic import BaseModel, Field
 
 from app.errors import InputTooLong, InvalidInput, TooManyInputs
 from app.model import ServedModel
-from app.model_folder import ModelFolder
 from app.schemas import Strict, Text
 from app.settings import Settings
-from app.tasks.base import Answer, softmax, texts_of
+from app.tasks.base import Answer, Task, softmax, texts_of
 from app.tokenize import TextEncoder, Window
 
 Strategy = Literal["none", "simple", "first", "average", "max"]
@@ -57,11 +56,10 @@ class Entity(BaseModel):
     end: int
 
 
-class TokenClassification:
+class TokenClassification(Task):
     name = "token-classification"
     route = "/token-classification"
     summary = "Label the tokens of texts, or the entities they form"
-    counted = "inputs"
     request = TokenClassificationRequest
     response = list[Entity] | list[list[Entity]]
     expected = {"inputs": "a string or a list of strings", "inputs[]": "a string"}
@@ -72,18 +70,6 @@ class TokenClassification:
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenClassification:
         return cls(settings.max_inputs)
-
-    def serves(self, folder: ModelFolder) -> bool:
-        return folder.task == self.name
-
-    def check(self, model: ServedModel) -> None:
-        pass
-
-    def claims(self, body: Mapping) -> bool:
-        return True
-
-    def count(self, body: TokenClassificationRequest) -> int:
-        return len(texts_of(body.inputs))
 
     async def __call__(self, model: ServedModel, body: TokenClassificationRequest, deadline: float) -> Answer:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder

@@ -18,8 +18,7 @@ from app.errors import InvalidInput
 from app.model import ServedModel
 from app.model_folder import ModelFolder
 from app.schemas import Strict, Text
-from app.settings import Settings
-from app.tasks.base import Answer, texts_of
+from app.tasks.base import Answer, Task, texts_of
 
 DEFAULT_TEMPLATE = "This example is {}."
 
@@ -49,7 +48,7 @@ class ZeroShotAnswer(BaseModel):
     scores: list[float]
 
 
-class ZeroShotClassification:
+class ZeroShotClassification(Task):
     name = "zero-shot-classification"
     route = "/zero-shot-classification"
     summary = "Classify texts into labels chosen per request, with an NLI model"
@@ -63,15 +62,8 @@ class ZeroShotClassification:
         "parameters.candidate_labels[]": "a label (a string)",
     }
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ZeroShotClassification:
-        return cls()
-
     def serves(self, folder: ModelFolder) -> bool:
         return folder.task == "text-classification" and entailment_id(folder.label2id) >= 0
-
-    def check(self, model: ServedModel) -> None:
-        pass
 
     def claims(self, body: Mapping) -> bool:
         parameters = body.get("parameters")
