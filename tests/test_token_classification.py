@@ -87,3 +87,10 @@ def test_what_the_pipeline_refuses_is_a_clear_4xx(served):
     assert post({"top_k": 3}, "a text").json()["error"].startswith("'top_k' is a text-classification parameter")
     many = post({"stride": 61, "aggregation_strategy": "first"})  # a window per token: more than max_inputs
     assert many.status_code == 413 and many.json()["error_type"] == "too_many_inputs"
+
+
+def test_one_model_alone_keeps_onnx_runtime_spinning(served):
+    # The default that measured fastest for one model; only several models sharing the cores turn it off.
+    options = served.state.models.get("ner").runtime._session.get_session_options()
+    with pytest.raises(RuntimeError):  # never set: ONNX Runtime's default, spinning on
+        options.get_session_config_entry("session.intra_op.allow_spinning")
