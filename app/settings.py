@@ -80,10 +80,11 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to bind (python -m app)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "model_repository", "models", "classify_model", "fill_mask_model", mode="before")
     @classmethod
-    def _empty_key_is_no_key(cls, value):
-        # `ROBERTA_API_KEY=` (as compose writes an unset variable) means no key, not the empty key.
+    def _empty_is_unset(cls, value):
+        # `ROBERTA_API_KEY=` (as compose writes an unset variable) means no key, not the empty key; an empty
+        # folder setting means no folder, not the working directory.
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         return value

@@ -59,3 +59,11 @@ def test_a_queue_smaller_than_one_request_is_refused(tmp_path):
     with pytest.raises(ValidationError, match=r"max_queue \(8\) must be at least max_inputs \(64\)"):
         Settings(classify_model=tmp_path, max_queue=8)
     assert Settings(classify_model=tmp_path, max_queue=8, max_inputs=8).max_queue == 8
+
+
+def test_an_empty_folder_setting_is_unset_not_the_working_directory(tmp_path):
+    # compose writes `ROBERTA_MODEL_REPOSITORY=` for a variable nobody set
+    settings = Settings(model_repository="", models="", classify_model=tmp_path, fill_mask_model="")
+    assert (settings.model_repository, settings.models, settings.fill_mask_model) == (None, None, None)
+    with pytest.raises(ValidationError, match="name a model"):
+        Settings(model_repository="", classify_model="")
