@@ -64,6 +64,10 @@ class Metrics:
             "roberta_batch_padding_ratio", "Share of a batch's tokens that are padding", ["model"], buckets=RATIO_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("roberta_queue_depth", "Sequences waiting for a batch", ["model"], registry=r)
+        # The bound beside the depth, so that "queue near full" is one ratio in PromQL, whatever ROBERTA_MAX_QUEUE is.
+        self.queue_capacity = Gauge(
+            "roberta_queue_capacity", "Sequences the model's queue takes before requests get 429", ["model"], registry=r
+        )
         self.rejected = Counter("roberta_rejected", "Requests refused because the queue was full", ["model"], registry=r)
         self.dropped = Counter(
             "roberta_dropped_sequences", "Sequences dropped before the model ran them", ["model", "reason"], registry=r

@@ -194,4 +194,5 @@ def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, 
         runtime.close()
         raise
     metrics.provider.labels(source.name, folder.task, runtime.precision, runtime.provider).set(1)
+    metrics.queue_capacity.labels(source.name).set(limits.max_queue)
     return model

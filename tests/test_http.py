@@ -245,6 +245,7 @@ def test_metrics_parse_and_name_what_the_readme_lists(served):
         "roberta_batch_padded_tokens",
         "roberta_batch_padding_ratio",
         "roberta_queue_depth",
+        "roberta_queue_capacity",
         "roberta_rejected",
         "roberta_dropped_sequences",
         "roberta_model_info",
@@ -255,6 +256,8 @@ def test_metrics_parse_and_name_what_the_readme_lists(served):
     assert requests[(("endpoint", "/classify"), ("model", "cls"), ("status", "200"))] >= 1
     providers = [s.labels for s in families["roberta_model_info"].samples]
     assert {"model": "cls", "task": "text-classification", "precision": "fp32", "provider": "cpu"} in providers
+    capacity = {s.labels["model"]: s.value for s in families["roberta_queue_capacity"].samples}
+    assert capacity == {"cls": Settings.model_fields["max_queue"].default, "mlm": Settings.model_fields["max_queue"].default}
 
 
 
