@@ -5,29 +5,10 @@ The real build-run-scrape check is scripts/container-check.sh (podman; minutes, 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
+import json
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is missing; .ci/run installs it")
-        pytest.skip(f"{name} is not installed (apt-get install prometheus); CI installs it")
-    return found
-
-
-def run(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+from commands import REPO, run, tool
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/prometheus/Dockerfile"])
@@ -45,8 +26,6 @@ def test_compose_files_are_valid(files):
 
 def test_compose_runs_the_service_read_only_as_non_root_and_scrapes_it():
     result = run(tool("docker-compose"), "config", "--format", "json")
-    import json
-
     config = json.loads(result.stdout)
     service = config["services"]["roberta"]
     assert service["read_only"] is True and service["user"] == "10001"
