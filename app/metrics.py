@@ -35,6 +35,10 @@ class ModelMetrics:
     memory: Gauge
 
 
+# The reasons app/server.py answers and closes a connection with (the `error.type` of its answers).
+HTTP_REFUSALS = ("bad_request", "headers_too_large", "not_ready", "request_timeout")
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -89,6 +93,9 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # At 0 from the start, so that rate() has a series to work on and the first refusal shows as an increase.
+        for reason in HTTP_REFUSALS:
+            self.http_refused.labels(reason)
 
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from transformers import pipeline
 
+from app.metrics import HTTP_REFUSALS
 from app.settings import Settings
 from server import ServerThread, metric_value
 
@@ -256,6 +257,8 @@ def test_metrics_parse_and_name_what_the_readme_lists(served):
     assert requests[(("endpoint", "/classify"), ("model", "cls"), ("status", "200"))] >= 1
     providers = [s.labels for s in families["roberta_model_info"].samples]
     assert {"model": "cls", "task": "text-classification", "precision": "fp32", "provider": "cpu"} in providers
+    refused = {s.labels["reason"]: s.value for s in families["roberta_http_refused"].samples if s.name.endswith("_total")}
+    assert set(refused) == set(HTTP_REFUSALS), "every reason is there from the start, at 0, for rate() and alerts"
     capacity = {s.labels["model"]: s.value for s in families["roberta_queue_capacity"].samples}
     assert capacity == {"cls": Settings.model_fields["max_queue"].default, "mlm": Settings.model_fields["max_queue"].default}
 
