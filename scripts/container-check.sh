@@ -10,43 +10,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-TOOLS=${PODMAN_ENV:-$REPO/../shared/tools/podman-env.sh}
-BASE_IMAGE=${BASE_IMAGE:-localhost/debian-python:bookworm}
+# shellcheck source=scripts/lib/podman.sh
+. scripts/lib/podman.sh
 IMAGE=localhost/roberta-serve:cpu
 PROM_IMAGE=localhost/prometheus-debian:latest
-HOST_CA=${HOST_CA:-/etc/ssl/certs/ca-certificates.crt}
-WHEELS=${WHEELS:-/opt/wheels}  # a local torch CPU wheel, where the machine has one
 COMPOSE=${COMPOSE:-$REPO/.venv/bin/docker-compose}
-SOCK=/run/podman-api.sock
-
-step() { printf '\n== %s\n' "$*"; }
 
 step "podman and its Docker API socket"
-eval "$(BASE_TAG=$BASE_IMAGE PODMAN_SOCK=$SOCK bash "$TOOLS" --socket | grep '^export ')"
-export DOCKER_HOST=${DOCKER_HOST:-unix://$SOCK}
-# Compose services find each other by name (Prometheus scrapes roberta:8000). Podman 4 on its CNI backend
-# needs the dnsname plugin for that; Docker and podman's netavark backend resolve names themselves.
-if [ "$(podman info --format '{{.Host.NetworkBackend}}')" = cni ] && [ ! -x /usr/lib/cni/dnsname ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    golang-github-containernetworking-plugin-dnsname >/dev/null
-fi
+podman_setup --socket
 [ -x "$COMPOSE" ] || COMPOSE=$(command -v docker-compose)
 
-build_args=(--network=host --build-arg "BASE_IMAGE=$BASE_IMAGE")
-if [ -f "$HOST_CA" ]; then
-  build_args+=(-v "$HOST_CA:/host-ca.crt:ro" --build-arg PIP_CERT=/host-ca.crt)
-fi
-if [ -d "$WHEELS" ]; then
-  build_args+=(-v "$WHEELS:/wheels:ro" --build-arg PIP_FIND_LINKS=/wheels --build-arg TORCH_INDEX=)
-fi
-
 step "build $IMAGE (export stage: torch + exporter; runtime: onnxruntime only)"
-started=$SECONDS
-podman build --format docker "${build_args[@]}" --target cpu -t "$IMAGE" . >/tmp/container-check-build.log 2>&1 \
-  || { tail -40 /tmp/container-check-build.log; exit 1; }
-echo "built in $((SECONDS - started)) s"
-podman build --format docker --network=host --build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$PROM_IMAGE" deploy/prometheus \
-  >/tmp/container-check-prometheus.log 2>&1 || { tail -40 /tmp/container-check-prometheus.log; exit 1; }
+build_image "$IMAGE" cpu
+build_context "$PROM_IMAGE" deploy/prometheus
 podman images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'roberta-serve|prometheus-debian|debian-python'
 
 step "the runtime image: no torch, non-root"

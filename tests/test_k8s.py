@@ -169,7 +169,7 @@ def test_probes_ask_the_server_the_right_questions(rendered, overlay, probe_serv
     summaries = {path: item["get"]["summary"] for path, item in operations.items() if "get" in item}
     for probe, meaning in (("startupProbe", "Readiness"), ("readinessProbe", "Readiness"), ("livenessProbe", "Liveness")):
         check = spec[probe]["httpGet"]
-        assert check["port"] in ports, probe
+        assert ports.get(check["port"], check["port"]) == ports["http"], probe
         assert summaries[check["path"]].startswith(meaning), (probe, check["path"], summaries[check["path"]])
         assert httpx.get(f"{probe_server.url}{check['path']}").status_code == 200, probe
     # Liveness must not depend on readiness: a draining or warming pod is alive, and must not be restarted.
