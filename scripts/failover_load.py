@@ -107,7 +107,10 @@ async def main(args: argparse.Namespace) -> int:
         "outcomes": dict(outcomes),
         "counts_add_up": outcomes["200"] + retryable + not_retryable + lost == sent,
         "replicas_up_seen_in_order": steps,
-        "replicas_up_by_second": seen,
+        # each change of the count, with when Prometheus first answered it
+        "replicas_up_timeline": ", ".join(
+            f"{t:.1f} s: {count}" for i, (t, count) in enumerate(seen) if i == 0 or count != seen[i - 1][1]
+        ),
     }
     print(json.dumps(report, indent=2))
     ok = lost == 0 and not_retryable == 0 and report["counts_add_up"] and _in_order(steps, [3, 2, 1])
