@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.model_folder import ModelFolder, ModelFolderError
+from app.threads import name_native_thread
 
 log = logging.getLogger("app.runtime")
 
@@ -87,7 +88,9 @@ class ModelRuntime:
             log.warning("%s: CUDA provider could not start (no GPU?); running on %s", folder.path.name, ",".join(self.providers_in_use))
         self.input_names = [node.name for node in self._session.get_inputs()]
         self.takes_positions = POSITIONS_INPUT in self.input_names
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"onnx-{self.name}")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"onnx-{self.name}", initializer=name_native_thread
+        )
         log.info(
             "%s: %s, %s on %s (%s)",
             self.name, folder.task, self.precision, ",".join(self.providers_in_use), folder.files[self.precision].name,

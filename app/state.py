@@ -20,6 +20,7 @@ from app.model import ServedModel
 from app.repository import ModelRepository
 from app.settings import Settings
 from app.tasks import Task, build_tasks
+from app.threads import name_native_thread
 
 log = logging.getLogger("app.state")
 
@@ -50,7 +51,9 @@ class AppState:
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics, tasks: dict[str, Task] | None = None) -> AppState:
-        executor = ThreadPoolExecutor(max_workers=settings.tokenizer_threads, thread_name_prefix="tokenize")
+        executor = ThreadPoolExecutor(
+            max_workers=settings.tokenizer_threads, thread_name_prefix="tokenize", initializer=name_native_thread
+        )
         tasks = tasks if tasks is not None else build_tasks(settings)
         try:
             models = ModelRepository.build(settings, metrics, executor, tasks)

@@ -1,0 +1,24 @@
+"""Native names for the threads the app starts.
+
+Python names its threads only for itself; the kernel sees every one as "python". Giving the OS thread the same
+name lets `top -H`, py-spy and the benchmark's CPU account (bench/wrk.py) tell the tokenizer from the thread
+that runs a model. ONNX Runtime's own pool threads keep the name of the thread that created them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import threading
+
+_PR_SET_NAME = 15  # prctl option; Linux keeps the first 15 bytes
+
+
+def name_native_thread() -> None:
+    """ThreadPoolExecutor initializer: the OS thread takes the Python thread's name (Linux only; else nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_NAME, threading.current_thread().name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):  # no libc symbol: names are a convenience, never a reason to fail
+        pass
