@@ -21,7 +21,7 @@ from app.metrics import Metrics
 from app.model import ServedModel, resident_bytes
 from app.model_folder import ModelFolderError, load_model_folder
 from app.runtime import ModelRuntime, SessionConfig
-from app.settings import MODEL_NAME, Settings
+from app.settings import MODEL_NAME, Settings, parse_session_config
 from app.tasks import Task
 from app.tokenize import TextEncoder
 
@@ -109,6 +109,7 @@ class ModelRepository:
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
             providers_chosen="providers" in settings.model_fields_set,
+            extra=parse_session_config(settings.onnx_session_config),
         )
         sources = model_sources(settings)
         session = replace(session, spin=len(sources) == 1)

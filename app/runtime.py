@@ -41,6 +41,8 @@ class SessionConfig:
     # Worker threads spin between operators (ONNX Runtime's default). With several models in one process, the
     # threads of one session spin on the cores another session needs: then they wait instead.
     spin: bool = True
+    # ROBERTA_ONNX_SESSION_CONFIG: ONNX Runtime's own config entries, applied last (they may override `spin`).
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 def requested_providers(wanted: tuple[str, ...], available: list[str]) -> list[str]:
@@ -112,6 +114,8 @@ class ModelRuntime:
         # fp32 at concurrency 32, 93 vs 123 INT8. With several models it is off (see SessionConfig.spin).
         if not config.spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for key, value in config.extra:
+            options.add_session_config_entry(key, value)
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models

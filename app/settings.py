@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads inside an operator (0: one per core)")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
     tokenizer_threads: int = Field(1, ge=1, description="threads that tokenize requests off the event loop")
+    onnx_session_config: str | None = Field(
+        None,
+        description="extra ONNX Runtime session config entries, key=value,... (e.g. session.intra_op.spin_duration_us=200), "
+        "applied after the service's own",
+    )
 
     api_key: SecretStr | None = Field(None, description="when set, inference endpoints need `Authorization: Bearer <key>`")
     protect_health_and_metrics: bool = Field(
@@ -116,6 +121,13 @@ class Settings(BaseSettings):
             raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
         return self
 
+    @field_validator("onnx_session_config")
+    @classmethod
+    def _session_entries(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_session_config(value)
+        return value
+
     @field_validator("models")
     @classmethod
     def _name_equals_folder(cls, value):
@@ -136,6 +148,7 @@ class Settings(BaseSettings):
         return parse_named_models(self.models) if self.models else {}
 
 
+SESSION_KEY = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # safe in a URL path and a metric label
 
 
@@ -154,6 +167,19 @@ def parse_named_models(value: str) -> dict[str, Path]:
             raise ValueError(f"model name {name!r} is given twice")
         named[name] = Path(folder)
     return named
+
+
+def parse_session_config(value: str | None) -> tuple[tuple[str, str], ...]:
+    """`a.b=1,c.d=x` -> (("a.b", "1"), ("c.d", "x")); ONNX Runtime's keys are dotted lower-case names."""
+    entries = []
+    for entry in (part.strip() for part in (value or "").split(",")):
+        if not entry:
+            continue
+        key, equals, setting = (piece.strip() for piece in entry.partition("="))
+        if not equals or not SESSION_KEY.match(key) or not setting:
+            raise ValueError(f"{entry!r} is not key=value with a dotted ONNX Runtime key (e.g. session.intra_op.allow_spinning=0)")
+        entries.append((key, setting))
+    return tuple(entries)
 
 
 def describe_settings_error(error: ValidationError) -> str:

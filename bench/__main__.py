@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.settings import Settings
-from bench import servers
+from bench import servers, wrk
 from bench.limits import LimitSlices, accuracy, measure_limits
 from bench.load import LoadResult, closed_loop, encode_requests, open_loop
 
@@ -49,6 +49,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak", type=int, default=None,
                         help="requests sent to --soak-system after its levels to check RSS growth (default 10000, quick 500)")
     parser.add_argument("--soak-system", default="C", help="the service system that takes the soak (default C: INT8, fastest)")
+    parser.add_argument("--generator", choices=["wrk", "python"], default="wrk" if wrk.available() else "python",
+                        help="closed-loop load generator (default wrk when installed: microseconds of CPU per request)")
     return parser.parse_args()
 
 
@@ -85,15 +87,21 @@ class System:
     server: servers.Server
     source: Iterator[bytes]  # its request bytes, cycled: each slice goes on where the last stopped
     is_service: bool
+    bodies: Path | None = None  # the same bodies, one JSON per line, for wrk
 
 
-def one_slice(system: System, mode: str, level: float, seconds: float) -> tuple[LoadResult, tuple]:
-    """Resume the server, load it, pause it; with its batch counters before and after when it is the service."""
+def one_slice(system: System, mode: str, level: float, seconds: float,
+              account: wrk.CpuAccount | None = None) -> tuple[LoadResult, tuple]:
+    """Resume the server, load it, pause it; with its batch counters before and after when it is the service.
+
+    Closed loops come from wrk when `system.bodies` is set, which also adds the CPU taken into `account`."""
     port = system.server.port
     system.server.resume()
     try:
         before = servers.batch_counters(port) if system.is_service else None
-        if mode == "closed":
+        if mode == "closed" and system.bodies is not None:
+            load = wrk.closed_loop(port, "/classify", system.bodies, int(level), seconds, system.server.process.pid, account)
+        elif mode == "closed":
             load = asyncio.run(closed_loop("127.0.0.1", port, system.source, int(level), seconds))
         else:
             load = asyncio.run(open_loop("127.0.0.1", port, system.source, level, seconds))
@@ -104,9 +112,11 @@ def one_slice(system: System, mode: str, level: float, seconds: float) -> tuple[
 
 
 def measure_interleaved(systems: list[System], levels: list[int], seconds: float, rate: float | None,
-                        rounds: int, limits: Callable[[], LimitSlices]) -> tuple[dict[str, dict], dict[int, dict]]:
+                        rounds: int, limits: Callable[[], LimitSlices],
+                        int8_limits: Callable[[], LimitSlices] | None = None) -> tuple[dict[str, dict], dict[int, dict]]:
     """Every level as `rounds` slices per system, taken in turn, with the others SIGSTOPped;
-    at each closed-loop level, slices of the fp32 limits (E, E*, single) take their turns too.
+    at each closed-loop level, slices of the fp32 limits (E, E*, single) take their turns too, and of the INT8
+    E* when `int8_limits` is given (its keys prefixed int8_).
 
     These two cores are shared and their speed drifts by a fifth within minutes; slices taken
     in turn put that drift on every system alike, so the ratios hold even when the absolute
@@ -121,22 +131,30 @@ def measure_interleaved(systems: list[System], levels: list[int], seconds: float
     for mode, level in plans:
         merged: dict[str, LoadResult] = {}
         counters: dict[str, list] = {system.name: [] for system in systems}
+        accounts = {system.name: wrk.CpuAccount() for system in systems}
         limit = limits() if mode == "closed" else None
+        int8_limit = int8_limits() if mode == "closed" and int8_limits else None
         for round_index in range(rounds):
             shift = round_index % len(systems)
             for system in systems[shift:] + systems[:shift]:
-                load, counters_pair = one_slice(system, mode, level, seconds / rounds)
+                load, counters_pair = one_slice(system, mode, level, seconds / rounds, accounts[system.name])
                 merged[system.name] = merged[system.name].merge(load) if system.name in merged else load
                 counters[system.name].append(counters_pair)
             for kind in LimitSlices.KINDS if limit else ():
                 limit.run_for(kind, seconds / rounds)
+            if int8_limit:
+                int8_limit.run_for("E*", seconds / rounds)
         if limit:
             limits_by_level[int(level)] = limit.summary()
+            if int8_limit:
+                limits_by_level[int(level)]["int8_E_star_seq_per_s"] = int8_limit.summary()["E_star_seq_per_s"]
             print(f"  limits at c={level}: {limits_by_level[int(level)]}", flush=True)
         for system in systems:
             entry = merged[system.name].summary()
             if system.is_service and mode == "closed":
                 entry.update(servers.batching_over(counters[system.name]))
+            if accounts[system.name].requests:
+                entry["cpu"] = accounts[system.name].summary()
             label = f"c={level}" if mode == "closed" else f"open loop {level:.1f}/s"
             print(f"  {system.name} {label}: {entry['requests_per_s']:.1f} req/s, p50 {entry['p50_ms']:.1f} ms, "
                   f"p99 {entry['p99_ms']:.1f} ms", flush=True)
@@ -177,6 +195,13 @@ def latency(report: dict, system: str, concurrency: int) -> float | None:
     return None
 
 
+def event_loop_ms(report: dict, system: str, concurrency: int) -> float | None:
+    for level in report["systems"].get(system, {}).get("levels", []):
+        if level["level"] == concurrency and level.get("cpu"):
+            return level["cpu"]["server_ms_per_request_by_thread"].get("event loop")
+    return None
+
+
 def targets(report: dict) -> dict:
     """Every target of the benchmark issue: measured value, bound, and whether it holds.
 
@@ -201,7 +226,14 @@ def targets(report: dict) -> dict:
         "A / B (c32)": (ratio(a32, throughput(report, "B", 32)), ">=", 1.3),
         "A / F (c32)": (ratio(a32, throughput(report, "F", 32)), ">=", 1.2),
         "A(c64) / E* (stretch)": (ratio(a64, limit(64, "E_star_seq_per_s")), ">=", 0.95),
+        "C(c64) / INT8 E*": (ratio(throughput(report, "C", 64), limit(64, "int8_E_star_seq_per_s")), ">=", 0.9),
     }
+    if report["model"].startswith("embedded"):
+        rows["C(c32) / INT8 E* (embedded)"] = (ratio(throughput(report, "C", 32), limit(32, "int8_E_star_seq_per_s")), ">=", 0.7)
+    for name in ("A", "C"):
+        loop = event_loop_ms(report, name, 64)
+        if loop is not None:
+            rows[f"{name} event-loop CPU per request at c=64 (ms)"] = (loop, "<=", 0.5)
     accuracy = report.get("embedded_accuracy")
     if accuracy:
         rows["embedded SST-2 dev: fp32 - INT8 accuracy (points)"] = (100 * (accuracy["fp32"] - accuracy["int8"]), "<=", 1.0)
@@ -228,9 +260,10 @@ def markdown(report: dict) -> str:
     lines.append(f"| E* (sorted by length) | {limits['fp32']['E_star_seq_per_s']:.1f} | {limits['int8']['E_star_seq_per_s']:.1f} | {limits['fp32']['E_star_padding']:.0%} |")
     lines.append(f"| single sequence p50 (ms) | {limits['fp32']['single_p50_ms']:.1f} | {limits['int8']['single_p50_ms']:.1f} | |")
     lines += ["", "fp32 limits in slices taken in turn with the systems, per level (the targets use these):", "",
-              "| level | E seq/s | E* seq/s | single p50 ms |", "| --- | --- | --- | --- |"]
+              "| level | E seq/s | E* seq/s | single p50 ms | INT8 E* seq/s |", "| --- | --- | --- | --- | --- |"]
     for level, values in report["limits_by_level"].items():
-        lines.append(f"| c={level} | {values['E_seq_per_s']:.1f} | {values['E_star_seq_per_s']:.1f} | {values['single_p50_ms']:.1f} |")
+        int8 = f"{values['int8_E_star_seq_per_s']:.1f}" if "int8_E_star_seq_per_s" in values else "–"
+        lines.append(f"| c={level} | {values['E_seq_per_s']:.1f} | {values['E_star_seq_per_s']:.1f} | {values['single_p50_ms']:.1f} | {int8} |")
     lines += ["", "| system | concurrency | req/s | p50 ms | p95 ms | p99 ms | mean batch | padding | peak RSS MB |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, system in report["systems"].items():
@@ -242,6 +275,22 @@ def markdown(report: dict) -> str:
         if system.get("open_loop"):
             o = system["open_loop"]
             lines.append(f"| {name} | open {o['level']:.0f}/s | {o['requests_per_s']:.1f} | {o['p50_ms']:.1f} | {o['p95_ms']:.1f} | {o['p99_ms']:.1f} | | | |")
+    cpu_rows = [(name, level) for name, system in report["systems"].items() for level in system["levels"] if level.get("cpu")]
+    if cpu_rows:
+        lines += ["", f"CPU per answered request, by server thread, and the load generator's ({report.get('generator')}) "
+                  "share of all the CPU the slices took:", "",
+                  "| system | concurrency | generator share | generator ms | event loop ms | tokenizer ms | onnx threads ms | all server ms |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, level in cpu_rows:
+            cpu = level["cpu"]
+            by = cpu["server_ms_per_request_by_thread"]
+            onnx = sum(ms for role, ms in by.items() if role.startswith("onnx"))
+            loop = f"{by['event loop']:.3f}" if name not in ("D", "F") else "–"
+            tokenizer = f"{by.get('tokenizer', 0):.3f}" if name not in ("D", "F") else "–"
+            onnx_ms = f"{onnx:.3f}" if name not in ("D", "F") else "–"
+            total = sum(by.values())
+            lines.append(f"| {name} | {level['level']} | {cpu['generator_share']:.1%} | {cpu['generator_ms_per_request']:.3f} | "
+                         f"{loop} | {tokenizer} | {onnx_ms} | {total:.3f} |")
     lines += ["", "| target | measured | bound | met |", "| --- | --- | --- | --- |"]
     if report["model"].startswith("embedded"):
         lines[-2:-2] = ["The targets are set for the roberta-base shape; on the small embedded model HTTP, not the model, "
@@ -313,6 +362,9 @@ def main() -> None:
 
     requests = encode_requests("127.0.0.1", "/classify", [{"inputs": text} for text in texts])
     infinity_requests = encode_requests("127.0.0.1", "/classify", [{"input": [text]} for text in texts])
+    report["generator"] = args.generator
+    bodies = {"service": wrk.bodies_file([{"inputs": text} for text in texts]),
+              "F": wrk.bodies_file([{"input": [text]} for text in texts])} if args.generator == "wrk" else {}
     configs = {
         "A": dict(precision="fp32"),
         "B": dict(precision="fp32", max_batch_size=1),
@@ -334,13 +386,15 @@ def main() -> None:
                 server, is_service = servers.service(name, folder, port, log, **configs[name]), True
             print(f"starting {name}", flush=True)
             stack.enter_context(server)
-            system = System(name, server, itertools.cycle(infinity_requests if name == "F" else requests), is_service)
+            system = System(name, server, itertools.cycle(infinity_requests if name == "F" else requests), is_service,
+                            bodies.get("F" if name == "F" else "service"))
             asyncio.run(closed_loop("127.0.0.1", port, system.source, 1, min(2.0, seconds)))  # warm the path
             report["systems"][name] = {"memory_after_warmup": server.memory()}
             server.pause()
             systems.append(system)
         by_system, report["limits_by_level"] = measure_interleaved(
-            systems, args.concurrency, seconds, rate, args.rounds, lambda: LimitSlices(folder, "model.onnx", texts)
+            systems, args.concurrency, seconds, rate, args.rounds, lambda: LimitSlices(folder, "model.onnx", texts),
+            lambda: LimitSlices(folder, "model.int8.onnx", texts),
         )
         for name, result in by_system.items():
             report["systems"][name].update(result)

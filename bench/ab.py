@@ -2,6 +2,7 @@
 
     python -m bench.ab ../other-checkout                      # embedded INT8 classifier, c=32 and 64, 20 s each
     python -m bench.ab ../other-checkout --seconds 10 --concurrency 8
+    python -m bench.ab . --other-env ROBERTA_ONNX_SESSION_CONFIG=session.intra_op.allow_spinning=0   # a setting
 
 For a change to the serving path (the HTTP layer, the batcher) whose cost must be seen beside the
 code before it: both servers run `python -m app` with the same flags on the same exported folder,
@@ -19,20 +20,21 @@ import json
 import sys
 from pathlib import Path
 
-from bench import servers
+from bench import servers, wrk
 from bench.__main__ import REPO, System, measure_interleaved, sst2_dev
 from bench.load import closed_loop, encode_requests
 
 WORK = REPO / "build" / "bench"
 
 
-def checkout_server(name: str, checkout: Path, folder: Path, precision: str) -> servers.Server:
-    """`python -m app` with `checkout` first on sys.path, so its `app` package is the one that runs."""
+def checkout_server(name: str, checkout: Path, folder: Path, precision: str, env: dict[str, str]) -> servers.Server:
+    """`python -m app` with `checkout` first on sys.path, so its `app` package is the one that runs, and `env`
+    (ROBERTA_* settings) added to its environment."""
     port = servers.free_port()
     launcher = f"import sys; sys.path.insert(0, {str(checkout.resolve())!r}); from app.__main__ import main; main()"
     command = [sys.executable, "-c", launcher, "--classify-model", str(folder), "--precision", precision,
                "--port", str(port), "--log-level", "warning"]
-    return servers.Server(name, command, port, WORK / "logs" / f"ab-{name}.log")
+    return servers.Server(name, command, port, WORK / "logs" / f"ab-{name}.log", env=env)
 
 
 def main() -> None:
@@ -45,14 +47,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--this-env", nargs="*", default=[], metavar="KEY=VALUE", help="settings for this checkout's server")
+    parser.add_argument("--other-env", nargs="*", default=[], metavar="KEY=VALUE", help="settings for the other's")
     args = parser.parse_args()
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
-    requests = encode_requests("127.0.0.1", "/classify", [{"inputs": text} for text in sst2_dev()[0]])
+    texts = sst2_dev()[0]
+    requests = encode_requests("127.0.0.1", "/classify", [{"inputs": text} for text in texts])
+    bodies = wrk.bodies_file([{"inputs": text} for text in texts]) if wrk.available() else None
+    envs = {"this": dict(e.split("=", 1) for e in args.this_env), "other": dict(e.split("=", 1) for e in args.other_env)}
     with contextlib.ExitStack() as stack:
         systems = []
         for name, checkout in (("this", REPO), ("other", args.other)):
-            server = stack.enter_context(checkout_server(name, checkout, args.folder, args.precision))
-            system = System(name, server, itertools.cycle(requests), is_service=True)
+            server = stack.enter_context(checkout_server(name, checkout, args.folder, args.precision, envs[name]))
+            system = System(name, server, itertools.cycle(requests), is_service=True, bodies=bodies)
             asyncio.run(closed_loop("127.0.0.1", server.port, system.source, 1, 2.0))  # warm the path
             server.pause()
             systems.append(system)
@@ -60,6 +67,11 @@ def main() -> None:
     for this, other in zip(results["this"]["levels"], results["other"]["levels"]):
         print(f"c={this['level']}: this {this['requests_per_s']:.1f} req/s, other {other['requests_per_s']:.1f}: "
               f"this / other {this['requests_per_s'] / other['requests_per_s']:.3f}")
+        for name, level in (("this", this), ("other", other)):
+            if level.get("cpu"):
+                by = level["cpu"]["server_ms_per_request_by_thread"]
+                print(f"  {name}: CPU ms per request " + ", ".join(f"{role} {ms:.3f}" for role, ms in by.items())
+                      + f"; generator share {level['cpu']['generator_share']:.1%}")
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -92,10 +92,12 @@ class LimitSlices:
         self._seconds[kind] += time.perf_counter() - began
 
     def summary(self) -> dict:
-        return {
-            "E_seq_per_s": self._sequences["E"] / self._seconds["E"],
-            "E_star_seq_per_s": self._sequences["E*"] / self._seconds["E*"],
-            "E_padding": self.padding["E"],
-            "E_star_padding": self.padding["E*"],
-            "single_p50_ms": statistics.median(self._single_latencies) * 1000,
-        }
+        """The kinds that were run (all of them, or only E* for the INT8 limit in slices)."""
+        out = {}
+        if self._seconds["E"]:
+            out["E_seq_per_s"] = self._sequences["E"] / self._seconds["E"]
+        if self._seconds["E*"]:
+            out["E_star_seq_per_s"] = self._sequences["E*"] / self._seconds["E*"]
+        if self._single_latencies:
+            out["single_p50_ms"] = statistics.median(self._single_latencies) * 1000
+        return out | {"E_padding": self.padding["E"], "E_star_padding": self.padding["E*"]}

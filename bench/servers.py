@@ -23,15 +23,18 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, name: str, command: list[str], port: int, log: Path, ready_path: str = "/readyz") -> None:
+    def __init__(self, name: str, command: list[str], port: int, log: Path, ready_path: str = "/readyz",
+                 env: dict[str, str] | None = None) -> None:
         self.name, self.command, self.port, self.log, self.ready_path = name, command, port, log, ready_path
+        self.env = env or {}
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
-            self.command, cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
+            self.command, cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + 300
         while True:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -28,6 +30,16 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert soak["requests"] == 200 and soak["rss_after_mb"] > 0
     assert report["embedded_accuracy"]["fp32"] > 0.78  # the real sentences got the embedded model's real answers
     assert "| target | measured | bound | met |" in (tmp_path / "report.md").read_text()
+    assert all("int8_E_star_seq_per_s" in values for values in report["limits_by_level"].values())
+    if shutil.which("wrk") or os.environ.get("CI"):  # .ci/run installs wrk
+        assert report["generator"] == "wrk"
+        for name, system in report["systems"].items():
+            for level in system["levels"]:
+                cpu = level["cpu"]
+                assert 0 < cpu["generator_share"] < 0.5 and cpu["generator_ms_per_request"] > 0, (name, cpu)
+                if name in "ABC":  # the service: its event loop, tokenizer and ONNX Runtime threads apart
+                    assert {"event loop", "tokenizer", "onnx run thread"} <= set(cpu["server_ms_per_request_by_thread"])
+        assert "A event-loop CPU per request at c=64 (ms)" not in report["targets"]  # no c=64 level in this run
 
 
 def test_quick_fill_mask_benchmark_compares_both_exports(tmp_path):

@@ -1,0 +1,41 @@
+-- wrk script: POSTs the JSON bodies of a file (one per line) in turn, each wrk thread from its own offset, and
+-- prints one JSON line at the end with what bench/wrk.py reads. Closed loop: each connection sends its next
+-- request when the last is answered, so `-c N` is N clients.
+--   wrk -t1 -c64 -d20s -s bench/post.lua http://127.0.0.1:8000 -- /classify bodies.jsonl
+local requests, count, index = {}, 0, 0
+local threads = {}
+
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  local path, file = args[1], args[2]
+  for line in io.lines(file) do
+    count = count + 1
+    requests[count] = wrk.format("POST", path, { ["Content-Type"] = "application/json" }, line)
+  end
+  index = (id or 0) * 7919 % count
+end
+
+function request()
+  index = index % count + 1
+  return requests[index]
+end
+
+function done(summary, latency, _)
+  local e = summary.errors
+  -- the latency distribution as 1,000 quantiles (0.05%, 0.15%, ... 99.95%), so that the slices of a level can be
+  -- pooled into one distribution (wrk's Lua API gives percentiles, not the samples)
+  local quantiles = {}
+  for i = 0, 999 do
+    table.insert(quantiles, tostring(latency:percentile((i + 0.5) / 10)))
+  end
+  io.write('{"quantiles_us": [' .. table.concat(quantiles, ",") .. ']}\n')
+  io.write(string.format(
+    '{"requests": %d, "duration_us": %d, "connect_errors": %d, "read_errors": %d, "write_errors": %d, ' ..
+    '"status_errors": %d, "timeouts": %d, "p50_us": %d, "p95_us": %d, "p99_us": %d, "mean_us": %.1f}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.mean))
+end
