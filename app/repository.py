@@ -110,6 +110,7 @@ class ModelRepository:
             inter_op_threads=settings.inter_op_threads,
             providers_chosen="providers" in settings.model_fields_set,
             extra=parse_session_config(settings.onnx_session_config),
+            nice=settings.onnx_nice,
         )
         sources = model_sources(settings)
         session = replace(session, spin=len(sources) == 1)

@@ -43,6 +43,8 @@ class SessionConfig:
     spin: bool = True
     # ROBERTA_ONNX_SESSION_CONFIG: ONNX Runtime's own config entries, applied last (they may override `spin`).
     extra: tuple[tuple[str, str], ...] = ()
+    # ROBERTA_ONNX_NICE: how much lower than the event loop the model's threads run (0: the same).
+    nice: int = 0
 
 
 def requested_providers(wanted: tuple[str, ...], available: list[str]) -> list[str]:
@@ -73,6 +75,22 @@ class ModelRuntime:
     def __init__(self, folder: ModelFolder, config: SessionConfig, name: str | None = None) -> None:
         self.folder = folder
         self.name = name or folder.path.name
+        # The session is created and run on this one thread: ONNX Runtime's pool threads, started when the
+        # session is created, inherit its name and its priority (config.nice).
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"onnx-{self.name}", initializer=name_native_thread, initargs=(config.nice,)
+        )
+        try:
+            self._executor.submit(self._start, folder, config).result()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+        log.info(
+            "%s: %s, %s on %s (%s)",
+            self.name, folder.task, self.precision, ",".join(self.providers_in_use), folder.files[self.precision].name,
+        )
+
+    def _start(self, folder: ModelFolder, config: SessionConfig) -> None:
         available = ort.get_available_providers()
         providers = requested_providers(config.providers, available)
         cuda_wanted = "cuda" in config.providers
@@ -90,13 +108,6 @@ class ModelRuntime:
             log.warning("%s: CUDA provider could not start (no GPU?); running on %s", folder.path.name, ",".join(self.providers_in_use))
         self.input_names = [node.name for node in self._session.get_inputs()]
         self.takes_positions = POSITIONS_INPUT in self.input_names
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"onnx-{self.name}", initializer=name_native_thread
-        )
-        log.info(
-            "%s: %s, %s on %s (%s)",
-            self.name, folder.task, self.precision, ",".join(self.providers_in_use), folder.files[self.precision].name,
-        )
 
     @property
     def provider(self) -> str:

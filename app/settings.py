@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads inside an operator (0: one per core)")
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
     tokenizer_threads: int = Field(1, ge=1, description="threads that tokenize requests off the event loop")
+    onnx_nice: int = Field(
+        0, ge=0, le=19,
+        description="run the models' ONNX Runtime threads this many nice steps below the event loop and tokenizer, "
+        "so that they get a core as soon as they have work (0: the same priority)",
+    )
     onnx_session_config: str | None = Field(
         None,
         description="extra ONNX Runtime session config entries, key=value,... (e.g. session.intra_op.spin_duration_us=200), "

@@ -52,14 +52,14 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
 
 def thread_role(pid: int, tid: int, name: str) -> str:
     """What a server thread does: the event loop is the main thread; the app names the threads it starts
-    (tokenize, onnx-<model>); ONNX Runtime's own pool threads keep the name of the thread that created them."""
+    (tokenize, onnx-<model>), and the threads those start (ONNX Runtime's pool, tokenizers' own) keep the name."""
     if tid == pid:
         return "event loop"
     if name.startswith("tokenize"):
         return "tokenizer"
     if name.startswith("onnx-"):
-        return "onnx run thread"
-    return "onnx runtime pool" if name.startswith("python") else name
+        return "onnx runtime"
+    return "other"
 
 
 @dataclass

@@ -38,7 +38,7 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
                 cpu = level["cpu"]
                 assert 0 < cpu["generator_share"] < 0.5 and cpu["generator_ms_per_request"] > 0, (name, cpu)
                 if name in "ABC":  # the service: its event loop, tokenizer and ONNX Runtime threads apart
-                    assert {"event loop", "tokenizer", "onnx run thread"} <= set(cpu["server_ms_per_request_by_thread"])
+                    assert {"event loop", "tokenizer", "onnx runtime"} <= set(cpu["server_ms_per_request_by_thread"])
         assert "A event-loop CPU per request at c=64 (ms)" not in report["targets"]  # no c=64 level in this run
 
 

@@ -58,3 +58,30 @@ def test_a_malformed_session_config_is_a_settings_error(value):
 
     with pytest.raises(ValidationError, match="not key=value"):
         Settings(onnx_session_config=value)
+
+
+def test_the_model_threads_run_below_the_event_loop_when_asked(exported_classifier):
+    import os
+    from pathlib import Path
+
+    from app.model_folder import load_model_folder
+    from app.runtime import ModelRuntime, SessionConfig
+
+    def niceness() -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for task in Path("/proc/self/task").iterdir():
+            stat = (task / "stat").read_text()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            out.setdefault(name, []).append(int(stat[stat.rindex(")") + 2 :].split()[16]))
+        return out
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    config = SessionConfig(precision="fp32", intra_op_threads=2, nice=5)
+    runtime = ModelRuntime(load_model_folder(exported_classifier), config, name="nice")
+    try:
+        threads = niceness()["onnx-nice_0"]
+        # the thread that runs the model and ONNX Runtime's pool thread it started, both 5 steps down
+        assert len(threads) == 2 and set(threads) == {base + 5}, threads
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the calling thread (the event loop's) keeps its own
+    finally:
+        runtime.close()
