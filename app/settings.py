@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
     tokenizer_threads: int = Field(1, ge=1, description="threads that tokenize requests off the event loop")
     onnx_nice: int = Field(
-        0, ge=0, le=19,
+        5, ge=0, le=19,
         description="run the models' ONNX Runtime threads this many nice steps below the event loop and tokenizer, "
         "so that they get a core as soon as they have work (0: the same priority)",
     )
