@@ -121,8 +121,9 @@ class ModelRuntime:
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Spinning off to leave the cores to the event loop measured slower with one model: 31 vs 33 req/s
-        # fp32 at concurrency 32, 93 vs 123 INT8. With several models it is off (see SessionConfig.spin).
+        # Spinning stays on for one model: off measured 8-11% slower on roberta-base fp32, though 18-26% faster
+        # on the small embedded model (bench/results/NOTES.md); ROBERTA_ONNX_SESSION_CONFIG can turn it off.
+        # With several models it is off (see SessionConfig.spin).
         if not config.spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for key, value in config.extra:

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     onnx_nice: int = Field(
         5, ge=0, le=19,
         description="run the models' ONNX Runtime threads this many nice steps below the event loop and tokenizer, "
-        "so that they get a core as soon as they have work (0: the same priority)",
+        "so that the loop and the tokenizer get a core as soon as they have work (0: the same priority)",
     )
     onnx_session_config: str | None = Field(
         None,
