@@ -26,6 +26,7 @@ class ModelFolder:
     max_seq_len: int
     files: dict[str, Path]  # precision -> ONNX file that exists
     manifest: dict
+    hidden_size: int | None = None  # config.json's width of the encoder: how large each operator's work is
 
     @property
     def tokenizer_file(self) -> Path:
@@ -73,6 +74,7 @@ def load_model_folder(path: Path, expected_task: str | None = None) -> ModelFold
         max_seq_len=max_seq_len,
         files=files,
         manifest=manifest,
+        hidden_size=config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else None,
     )
 
 

@@ -20,7 +20,7 @@ from app.errors import NotFound
 from app.metrics import Metrics
 from app.model import ServedModel, resident_bytes
 from app.model_folder import ModelFolderError, load_model_folder
-from app.runtime import ModelRuntime, SessionConfig
+from app.runtime import ModelRuntime, SessionConfig, spins
 from app.settings import MODEL_NAME, Settings, parse_session_config
 from app.tasks import Task
 from app.tokenize import TextEncoder
@@ -113,12 +113,11 @@ class ModelRepository:
             nice=settings.onnx_nice,
         )
         sources = model_sources(settings)
-        session = replace(session, spin=len(sources) == 1)
         models: dict[str, ServedModel] = {}
         try:
             for source in sources:
                 try:
-                    models[source.name] = _build_model(source, tasks, limits, session, metrics, executor, settings)
+                    models[source.name] = _build_model(source, tasks, limits, session, metrics, executor, settings, len(sources))
                 except ModelFolderError as exc:
                     raise ModelFolderError(f"model {source.name!r} ({source.setting}): {exc}") from exc
         except BaseException:
@@ -172,9 +171,11 @@ class ModelRepository:
         return dict(self._defaults)
 
 
-def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, executor, settings: Settings) -> ServedModel:
+def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, executor, settings: Settings,
+                 models_loaded: int) -> ServedModel:
     before = resident_bytes()
     folder = load_model_folder(source.path, source.default_for)
+    session = replace(session, spin=spins(models_loaded, folder.hidden_size))
     if folder.task not in tasks:
         raise ModelFolderError(f"{source.path} holds a '{folder.task}' model; this server serves {', '.join(tasks)}")
     try:

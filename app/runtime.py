@@ -39,12 +39,23 @@ class SessionConfig:
     # on a CPU-only onnxruntime, running on the CPU is then what was asked for, not a fallback to warn about.
     providers_chosen: bool = False
     # Worker threads spin between operators (ONNX Runtime's default). With several models in one process, the
-    # threads of one session spin on the cores another session needs: then they wait instead.
+    # threads of one session spin on the cores another session needs: then they wait instead (see `spins`).
     spin: bool = True
     # ROBERTA_ONNX_SESSION_CONFIG: ONNX Runtime's own config entries, applied last (they may override `spin`).
     extra: tuple[tuple[str, str], ...] = ()
     # ROBERTA_ONNX_NICE: how much lower than the event loop the model's threads run (0: the same).
     nice: int = 0
+
+
+# ONNX Runtime's worker threads spin between operators by default. That pays where an operator's work is large
+# (roberta-base, 768 wide: spinning off was 8-11% slower in fp32) and costs where it is small (the embedded
+# 256-wide model: spinning off was 18-26% faster); bench/results/NOTES.md has the runs.
+SPIN_MIN_HIDDEN_SIZE = 512
+
+
+def spins(models_loaded: int, hidden_size: int | None) -> bool:
+    """Whether a model's session lets its threads spin: alone in the process, and wide enough to gain from it."""
+    return models_loaded == 1 and (hidden_size is None or hidden_size >= SPIN_MIN_HIDDEN_SIZE)
 
 
 def requested_providers(wanted: tuple[str, ...], available: list[str]) -> list[str]:
@@ -121,9 +132,7 @@ class ModelRuntime:
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # Spinning stays on for one model: off measured 8-11% slower on roberta-base fp32, though 18-26% faster
-        # on the small embedded model (bench/results/NOTES.md); ROBERTA_ONNX_SESSION_CONFIG can turn it off.
-        # With several models it is off (see SessionConfig.spin).
+        # See `spins`; ROBERTA_ONNX_SESSION_CONFIG has the last word.
         if not config.spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for key, value in config.extra:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.runtime import choose_precision, overhead_in_tokens, requested_providers
+from app.runtime import choose_precision, overhead_in_tokens, requested_providers, spins
 
 
 def test_overhead_is_the_fixed_cost_in_tokens_of_a_linear_timing():
@@ -85,3 +85,10 @@ def test_the_model_threads_run_below_the_event_loop_when_asked(exported_classifi
         assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the calling thread (the event loop's) keeps its own
     finally:
         runtime.close()
+
+
+def test_a_session_spins_only_alone_and_wide():
+    assert spins(1, 768) and spins(1, 1024)  # roberta-base, roberta-large: spinning measured faster
+    assert not spins(1, 256)  # the embedded model: waiting measured 18-26% faster
+    assert not spins(3, 768)  # several sessions would spin on each other's cores
+    assert spins(1, None)  # no width in config.json: ONNX Runtime's default
