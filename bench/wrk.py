@@ -7,6 +7,7 @@ and report the generator's share of the CPU beside the server's, thread by threa
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import resource
@@ -33,7 +34,9 @@ def bodies_file(bodies: list[dict]) -> Path:
     with handle:
         for body in bodies:
             handle.write(json.dumps(body) + "\n")
-    return Path(handle.name)
+    path = Path(handle.name)
+    atexit.register(path.unlink, missing_ok=True)
+    return path
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
