@@ -18,5 +18,6 @@ def native_name() -> str:
 def test_executor_threads_carry_their_python_name_to_the_kernel():
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-a-very-long-model-name", initializer=name_native_thread) as pool:
         assert pool.submit(native_name).result() == "onnx-a-very-lon"  # the kernel keeps 15 bytes
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plain") as pool:
-        assert pool.submit(native_name).result() != "plain_0"  # without it the kernel never hears the name
+    if sys.version_info < (3, 14):  # from 3.14 Python names OS threads itself; before, only the initializer does
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plain") as pool:
+            assert pool.submit(native_name).result() != "plain_0"
