@@ -53,6 +53,9 @@ class BatchLimits:
     # The fixed cost of one model run, in padded tokens of work (see plan_batch). The default makes a run
     # cost more than any padding, so everything that fits rides together; the service measures the real one.
     run_overhead_tokens: float = 1e9
+    # Packed execution (export --packed): the padded row length at which one padded slot's attention costs as
+    # much as one real token's other work (measured at start-up). None: padded execution, every slot a token.
+    attention_tokens: float | None = None
 
 
 PLAN_WINDOW = 4  # plan over this many batches' worth of sequences around the oldest: bounds the cost of planning
@@ -72,6 +75,8 @@ def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], li
     that holds the oldest sequence goes now: nobody waits behind a stream of newcomers.
     Cheap overhead (a CPU) gives small batches of equal lengths; dear overhead (a GPU) gives
     few large ones. A sequence longer than the token budget still runs, alone.
+    A padding-free graph pays its real tokens plus attention over the padded rows
+    (rows x longest^2 / attention_tokens): lengths may mix more before a cut pays.
     """
     ordered = sorted(pending, key=lambda item: item.length)
     oldest = min(range(len(ordered)), key=lambda index: ordered[index].enqueued_at)
@@ -79,6 +84,9 @@ def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], li
     start = max(0, oldest - reach)
     window = ordered[start : oldest + reach + 1]
     lengths = [item.length for item in window]
+    real = [0]  # real[j]: tokens in window[:j]
+    for length in lengths:
+        real.append(real[-1] + length)
     # best[j]: least cost of running window[:j]; first[j]: where the last run of that plan starts.
     best = [0.0] + [float("inf")] * len(window)
     first = [0] * (len(window) + 1)
@@ -87,7 +95,11 @@ def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], li
         for size in range(1, min(limits.max_batch_size, end) + 1):
             if size > 1 and size * longest > limits.max_batch_tokens:
                 break
-            cost = best[end - size] + limits.run_overhead_tokens + size * longest
+            if limits.attention_tokens is None:
+                work = size * longest
+            else:
+                work = real[end] - real[end - size] + size * longest * longest / limits.attention_tokens
+            cost = best[end - size] + limits.run_overhead_tokens + work
             if cost < best[end]:
                 best[end], first[end] = cost, end - size
     end = len(window)

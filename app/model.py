@@ -109,6 +109,10 @@ class ServedModel:
             overhead = await self.runtime.measure_run_overhead(self.encoder.pad_id, limits.max_batch_tokens)
             self.batcher.limits = replace(limits, run_overhead_tokens=overhead)  # its own batcher, before it serves
             log.info("%s: one run costs as much as %.0f tokens of work", self.name, overhead)
+        if self.runtime.packed:
+            attention = await self.runtime.measure_attention_tokens(self.encoder.pad_id)
+            self.batcher.limits = replace(self.batcher.limits, attention_tokens=attention)
+            log.info("%s: padding-free; a padded slot's attention costs a token at rows of %.0f", self.name, attention)
         after = resident_bytes()
         if self.memory_bytes is not None and before is not None and after is not None:
             self.memory_bytes += after - before  # the session's buffers for the shapes it will run
@@ -129,7 +133,8 @@ class ServedModel:
             "precision": self.runtime.precision,
             "provider": self.runtime.provider,
             "providers": self.runtime.providers_in_use,
-            "file": self.folder.files[self.runtime.precision].name,
+            "file": self.runtime.file.name,
+            "execution": self.runtime.execution,
             "max_seq_len": self.folder.max_seq_len,
             "memory_bytes": self.memory_bytes,
             "batching": {
@@ -138,6 +143,7 @@ class ServedModel:
                 "max_wait_ms": limits.max_wait_s * 1000,
                 "max_queue": limits.max_queue,
                 "run_overhead_tokens": round(limits.run_overhead_tokens, 1),
+                "attention_tokens": None if limits.attention_tokens is None else round(limits.attention_tokens, 1),
             },
             "export": {
                 "source": source_name(self.folder.manifest.get("source") or {}),

@@ -6,10 +6,12 @@ Startup fails here, with a message naming the folder, before any session is buil
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PRECISION_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+# The padding-free graphs (`python -m export --packed`, export/packed_graph.py), by precision.
+PACKED_FILES = {"fp32": "model.packed.onnx", "int8": "model.packed.int8.onnx", "fp16": "model.packed.fp16.onnx"}
 
 
 class ModelFolderError(Exception):
@@ -27,6 +29,9 @@ class ModelFolder:
     files: dict[str, Path]  # precision -> ONNX file that exists
     manifest: dict
     hidden_size: int | None = None  # config.json's width of the encoder: how large each operator's work is
+    num_heads: int | None = None  # config.json's num_attention_heads
+    pad_token_id: int = 1  # where RoBERTa's position ids start (transformers' padding_idx)
+    packed_files: dict[str, Path] = field(default_factory=dict)  # precision -> padding-free ONNX file that exists
 
     @property
     def tokenizer_file(self) -> Path:
@@ -74,8 +79,15 @@ def load_model_folder(path: Path, expected_task: str | None = None) -> ModelFold
         max_seq_len=max_seq_len,
         files=files,
         manifest=manifest,
-        hidden_size=config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else None,
+        hidden_size=_int_or_none(config.get("hidden_size")),
+        num_heads=_int_or_none(config.get("num_attention_heads")),
+        pad_token_id=1 if _int_or_none(config.get("pad_token_id")) is None else config["pad_token_id"],
+        packed_files={name: path / filename for name, filename in PACKED_FILES.items() if (path / filename).is_file()},
     )
+
+
+def _int_or_none(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _read_json(path: Path) -> dict:

@@ -111,6 +111,7 @@ class ModelRepository:
             providers_chosen="providers" in settings.model_fields_set,
             extra=parse_session_config(settings.onnx_session_config),
             nice=settings.onnx_nice,
+            execution=settings.execution,
         )
         sources = model_sources(settings)
         models: dict[str, ServedModel] = {}

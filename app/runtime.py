@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.model_folder import ModelFolder, ModelFolderError
+from app.packing import pack
 from app.threads import name_native_thread
 
 log = logging.getLogger("app.runtime")
@@ -45,6 +46,8 @@ class SessionConfig:
     extra: tuple[tuple[str, str], ...] = ()
     # ROBERTA_ONNX_NICE: how much lower than the event loop the model's threads run (0: the same).
     nice: int = 0
+    # ROBERTA_EXECUTION: the padding-free graph or the padded one (see choose_execution).
+    execution: str = "auto"
 
 
 # ONNX Runtime's worker threads spin between operators by default. That pays where an operator's work is large
@@ -82,6 +85,24 @@ def choose_precision(requested: str, exported: set[str], on_cuda: bool) -> str:
     return sorted(exported)[0]
 
 
+def choose_execution(requested: str, folder: ModelFolder, precision: str) -> bool:
+    """True: run the padding-free graph. auto: where the folder has one for the precision chosen."""
+    if requested == "padded":
+        return False
+    if precision in folder.packed_files:
+        return True
+    if requested == "packed":
+        raise ModelFolderError(
+            f"packed execution was asked for but {folder.path} has no padding-free {precision} graph; "
+            "re-export with --packed or set ROBERTA_EXECUTION=auto"
+        )
+    return False
+
+
+def model_file(folder: ModelFolder, precision: str, packed: bool) -> Path:
+    return (folder.packed_files if packed else folder.files)[precision]
+
+
 class ModelRuntime:
     def __init__(self, folder: ModelFolder, config: SessionConfig, name: str | None = None) -> None:
         self.folder = folder
@@ -98,7 +119,7 @@ class ModelRuntime:
             raise
         log.info(
             "%s: %s, %s on %s (%s)",
-            self.name, folder.task, self.precision, ",".join(self.providers_in_use), folder.files[self.precision].name,
+            self.name, folder.task, self.precision, ",".join(self.providers_in_use), self.file.name,
         )
 
     def _start(self, folder: ModelFolder, config: SessionConfig) -> None:
@@ -108,17 +129,27 @@ class ModelRuntime:
         if cuda_wanted and config.providers_chosen and PROVIDER_NAMES["cuda"] not in available:
             log.warning("%s: CUDA requested but this onnxruntime build has no CUDA provider; running on CPU", folder.path.name)
         self.precision = choose_precision(config.precision, set(folder.files), PROVIDER_NAMES["cuda"] in providers)
-        self._session = self._open(folder.files[self.precision], providers, config)
+        self.packed = choose_execution(config.execution, folder, self.precision)
+        self._session = self._open(model_file(folder, self.precision, self.packed), providers, config)
         self.providers_in_use = [SHORT_NAMES.get(p, p) for p in self._session.get_providers()]
         if self.precision == "fp16" and config.precision == "auto" and "cuda" not in self.providers_in_use:
             # onnxruntime-gpu on a machine without a GPU falls back to CPU without raising: pick the CPU file.
             self.precision = choose_precision("auto", set(folder.files), on_cuda=False)
-            self._session = self._open(folder.files[self.precision], providers, config)
+            self.packed = choose_execution(config.execution, folder, self.precision)
+            self._session = self._open(model_file(folder, self.precision, self.packed), providers, config)
             self.providers_in_use = [SHORT_NAMES.get(p, p) for p in self._session.get_providers()]
         if cuda_wanted and PROVIDER_NAMES["cuda"] in available and "cuda" not in self.providers_in_use:
             log.warning("%s: CUDA provider could not start (no GPU?); running on %s", folder.path.name, ",".join(self.providers_in_use))
         self.input_names = [node.name for node in self._session.get_inputs()]
         self.takes_positions = POSITIONS_INPUT in self.input_names
+
+    @property
+    def file(self) -> Path:
+        return model_file(self.folder, self.precision, self.packed)
+
+    @property
+    def execution(self) -> str:
+        return "packed" if self.packed else "padded"
 
     @property
     def provider(self) -> str:
@@ -143,7 +174,10 @@ class ModelRuntime:
             raise ModelFolderError(f"{path} could not be loaded by ONNX Runtime ({type(exc).__name__}); re-export it") from exc
 
     def run_sync(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.packed:
+            feeds = pack(input_ids, attention_mask, self.folder.pad_token_id)
+        else:
+            feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
         if self.takes_positions:
@@ -179,6 +213,27 @@ class ModelRuntime:
         small, large = ((b * n, sorted(times[(b, n)])[repeats // 2]) for b, n in shapes)
         return overhead_in_tokens(small, large, cap=max_batch_tokens)
 
+    async def measure_attention_tokens(self, pad_id: int, repeats: int = 3) -> float:
+        """For a packed graph: the padded row length at which a padded slot's attention costs one real token's work.
+
+        Three shapes, medians of `repeats`: one short row (the fixed cost), a full batch, and
+        the same batch with one full row and the rest short (same attention, fewer tokens).
+        """
+        width = min(256, self.folder.max_seq_len)
+        rows, short = 4, min(16, width)
+        cases = {"small": (1, short, [short]), "full": (rows, width, [width] * rows),
+                 "sparse": (rows, width, [width] + [short] * (rows - 1))}
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(repeats):
+            for name, (batch, length, lengths) in cases.items():
+                ids = np.full((batch, length), pad_id, dtype=np.int64)
+                mask = (np.arange(length)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+                started = time.perf_counter()
+                await self.run(ids, mask)
+                times[name].append(time.perf_counter() - started)
+        median = {name: sorted(values)[repeats // 2] for name, values in times.items()}
+        return attention_in_tokens(median, rows=rows, width=width, short=short)
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
 
@@ -198,6 +253,27 @@ def warm_up_shapes(max_batch_size: int, max_batch_tokens: int, max_seq_len: int,
             if (batch, length) not in shapes:
                 shapes.append((batch, length))
     return shapes
+
+
+ATTENTION_FREE = 1e9  # what attention_in_tokens returns when attention did not show in the timings
+
+
+def attention_in_tokens(seconds: dict[str, float], *, rows: int, width: int, short: int) -> float:
+    """Fit t = overhead + per_token x real tokens + per_slot x rows x width^2 to measure_attention_tokens' timings.
+
+    The result, per_token / per_slot, is the row length at which a padded slot's attention
+    costs a token: about 980 for roberta-base in fp32 on a CPU and about 100 for the 256-wide
+    embedded model in INT8, whose projections INT8 makes cheap and whose attention stays fp32.
+    """
+    real_full, real_sparse = rows * width, width + (rows - 1) * short
+    per_token = (seconds["full"] - seconds["sparse"]) / (real_full - real_sparse)
+    if per_token <= 0:
+        return ATTENTION_FREE
+    overhead = seconds["small"] - per_token * short
+    per_slot = (seconds["sparse"] - overhead - per_token * real_sparse) / (rows * width * width)
+    if per_slot <= 0:
+        return ATTENTION_FREE
+    return float(min(ATTENTION_FREE, per_token / per_slot))
 
 
 def overhead_in_tokens(small: tuple[int, float], large: tuple[int, float], cap: float) -> float:

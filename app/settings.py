@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         ("cuda", "cpu"), description="execution providers in order of preference, comma separated"
     )
 
+    execution: Literal["auto", "padded", "packed"] = Field(
+        "auto",
+        description="packed: run the padding-free graph (export --packed), token-wise work on real tokens only; "
+        "padded: the padded one; auto: packed where the folder has it for the precision chosen",
+    )
+
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per batch")
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per batch (batch size x longest sequence)")
     run_overhead_tokens: float | None = Field(

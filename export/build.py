@@ -31,7 +31,15 @@ from export.source import (
     resolve_task,
 )
 
-FILENAMES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+FILENAMES = {
+    "fp32": "model.onnx",
+    "int8": "model.int8.onnx",
+    "fp16": "model.fp16.onnx",
+    # The padding-free graphs (export/packed_graph.py), one per precision exported.
+    "packed-fp32": "model.packed.onnx",
+    "packed-int8": "model.packed.int8.onnx",
+    "packed-fp16": "model.packed.fp16.onnx",
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class ExportOptions:
     quantize: str | None = None  # "int8"
     per_channel: bool = True
     fp16: bool = False
+    packed: bool = False  # also the padding-free graphs
     optimize: bool = False
     opset: int | None = None
     max_seq_len: int | None = None
@@ -58,6 +67,7 @@ class ExportOptions:
             "quantize": self.quantize,
             "per_channel": self.per_channel,
             "fp16": self.fp16,
+            "packed": self.packed,
             "optimize": self.optimize,
             "opset": self.opset,
             "max_seq_len": self.max_seq_len,
@@ -149,6 +159,9 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
         variants["fp16"] = step("convert FP16", convert.convert_fp16, fp32, staging / FILENAMES["fp16"], config)
         results["fp16"] = step("verify FP16", _verify, variants["fp16"], batch, reference)
 
+    if options.packed:
+        _build_packed(model, task, options, staging, batch, reference, variants, results, step, config)
+
     evaluation = None
     if options.eval_file is not None:
         evaluation = step("evaluate", _evaluate, options.eval_file, model, tokenizer, variants, config, max_seq_len)
@@ -187,6 +200,33 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
     return manifest
 
 
+def _build_packed(model, task, options, staging, batch, reference, variants, results, step, config) -> None:
+    """The padding-free graph of every precision exported, each held to the same gate as its padded twin."""
+    from export.packed_graph import export_packed
+
+    padding_idx = int(config.get("pad_token_id", 1))
+    packed = staging / FILENAMES["packed-fp32"]
+    variants["packed-fp32"] = step("export packed fp32 ONNX", export_packed, model, task, packed, options.opset)
+    results["packed-fp32"] = step("verify packed fp32", _verify, packed, batch, reference, padding_idx)
+    if results["packed-fp32"]["max_abs_diff"] > options.atol or results["packed-fp32"]["top1_agreement"] < 1.0:
+        raise VerificationFailed(
+            f"the packed fp32 graph differs from PyTorch by {results['packed-fp32']['max_abs_diff']:.3g} "
+            f"(tolerance {options.atol:g}); export without --packed"
+        )
+    results["packed-fp32"]["passed"] = True
+    if options.quantize == "int8":
+        variants["packed-int8"] = step(
+            "quantize packed INT8", convert.quantize_int8, packed, staging / FILENAMES["packed-int8"],
+            per_channel=options.per_channel,
+        )
+        results["packed-int8"] = step("verify packed INT8", _verify, variants["packed-int8"], batch, reference, padding_idx)
+    if options.fp16:
+        variants["packed-fp16"] = step(
+            "convert packed FP16", convert.convert_fp16_plain, packed, staging / FILENAMES["packed-fp16"]
+        )
+        results["packed-fp16"] = step("verify packed FP16", _verify, variants["packed-fp16"], batch, reference, padding_idx)
+
+
 def _load_pytorch(checkpoint: Checkpoint, task: str):
     import transformers
     from transformers import AutoTokenizer
@@ -209,8 +249,8 @@ def _load_pytorch(checkpoint: Checkpoint, task: str):
     return model, tokenizer
 
 
-def _verify(path: Path, batch, reference) -> dict:
-    candidate = verify.onnx_runner(path)(batch)
+def _verify(path: Path, batch, reference, padding_idx: int = 1) -> dict:
+    candidate = verify.onnx_runner(path, padding_idx)(batch)
     return verify.compare(reference, candidate).as_dict()
 
 
@@ -218,7 +258,8 @@ def _evaluate(eval_file: Path, model, tokenizer, variants: dict[str, Path], conf
     label2id = {name: int(idx) for name, idx in config["label2id"].items()}
     texts, labels = verify.read_eval_file(Path(eval_file), label2id)
     runners = {"pytorch": verify.torch_runner(model)}
-    runners.update({name: verify.onnx_runner(path) for name, path in variants.items()})
+    padding_idx = int(config.get("pad_token_id", 1))
+    runners.update({name: verify.onnx_runner(path, padding_idx) for name, path in variants.items()})
     accuracy = {
         name: round(float((verify.predict(run, tokenizer, texts, max_seq_len) == labels).mean()), 6)
         for name, run in runners.items()

@@ -27,6 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--per-channel", action=argparse.BooleanOptionalAction, default=True, help="per-channel INT8 weight scales"
     )
     parser.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for the CUDA provider)")
+    parser.add_argument(
+        "--packed", action="store_true",
+        help="also write the padding-free graphs (model.packed*.onnx): token-wise work on real tokens only",
+    )
     parser.add_argument("--optimize", action="store_true", help="apply ONNX Runtime transformer fusions")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's choice for the model)")
     parser.add_argument("--max-seq-len", type=int, help="longest input the service accepts (default: the model's)")
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         quantize=args.quantize,
         per_channel=args.per_channel,
         fp16=args.fp16,
+        packed=args.packed,
         optimize=args.optimize,
         opset=args.opset,
         max_seq_len=args.max_seq_len,

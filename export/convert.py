@@ -133,6 +133,16 @@ def convert_fp16(source: Path, target: Path, config: dict) -> Path:
     return target
 
 
+def convert_fp16_plain(source: Path, target: Path) -> Path:
+    """FP16 without the BERT fusions, whose patterns (2-D input_ids, a padded mask) the packed graph does not have."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
+    return target
+
+
 def opset_of(path: Path) -> int:
     import onnx
 

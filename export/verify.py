@@ -96,13 +96,19 @@ def torch_runner(model) -> Runner:
     return run
 
 
-def onnx_runner(path: Path) -> Runner:
+def onnx_runner(path: Path, padding_idx: int = 1) -> Runner:
+    """`padding_idx`: where RoBERTa's position ids start (config.json's pad_token_id), for a packed graph."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     wanted = [node.name for node in session.get_inputs()]
+    packed = "token_index" in wanted  # the padding-free graph (export/packed_graph.py)
 
     def run(batch: Batch) -> np.ndarray:
+        if packed:
+            from app.packing import pack
+
+            batch = {**batch, **pack(batch["input_ids"], batch["attention_mask"], padding_idx)}
         missing = [name for name in wanted if name not in batch]
         if missing:
             raise BadOption(f"{path.name} wants inputs {missing} that the tokenizer does not produce")
