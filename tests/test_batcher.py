@@ -297,3 +297,14 @@ def test_plan_is_the_cheapest_cut_by_brute_force():
             following, rest = plan_batch(rest, limits)
             total += run_cost(following, limits.run_overhead_tokens)
         assert total == pytest.approx(best), lengths
+
+
+def test_a_packed_plan_mixes_lengths_that_a_padded_plan_cuts_apart():
+    pending = pending_items([10, 40, 11, 12, 38, 9, 39, 20])
+    padded = BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=14)
+    packed = BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=14, attention_tokens=1000)
+    assert len(plan_batch(pending, padded)[0]) == 4  # as above: padding the short ones to 40 costs more than a run
+    assert len(plan_batch(pending, packed)[0]) == 8  # real tokens only, and attention over 8 x 40 costs 13 tokens
+    # When attention is as dear as the work of a token at rows of 10, padding is paid again: cut as padded.
+    dear = BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=14, attention_tokens=10)
+    assert sorted(item.length for item in plan_batch(pending, dear)[0]) == [9, 10, 11, 12]

@@ -92,3 +92,16 @@ def test_a_session_spins_only_alone_and_wide():
     assert not spins(1, 256)  # the embedded model: waiting measured 18-26% faster
     assert not spins(3, 768)  # several sessions would spin on each other's cores
     assert spins(1, None)  # no width in config.json: ONNX Runtime's default
+
+
+def test_attention_cost_is_fitted_from_three_timings():
+    from app.runtime import ATTENTION_FREE, attention_in_tokens
+
+    # 2 ms a run, 10 us a real token, 20 ns per padded slot per row length: a slot of a 500-long row costs a token.
+    def seconds(real, rows, width):
+        return 0.002 + 1e-5 * real + 2e-8 * rows * width * width
+
+    timings = {"small": seconds(16, 1, 16), "full": seconds(4 * 256, 4, 256), "sparse": seconds(256 + 3 * 16, 4, 256)}
+    assert attention_in_tokens(timings, rows=4, width=256, short=16) == pytest.approx(500, rel=0.05)
+    free = {"small": seconds(16, 1, 16), "full": 0.002 + 1e-5 * 1024, "sparse": 0.002 + 1e-5 * 304}
+    assert attention_in_tokens(free, rows=4, width=256, short=16) == ATTENTION_FREE
