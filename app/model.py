@@ -105,14 +105,16 @@ class ServedModel:
         before = resident_bytes()
         seconds = await self.runtime.warm_up(shapes, self.encoder.pad_id)
         log.info("%s warm in %.2f s over shapes %s", self.name, seconds, shapes)
-        if self._measure_overhead:
-            overhead = await self.runtime.measure_run_overhead(self.encoder.pad_id, limits.max_batch_tokens)
-            self.batcher.limits = replace(limits, run_overhead_tokens=overhead)  # its own batcher, before it serves
-            log.info("%s: one run costs as much as %.0f tokens of work", self.name, overhead)
         if self.runtime.packed:
-            attention = await self.runtime.measure_attention_tokens(self.encoder.pad_id)
-            self.batcher.limits = replace(self.batcher.limits, attention_tokens=attention)
+            overhead, attention = await self.runtime.measure_packed_costs(self.encoder.pad_id, limits.max_batch_tokens)
+            limits = replace(limits, attention_tokens=attention)
             log.info("%s: padding-free; a padded slot's attention costs a token at rows of %.0f", self.name, attention)
+        elif self._measure_overhead:
+            overhead = await self.runtime.measure_run_overhead(self.encoder.pad_id, limits.max_batch_tokens)
+        if self._measure_overhead:
+            limits = replace(limits, run_overhead_tokens=overhead)
+            log.info("%s: one run costs as much as %.0f tokens of work", self.name, overhead)
+        self.batcher.limits = limits  # its own batcher, before it serves
         after = resident_bytes()
         if self.memory_bytes is not None and before is not None and after is not None:
             self.memory_bytes += after - before  # the session's buffers for the shapes it will run

@@ -213,11 +213,14 @@ class ModelRuntime:
         small, large = ((b * n, sorted(times[(b, n)])[repeats // 2]) for b, n in shapes)
         return overhead_in_tokens(small, large, cap=max_batch_tokens)
 
-    async def measure_attention_tokens(self, pad_id: int, repeats: int = 3) -> float:
-        """For a packed graph: the padded row length at which a padded slot's attention costs one real token's work.
+    async def measure_packed_costs(self, pad_id: int, max_batch_tokens: int, repeats: int = 3) -> tuple[float, float]:
+        """For a packed graph: (a run's fixed cost in tokens, the row length at which a padded slot's attention
+        costs one real token's work).
 
         Three shapes, medians of `repeats`: one short row (the fixed cost), a full batch, and
         the same batch with one full row and the rest short (same attention, fewer tokens).
+        Full batches alone, as measure_run_overhead times them, would put attention's cost on
+        the tokens.
         """
         width = min(256, self.folder.max_seq_len)
         rows, short = 4, min(16, width)
@@ -232,7 +235,7 @@ class ModelRuntime:
                 await self.run(ids, mask)
                 times[name].append(time.perf_counter() - started)
         median = {name: sorted(values)[repeats // 2] for name, values in times.items()}
-        return attention_in_tokens(median, rows=rows, width=width, short=short)
+        return packed_costs(median, rows=rows, width=width, short=short, cap=max_batch_tokens)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -255,25 +258,24 @@ def warm_up_shapes(max_batch_size: int, max_batch_tokens: int, max_seq_len: int,
     return shapes
 
 
-ATTENTION_FREE = 1e9  # what attention_in_tokens returns when attention did not show in the timings
+ATTENTION_FREE = 1e9  # attention_tokens when attention did not show in the timings
 
 
-def attention_in_tokens(seconds: dict[str, float], *, rows: int, width: int, short: int) -> float:
-    """Fit t = overhead + per_token x real tokens + per_slot x rows x width^2 to measure_attention_tokens' timings.
+def packed_costs(seconds: dict[str, float], *, rows: int, width: int, short: int, cap: float) -> tuple[float, float]:
+    """Fit t = overhead + per_token x real tokens + per_slot x rows x width^2 to measure_packed_costs' timings.
 
-    The result, per_token / per_slot, is the row length at which a padded slot's attention
-    costs a token: about 980 for roberta-base in fp32 on a CPU and about 100 for the 256-wide
-    embedded model in INT8, whose projections INT8 makes cheap and whose attention stays fp32.
+    Returns (overhead / per_token, per_token / per_slot). The second is about 980 for
+    roberta-base in fp32 on a CPU and about 45-100 for the 256-wide embedded model in INT8,
+    whose projections INT8 makes cheap and whose attention stays fp32.
     """
     real_full, real_sparse = rows * width, width + (rows - 1) * short
     per_token = (seconds["full"] - seconds["sparse"]) / (real_full - real_sparse)
-    if per_token <= 0:
-        return ATTENTION_FREE
-    overhead = seconds["small"] - per_token * short
+    if per_token <= 0:  # noise, or a GPU where the batch did not cost more: runs are all overhead
+        return float(cap), ATTENTION_FREE
+    overhead = max(0.0, seconds["small"] - per_token * short)
     per_slot = (seconds["sparse"] - overhead - per_token * real_sparse) / (rows * width * width)
-    if per_slot <= 0:
-        return ATTENTION_FREE
-    return float(min(ATTENTION_FREE, per_token / per_slot))
+    attention = ATTENTION_FREE if per_slot <= 0 else min(ATTENTION_FREE, per_token / per_slot)
+    return float(min(cap, overhead / per_token)), float(attention)
 
 
 def overhead_in_tokens(small: tuple[int, float], large: tuple[int, float], cap: float) -> float:

@@ -61,11 +61,12 @@ def sst2_dev() -> tuple[list[str], list[int]]:
 
 
 def export(checkpoint: Path, work: Path) -> Path:
-    """The exported ONNX folder (fp32 + INT8) of `checkpoint`, reused when up to date."""
+    """The exported ONNX folder (fp32 + INT8, padded and packed) of `checkpoint`, reused when up to date."""
     from export.build import ExportOptions, export_model
 
     folder = work / f"{checkpoint.name}-onnx"
-    export_model(ExportOptions(model=str(checkpoint), output=folder, quantize="int8", reuse=True), log=lambda _: None)
+    export_model(ExportOptions(model=str(checkpoint), output=folder, quantize="int8", packed=True, reuse=True),
+                 log=lambda _: None)
     return folder
 
 

@@ -94,14 +94,17 @@ def test_a_session_spins_only_alone_and_wide():
     assert spins(1, None)  # no width in config.json: ONNX Runtime's default
 
 
-def test_attention_cost_is_fitted_from_three_timings():
-    from app.runtime import ATTENTION_FREE, attention_in_tokens
+def test_packed_costs_are_fitted_from_three_timings():
+    from app.runtime import ATTENTION_FREE, packed_costs
 
     # 2 ms a run, 10 us a real token, 20 ns per padded slot per row length: a slot of a 500-long row costs a token.
     def seconds(real, rows, width):
         return 0.002 + 1e-5 * real + 2e-8 * rows * width * width
 
     timings = {"small": seconds(16, 1, 16), "full": seconds(4 * 256, 4, 256), "sparse": seconds(256 + 3 * 16, 4, 256)}
-    assert attention_in_tokens(timings, rows=4, width=256, short=16) == pytest.approx(500, rel=0.05)
+    overhead, attention = packed_costs(timings, rows=4, width=256, short=16, cap=16384)
+    assert overhead == pytest.approx(200, rel=0.05) and attention == pytest.approx(500, rel=0.05)
     free = {"small": seconds(16, 1, 16), "full": 0.002 + 1e-5 * 1024, "sparse": 0.002 + 1e-5 * 304}
-    assert attention_in_tokens(free, rows=4, width=256, short=16) == ATTENTION_FREE
+    assert packed_costs(free, rows=4, width=256, short=16, cap=16384)[1] == ATTENTION_FREE
+    flat = {"small": 0.003, "full": 0.003, "sparse": 0.003}  # a GPU at small batches: all overhead
+    assert packed_costs(flat, rows=4, width=256, short=16, cap=4096) == (4096, ATTENTION_FREE)
