@@ -47,7 +47,7 @@ class SessionConfig:
     # ROBERTA_ONNX_NICE: how much lower than the event loop the model's threads run (0: the same).
     nice: int = 0
     # ROBERTA_EXECUTION: the padding-free graph or the padded one (see choose_execution).
-    execution: str = "auto"
+    execution: str = "padded"
 
 
 # ONNX Runtime's worker threads spin between operators by default. That pays where an operator's work is large
@@ -86,17 +86,15 @@ def choose_precision(requested: str, exported: set[str], on_cuda: bool) -> str:
 
 
 def choose_execution(requested: str, folder: ModelFolder, precision: str) -> bool:
-    """True: run the padding-free graph. auto: where the folder has one for the precision chosen."""
-    if requested == "padded":
+    """True: run the padding-free graph, which must then be exported for the precision chosen."""
+    if requested != "packed":
         return False
-    if precision in folder.packed_files:
-        return True
-    if requested == "packed":
+    if precision not in folder.packed_files:
         raise ModelFolderError(
             f"packed execution was asked for but {folder.path} has no padding-free {precision} graph; "
-            "re-export with --packed or set ROBERTA_EXECUTION=auto"
+            "re-export with --packed or set ROBERTA_EXECUTION=padded"
         )
-    return False
+    return True
 
 
 def model_file(folder: ModelFolder, precision: str, packed: bool) -> Path:

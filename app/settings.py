@@ -35,10 +35,10 @@ class Settings(BaseSettings):
         ("cuda", "cpu"), description="execution providers in order of preference, comma separated"
     )
 
-    execution: Literal["auto", "padded", "packed"] = Field(
-        "auto",
-        description="packed: run the padding-free graph (export --packed), token-wise work on real tokens only; "
-        "padded: the padded one; auto: packed where the folder has it for the precision chosen",
+    execution: Literal["padded", "packed"] = Field(
+        "padded",
+        description="packed: run the padding-free graph (export --packed): token-wise work on real tokens only, "
+        "attention per sequence; padded: the padded graph (on a CPU, packed measured no faster: bench/results/NOTES.md)",
     )
 
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per batch")

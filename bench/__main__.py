@@ -8,7 +8,8 @@ D FastAPI + transformers.pipeline (PyTorch), one request at a time; F infinity-e
 (ONNX) engine with the same fp32 file, in its own venv (bench/infinity_shim.py); E / E* ONNX Runtime alone,
 batches of 32 in file order / sorted by length. Workload: single SST-2 dev sentences on /classify, closed loop
 at each concurrency, then an open loop at a fixed arrival rate. Every level is taken in slices, the systems and
-the limits in turn (see measure_interleaved). Writes JSON, Markdown and (with matplotlib) a PNG under --output.
+the limits in turn (see measure_interleaved). Then packed against padded execution on SST-2 and on a mixed-length
+workload (bench/packed.py). Writes JSON, Markdown and (with matplotlib) a PNG under --output.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak", type=int, default=None,
                         help="requests sent to --soak-system after its levels to check RSS growth (default 10000, quick 500)")
     parser.add_argument("--soak-system", default="C", help="the service system that takes the soak (default C: INT8, fastest)")
+    parser.add_argument("--packed", nargs="*", default=None, metavar="PRECISION",
+                        help="precisions of the packed-against-padded section (default int8 fp32, quick int8; none: skip)")
+    parser.add_argument("--packed-concurrency", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--generator", choices=["wrk", "python"], default="wrk" if wrk.available() else "python",
                         help="closed-loop load generator (default wrk when installed: microseconds of CPU per request)")
     return parser.parse_args()
@@ -89,6 +93,7 @@ class System:
     source: Iterator[bytes]  # its request bytes, cycled: each slice goes on where the last stopped
     is_service: bool
     bodies: Path | None = None  # the same bodies, one JSON per line, for wrk
+    path: str = "/classify"  # where wrk posts them
 
 
 def one_slice(system: System, mode: str, level: float, seconds: float,
@@ -101,7 +106,7 @@ def one_slice(system: System, mode: str, level: float, seconds: float,
     try:
         before = servers.batch_counters(port) if system.is_service else None
         if mode == "closed" and system.bodies is not None:
-            load = wrk.closed_loop(port, "/classify", system.bodies, int(level), seconds, system.server.process.pid, account)
+            load = wrk.closed_loop(port, system.path, system.bodies, int(level), seconds, system.server.process.pid, account)
         elif mode == "closed":
             load = asyncio.run(closed_loop("127.0.0.1", port, system.source, int(level), seconds))
         else:
@@ -292,6 +297,11 @@ def markdown(report: dict) -> str:
             total = sum(by.values())
             lines.append(f"| {name} | {level['level']} | {cpu['generator_share']:.1%} | {cpu['generator_ms_per_request']:.3f} | "
                          f"{loop} | {tokenizer} | {onnx_ms} | {total:.3f} |")
+    if report.get("packed"):
+        from bench import packed
+
+        lines += ["", "Packed (padding-free graph, `ROBERTA_EXECUTION=packed`) against padded, the same export, "
+                  "two servers in turn per workload:", "", *packed.markdown(report["packed"])]
     lines += ["", "| target | measured | bound | met |", "| --- | --- | --- | --- |"]
     if report["model"].startswith("embedded"):
         lines[-2:-2] = ["The targets are set for the roberta-base shape; on the small embedded model HTTP, not the model, "
@@ -406,6 +416,11 @@ def main() -> None:
                 system.server.resume()
                 report["systems"][system.name]["soak"] = soak_memory(system.server, system.source, soak, max(args.concurrency))
             report["systems"][system.name]["memory_end"] = system.server.memory()
+    packed_precisions = args.packed if args.packed is not None else (["int8"] if args.quick else ["int8", "fp32"])
+    if packed_precisions:
+        from bench import packed
+
+        report["packed"] = packed.run(folder, packed_precisions, texts, args.packed_concurrency, seconds, args.rounds)
     report["targets"] = targets(report)
     output.mkdir(parents=True, exist_ok=True)
     (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")

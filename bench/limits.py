@@ -21,7 +21,7 @@ from app.tokenize import TextEncoder
 
 
 def _encoder(folder: Path) -> TextEncoder:
-    model = load_model_folder(folder, "text-classification")
+    model = load_model_folder(folder)
     return TextEncoder(model.tokenizer_file, model.max_seq_len, model.tokenizer_config)
 
 
@@ -65,6 +65,8 @@ class LimitSlices:
     def __init__(self, folder: Path, model_file: str, texts: list[str], batch_size: int = 32) -> None:
         self._session = ort.InferenceSession(str(folder / model_file), providers=["CPUExecutionProvider"])
         encoder = _encoder(folder)
+        # A fill-mask graph computes its head at the masks only (mask_positions), as the service asks it to.
+        self._mask_id = encoder.mask_id if "mask_positions" in {i.name for i in self._session.get_inputs()} else None
         ids = [e.ids for e in encoder.encode(texts)]
         file_order = _batches(ids, batch_size, encoder.pad_id)
         by_length = _batches(sorted(ids, key=len), batch_size, encoder.pad_id)
@@ -82,7 +84,10 @@ class LimitSlices:
             self._run(*next(self._feeds["E"]))  # warm up
 
     def _run(self, input_ids: np.ndarray, mask: np.ndarray) -> None:
-        self._session.run(None, {"input_ids": input_ids, "attention_mask": mask})
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if self._mask_id is not None:
+            feeds["mask_positions"] = np.argwhere(input_ids == self._mask_id).astype(np.int64)
+        self._session.run(None, feeds)
 
     def run_for(self, kind: str, seconds: float) -> None:
         """Whole runs until `seconds` have passed (the last one finishes)."""

@@ -1,6 +1,7 @@
 """System D: the server users write first — FastAPI + `transformers.pipeline` in PyTorch, one request at a time.
 
-    python -m bench.naive_server CHECKPOINT PORT
+    python -m bench.naive_server CHECKPOINT PORT [TASK]     # TASK: text-classification (default), fill-mask,
+                                                           # token-classification; served where the service serves it
 """
 
 from __future__ import annotations
@@ -11,20 +12,34 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
+ROUTES = {"text-classification": "/classify", "fill-mask": "/fill-mask", "token-classification": "/token-classification"}
+
 
 class Body(BaseModel):
     inputs: str
 
 
-def build(checkpoint: str) -> FastAPI:
+def plain(value):
+    """The token-classification pipeline's scores are numpy floats, which FastAPI cannot encode."""
+    if isinstance(value, list):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value.item() if hasattr(value, "item") else value
+
+
+def build(checkpoint: str, task: str = "text-classification") -> FastAPI:
     from transformers import pipeline
 
-    classifier = pipeline("text-classification", model=checkpoint, top_k=None, device="cpu")
+    options = {"top_k": None} if task == "text-classification" else {}
+    model = pipeline(task, model=checkpoint, device="cpu", **options)
+    call = {"truncation": True} if task == "text-classification" else {}
     app = FastAPI()
 
-    @app.post("/classify")
-    async def classify(body: Body):
-        return [classifier(body.inputs, truncation=True)]  # blocks the loop: one request at a time
+    @app.post(ROUTES[task])
+    async def answer(body: Body):
+        result = model(body.inputs, **call)  # blocks the loop: one request at a time
+        return [result] if task == "text-classification" else plain(result)
 
     @app.get("/readyz")
     async def readyz():
@@ -34,4 +49,4 @@ def build(checkpoint: str) -> FastAPI:
 
 
 if __name__ == "__main__":
-    uvicorn.run(build(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    uvicorn.run(build(sys.argv[1], *sys.argv[3:4]), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")

@@ -85,8 +85,16 @@ def service(name: str, folder: Path, port: int, log: Path, task: str = "classify
     return Server(name, command, port, log)
 
 
-def naive(checkpoint: Path, port: int, log: Path) -> Server:
-    return Server("D", [sys.executable, "-m", "bench.naive_server", str(checkpoint), str(port)], port, log)
+def naive(checkpoint: Path, port: int, log: Path, task: str = "text-classification") -> Server:
+    return Server("D", [sys.executable, "-m", "bench.naive_server", str(checkpoint), str(port), task], port, log)
+
+
+def service_of(name: str, models: dict[str, Path], port: int, log: Path, **settings) -> Server:
+    """This service on named model folders (`--models name=path,...`): any task, each served at its own route."""
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
+    listed = ",".join(f"{model}={path}" for model, path in models.items())
+    command = [sys.executable, "-m", "app", "--models", listed, "--port", str(port), "--log-level", "warning", *flags]
+    return Server(name, command, port, log)
 
 
 INFINITY_VENV = REPO / "build" / "infinity-venv"

@@ -43,6 +43,9 @@ class PackedEncoder(torch.nn.Module):
         self.layers = base_model.encoder.layer
         self.heads = int(config.num_attention_heads)
         self.head_size = int(config.hidden_size) // self.heads
+        # Query, key and value as one projection of the same weights: one Gemm and no Concat per layer (a Concat
+        # of the three outputs took 2% of a roberta-base run).
+        self.qkv = torch.nn.ModuleList(_joined(layer.attention.self) for layer in self.layers)
 
     def forward(self, input_ids, position_ids, token_index, flat_index) -> torch.Tensor:
         embeddings = self.embeddings
@@ -54,13 +57,12 @@ class PackedEncoder(torch.nn.Module):
         hidden = embeddings.LayerNorm(hidden)
         padding = token_index >= input_ids.shape[0]  # [B, L]: the slots that gather the zero row
         bias = padding.to(hidden.dtype)[:, None, None, :] * torch.finfo(hidden.dtype).min
-        for layer in self.layers:
-            hidden = self._layer(layer, hidden, token_index, flat_index, bias)
+        for layer, qkv in zip(self.layers, self.qkv):
+            hidden = self._layer(layer, qkv, hidden, token_index, flat_index, bias)
         return hidden  # [T, hidden]
 
-    def _layer(self, layer, hidden, token_index, flat_index, bias) -> torch.Tensor:
-        attention = layer.attention.self
-        qkv = torch.cat([attention.query(hidden), attention.key(hidden), attention.value(hidden)], dim=-1)
+    def _layer(self, layer, qkv, hidden, token_index, flat_index, bias) -> torch.Tensor:
+        qkv = qkv(hidden)
         qkv = torch.cat([qkv, qkv.new_zeros(1, qkv.shape[-1])])[token_index]  # [B, L, 3 x hidden]
         rows, width = token_index.shape[0], token_index.shape[1]
         qkv = qkv.reshape(rows, width, 3, self.heads, self.head_size).permute(2, 0, 3, 1, 4)
@@ -72,6 +74,15 @@ class PackedEncoder(torch.nn.Module):
         hidden = output.LayerNorm(output.dense(context) + hidden)
         output = layer.output
         return output.LayerNorm(output.dense(layer.intermediate(hidden)) + hidden)
+
+
+def _joined(attention: torch.nn.Module) -> torch.nn.Linear:
+    parts = (attention.query, attention.key, attention.value)
+    joined = torch.nn.Linear(parts[0].in_features, sum(p.out_features for p in parts))
+    with torch.no_grad():
+        joined.weight.copy_(torch.cat([p.weight for p in parts]))
+        joined.bias.copy_(torch.cat([p.bias for p in parts]))
+    return joined
 
 
 class PackedSequenceClassifier(torch.nn.Module):

@@ -12,7 +12,8 @@ from conftest import REPO
 
 
 def test_quick_benchmark_writes_a_complete_report(tmp_path):
-    command = [sys.executable, "-m", "bench", "--quick", "--seconds", "1", "--concurrency", "1", "8", "--soak", "200", "--systems", "A", "B", "C", "D", "--output", str(tmp_path)]
+    command = [sys.executable, "-m", "bench", "--quick", "--seconds", "1", "--concurrency", "1", "8", "--soak", "200",
+               "--systems", "A", "B", "C", "D", "--packed-concurrency", "8", "--output", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())
@@ -31,6 +32,13 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
     assert report["embedded_accuracy"]["fp32"] > 0.78  # the real sentences got the embedded model's real answers
     assert "| target | measured | bound | met |" in (tmp_path / "report.md").read_text()
     assert all("int8_E_star_seq_per_s" in values for values in report["limits_by_level"].values())
+    packed = report["packed"]
+    assert 100 < packed["workloads"]["mixed"]["tokens_max"] <= 128  # the long tail, cut at the model's limit
+    assert packed["workloads"]["mixed"]["tokens_mean"] > 2 * packed["workloads"]["sst2"]["tokens_mean"]
+    for workload in ("sst2", "mixed"):
+        (level,) = packed["results"]["int8"][workload]["levels"]
+        assert level["level"] == 8 and level["packed_req_s"] > 0 and level["padded_req_s"] > 0, workload
+    assert "| int8 | mixed | 8 |" in (tmp_path / "report.md").read_text()
     if shutil.which("wrk") or os.environ.get("CI"):  # .ci/run installs wrk
         assert report["generator"] == "wrk"
         for name, system in report["systems"].items():
@@ -54,3 +62,20 @@ def test_quick_fill_mask_benchmark_compares_both_exports(tmp_path):
     loaded = report["event_loop"]["loaded"]
     assert loaded["statuses"] == [200] * 4 and loaded["polls"] > 0
     assert "| 4 x the heaviest accepted fill-mask request" in (tmp_path / "fill-mask.md").read_text()
+
+
+def test_quick_task_benchmark_measures_every_system_for_both_tasks(tmp_path):
+    command = [sys.executable, "-m", "bench.tasks", "--quick", "--seconds", "1", "--rounds", "1", "--concurrency", "1", "4",
+               "--output", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "tasks.json").read_text())
+    assert set(report["tasks"]) == {"fill-mask", "token-classification"}
+    for task, entry in report["tasks"].items():
+        for name in ("S", "S8", "D"):
+            levels = entry["systems"][name]["levels"]
+            assert [level["level"] for level in levels] == [1, 4], (task, name)
+            assert all(level["requests_per_s"] > 0 and set(level["statuses"]) == {"200"} for level in levels), (task, name)
+        assert all(v["E_star_seq_per_s"] > 0 and v["int8_E_star_seq_per_s"] > 0 for v in entry["limits_by_level"].values())
+    table = (tmp_path / "tasks.md").read_text()
+    assert "| fill-mask | 4 |" in table and "| token-classification | 4 |" in table

@@ -93,9 +93,17 @@ def test_packed_execution_needs_a_packed_export(exported_classifier):
     folder = load_model_folder(exported_classifier)
     with pytest.raises(ModelFolderError, match="--packed"):
         ModelRuntime(folder, SessionConfig(precision="fp32", execution="packed"), name="cls")
-    runtime = ModelRuntime(folder, SessionConfig(precision="fp32"), name="cls")  # auto: the padded graph it has
+    runtime = ModelRuntime(folder, SessionConfig(precision="fp32"), name="cls")  # the default: padded
     try:
         assert not runtime.packed
+    finally:
+        runtime.close()
+
+
+def test_a_packed_export_still_runs_padded_unless_asked(packed):
+    runtime = ModelRuntime(load_model_folder(packed["text-classification"]), SessionConfig(precision="int8"), name="cls")
+    try:
+        assert not runtime.packed and runtime.file.name == "model.int8.onnx"
     finally:
         runtime.close()
 

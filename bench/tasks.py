@@ -1,0 +1,125 @@
+"""Fill-mask and token classification: the service against a naive pipeline server and ONNX Runtime alone.
+
+    python -m bench.tasks                 # roberta-base shape (random weights, real tokenizer), c=1/8/32, 12 s a level
+    python -m bench.tasks --quick         # tiny-encoder checkpoints, 3 s a level: a smoke run of the same report
+
+Per task, in one run, every level taken in slices in turn (bench.__main__'s measure_interleaved):
+S the service fp32, S8 the service INT8 (both dynamic batching), D FastAPI + transformers.pipeline
+one request at a time, and the limits: ONNX Runtime alone on batches of 32 in file order (E) and
+sorted by length (E*, fp32 and INT8), and one sequence at a time. Workloads: SST-2 dev sentences,
+for fill-mask with the middle word masked (one mask each, top_k 5 as both servers default to);
+for token classification as they are (no aggregation, both servers' default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import servers, wrk
+from bench.__main__ import REPO, System, export, measure_interleaved, sst2_dev
+from bench.fill_mask import masked_sentences
+from bench.limits import LimitSlices
+from bench.load import closed_loop, encode_requests
+
+WORK = REPO / "build" / "bench"
+ROUTES = {"fill-mask": "/fill-mask", "token-classification": "/token-classification"}
+NAMES = {"fill-mask": "roberta-base-mlm", "token-classification": "roberta-base-ner"}
+
+
+def checkpoint(task: str, quick: bool) -> Path:
+    name = NAMES[task] + ("-tiny-encoder" if quick else "")
+    folder = WORK / name
+    if not (folder / "config.json").is_file():
+        flags = ["--tiny-encoder"] if quick else []
+        subprocess.run([sys.executable, "scripts/random_roberta.py", "--task", task, "--output", str(folder), *flags],
+                       cwd=REPO, check=True)
+    return folder
+
+
+def measure(task: str, source: Path, texts: list[str], levels: list[int], seconds: float, rounds: int) -> dict:
+    folder = export(source, WORK)
+    bodies = [{"inputs": text} for text in texts]
+    requests = encode_requests("127.0.0.1", ROUTES[task], bodies)
+    wrk_bodies = wrk.bodies_file(bodies) if wrk.available() else None
+    with contextlib.ExitStack() as stack:
+        systems = []
+        for name in ("S", "S8", "D"):
+            port = servers.free_port()
+            log = WORK / "logs" / f"tasks-{task}-{name}.log"
+            if name == "D":
+                server, is_service = servers.naive(source, port, log, task), False
+            else:
+                precision = "int8" if name == "S8" else "fp32"
+                server, is_service = servers.service_of(name, {"model": folder}, port, log, precision=precision), True
+            stack.enter_context(server)
+            system = System(name, server, itertools.cycle(requests), is_service, wrk_bodies, ROUTES[task])
+            asyncio.run(closed_loop("127.0.0.1", port, system.source, 1, min(2.0, seconds)))  # warm the path
+            server.pause()
+            systems.append(system)
+        by_system, limits = measure_interleaved(
+            systems, levels, seconds, None, rounds, lambda: LimitSlices(folder, "model.onnx", texts),
+            lambda: LimitSlices(folder, "model.int8.onnx", texts),
+        )
+        for system in systems:
+            by_system[system.name]["memory_end"] = system.server.memory()
+    return {"systems": by_system, "limits_by_level": limits}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Every task ({report['model']}, {report['when']})", "",
+             "| task | concurrency | S fp32 req/s | S8 INT8 req/s | D pipeline req/s | E* fp32 seq/s | E* INT8 seq/s | "
+             "S / E* | S8 / INT8 E* | S / D | S p50 ms | D p50 ms |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for task, entry in report["tasks"].items():
+        for index, level in enumerate(entry["systems"]["S"]["levels"]):
+            s8, d = entry["systems"]["S8"]["levels"][index], entry["systems"]["D"]["levels"][index]
+            limit = entry["limits_by_level"][level["level"]] if level["level"] in entry["limits_by_level"] \
+                else entry["limits_by_level"][str(level["level"])]
+            e, e8 = limit["E_star_seq_per_s"], limit["int8_E_star_seq_per_s"]
+            lines.append(
+                f"| {task} | {level['level']} | {level['requests_per_s']:.1f} | {s8['requests_per_s']:.1f} | "
+                f"{d['requests_per_s']:.1f} | {e:.1f} | {e8:.1f} | {level['requests_per_s'] / e:.2f} | "
+                f"{s8['requests_per_s'] / e8:.2f} | {level['requests_per_s'] / d['requests_per_s']:.2f} | "
+                f"{level['p50_ms']:.1f} | {d['p50_ms']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import platform
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m bench.tasks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny-encoder checkpoints, 3 s per level")
+    parser.add_argument("--tasks", nargs="+", default=list(ROUTES), choices=list(ROUTES))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=None, help="per level (default 12, quick 3)")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--output", type=Path, default=None, help="default: bench/results (quick: build/bench-quick)")
+    args = parser.parse_args()
+    (WORK / "logs").mkdir(parents=True, exist_ok=True)
+    seconds = args.seconds or (3.0 if args.quick else 12.0)
+    output = args.output or (REPO / ("build/bench-quick" if args.quick else "bench/results"))
+    workloads = {"fill-mask": masked_sentences(), "token-classification": sst2_dev()[0]}
+    report = {"model": "tiny encoder, roberta-base vocabulary" if args.quick else "roberta-base shape, random weights",
+              "when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, Python {platform.python_version()}",
+              "seconds_per_level": seconds, "generator": "wrk" if wrk.available() else "python", "tasks": {}}
+    for task in args.tasks:
+        print(f"{task}", flush=True)
+        report["tasks"][task] = measure(task, checkpoint(task, args.quick), workloads[task], args.concurrency, seconds,
+                                        args.rounds)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "tasks.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (output / "tasks.md").write_text(table)
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    main()
