@@ -8,7 +8,9 @@ On an export made with --fp16 it reports:
 - FP16 on CUDA against fp32 on the CPU on the texts: largest logit difference and argmax agreement;
 - ONNX Runtime alone on CUDA, length-sorted batches of 32 and 128;
 - the service (`python -m app`, CUDA first) at each concurrency, closed loop, beside the limit of the same minutes;
-- packed against padded, when the folder has a packed export (it does not yet: said so).
+- packed against padded, when the folder has the packed graph of the GPU file (`export --packed`): ONNX Runtime
+  alone on random mixed-length batches of 32 and 128 (bench.packed.alone), and the service at the two highest
+  concurrencies with ROBERTA_EXECUTION=packed and padded, on SST-2 and on the mixed-length texts.
 --allow-cpu runs it all where there is no GPU (for the test here), saying so in the report.
 """
 
@@ -117,12 +119,14 @@ def limit(folder: Path, gpu_file: str, providers: list[str], ids: list[np.ndarra
     return done / (time.perf_counter() - began)
 
 
-def service_levels(folder: Path, texts: list[str], levels: list[int], seconds: float, providers: str) -> dict:
+def service_levels(folder: Path, texts: list[str], levels: list[int], seconds: float, providers: str,
+                   execution: str = "padded") -> dict:
     port = servers.free_port()
-    log = REPO / "build" / "gpu-check" / "service.log"
+    log = REPO / "build" / "gpu-check" / f"service-{execution}.log"
     requests = itertools.cycle(encode_requests("127.0.0.1", "/classify", [{"inputs": text} for text in texts]))
     out = {}
-    with servers.service("gpu", folder, port, log, providers=providers, max_batch_size=max(levels)) as server:
+    with servers.service("gpu", folder, port, log, providers=providers, max_batch_size=max(levels),
+                         execution=execution) as server:
         import httpx
 
         info = httpx.get(f"http://127.0.0.1:{port}/models").json()["models"][0]
@@ -132,6 +136,32 @@ def service_levels(folder: Path, texts: list[str], levels: list[int], seconds: f
             result = asyncio.run(closed_loop("127.0.0.1", port, requests, level, seconds))
             out[f"c={level}"] = result.summary()
         out["memory"] = server.memory()
+    return out
+
+
+def packed_vs_padded(folder: Path, gpu_file: str, providers: list[str], texts: list[str], levels: list[int],
+                     seconds: float, service_providers: str) -> dict | str:
+    from app.model_folder import PACKED_FILES, PRECISION_FILES, load_model_folder
+    from bench.packed import alone, describe, mixed_texts
+
+    precision = next(name for name, file in PRECISION_FILES.items() if file == gpu_file)
+    if not (folder / PACKED_FILES[precision]).is_file():
+        print("packed vs padded: not measured, the export has no packed graph (export --packed)", flush=True)
+        return "not measured: the export has no packed graph"
+    longest = load_model_folder(folder).max_seq_len
+    workloads = {"sst2": texts, "mixed": mixed_texts(folder / "tokenizer.json", longest=longest, sentences=texts)}
+    out: dict = {"workloads": {name: describe(t, folder / "tokenizer.json") for name, t in workloads.items()},
+                 "alone": {}, "service": {}}
+    for name, batch_texts in workloads.items():
+        out["alone"][name] = {f"batch {size}": alone(folder, precision, batch_texts, batch=size, batches=6,
+                                                     providers=tuple(providers)) for size in (32, 128)}
+        for execution in ("packed", "padded"):
+            out["service"][f"{name} {execution}"] = service_levels(folder, batch_texts, levels, seconds,
+                                                                   service_providers, execution)
+        for level in levels:
+            packed = out["service"][f"{name} packed"][f"c={level}"]["requests_per_s"]
+            padded = out["service"][f"{name} padded"][f"c={level}"]["requests_per_s"]
+            print(f"service {name} c={level}: packed {packed:.1f}, padded {padded:.1f} req/s ({packed / padded:.2f})", flush=True)
     return out
 
 
@@ -169,8 +199,8 @@ def main() -> int:
         entry = report["service"][f"c={level}"]
         print(f"service c={level}: {entry['requests_per_s']:.1f} req/s ({entry['requests_per_s'] / best:.2f} x ONNX Runtime "
               f"alone), p50 {entry['p50_ms']:.1f} ms, p99 {entry['p99_ms']:.1f} ms", flush=True)
-    report["packed_vs_padded"] = "not measured: the export has no packed (padding-free) model yet"
-    print(report["packed_vs_padded"])
+    report["packed_vs_padded"] = packed_vs_padded(args.folder, gpu_file, providers, texts, args.concurrency[-2:],
+                                                  args.seconds, "cuda,cpu" if cuda else "cpu")
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "gpu-check.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output / 'gpu-check.json'}")

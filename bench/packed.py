@@ -3,7 +3,8 @@
     python -m bench.packed                      # roberta-base shape, INT8 and fp32, c=8/32/64, 20 s a level
     python -m bench.packed --quick              # the embedded model (texts up to its 128 tokens), 6 s a level
 
-Both servers run this checkout on the same export (made with --packed), one with
+ONNX Runtime alone first (random batches, packed, padded, and cut as the padded batcher would), then both
+servers: this checkout on the same export (made with --packed), one with
 ROBERTA_EXECUTION=packed, one with padded; every level is taken in slices, one server at a
 time (bench.__main__'s measure_interleaved). The mixed-length workload joins SST-2 training
 sentences into texts whose lengths in tokens are long-tailed: log-normal, median 64, clipped
@@ -37,20 +38,22 @@ def token_lengths(count: int, longest: int, seed: int = 0) -> list[int]:
     return [min(longest, max(SHORTEST, round(generator.lognormvariate(math.log(MEDIAN_TOKENS), SIGMA)))) for _ in range(count)]
 
 
-def mixed_texts(tokenizer_file: Path, count: int = 600, longest: int = LONGEST, seed: int = 0) -> list[str]:
-    """SST-2 training sentences run together and cut into texts of about token_lengths() tokens (special tokens
-    included, never more)."""
+def mixed_texts(tokenizer_file: Path, count: int = 600, longest: int = LONGEST, seed: int = 0,
+                sentences: list[str] | None = None) -> list[str]:
+    """SST-2 training sentences (or `sentences`) run together and cut into texts of about token_lengths() tokens
+    (special tokens included, never more)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.no_truncation()
     tokenizer.no_padding()
     lengths = token_lengths(count, longest, seed)
-    sentences = [row.rsplit("\t", 1)[0].strip() for row in TRAIN.read_text(encoding="utf-8").splitlines()[1:] if row.strip()]
+    if sentences is None:
+        sentences = [row.rsplit("\t", 1)[0].strip() for row in TRAIN.read_text(encoding="utf-8").splitlines()[1:] if row.strip()]
+    sentences = list(sentences)
     random.Random(seed).shuffle(sentences)
     stream, needed, texts = "", sum(lengths) + 1000, []
-    offsets: list[tuple[int, int]] = []
-    for sentence in sentences:  # enough text for every length, tokenized once
+    for sentence in itertools.cycle(sentences):  # enough text for every length, tokenized once
         stream += sentence.capitalize() + ". "
         if len(stream) > needed * 6:
             break
@@ -67,6 +70,57 @@ def mixed_texts(tokenizer_file: Path, count: int = 600, longest: int = LONGEST, 
         texts.append(text)
         position += body
     return texts
+
+
+def alone(folder: Path, precision: str, texts: list[str], batch: int = 16, batches: int = 8, seed: int = 0,
+          providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> dict:
+    """ONNX Runtime alone, no HTTP: random batches of `texts` as they would arrive, run packed and padded, and cut
+    the way the padded batcher would (sorted, in 4 runs), every batch all four ways in turn. Seconds per batch."""
+    import time
+
+    import onnxruntime as ort
+
+    from app.batcher import right_pad
+    from app.model_folder import load_model_folder
+    from app.packing import pack
+    from app.tokenize import TextEncoder
+
+    model = load_model_folder(folder)
+    encoder = TextEncoder(model.tokenizer_file, model.max_seq_len, model.tokenizer_config)
+    files = {"padded": model.files[precision], "packed": model.packed_files[precision]}
+    sessions = {name: ort.InferenceSession(str(path), providers=list(providers)) for name, path in files.items()}
+    ids = [e.ids for e in encoder.encode(texts)]
+    generator = random.Random(seed)
+    draws = [generator.choices(ids, k=batch) for _ in range(batches)]
+
+    def run(name: str, sequences) -> None:
+        input_ids, mask = right_pad(sequences, encoder.pad_id)
+        feeds = pack(input_ids, mask, model.pad_token_id) if name == "packed" else {"input_ids": input_ids, "attention_mask": mask}
+        sessions[name].run(None, feeds)
+
+    def sorted_runs(sequences) -> list:
+        ordered, size = sorted(sequences, key=len), max(1, len(sequences) // 4)
+        return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+
+    ways = {
+        "packed_mixed": lambda b: run("packed", b),
+        "padded_mixed": lambda b: run("padded", b),
+        "padded_sorted_4": lambda b: [run("padded", part) for part in sorted_runs(b)],
+        "packed_sorted_4": lambda b: [run("packed", part) for part in sorted_runs(b)],
+    }
+    for name in sessions:  # warm up
+        run(name, draws[0])
+    seconds = dict.fromkeys(ways, 0.0)
+    for sequences in draws:
+        for name, way in ways.items():
+            started = time.perf_counter()
+            way(sequences)
+            seconds[name] += time.perf_counter() - started
+    result = {name: total / batches for name, total in seconds.items()}
+    result["packed_mixed_over_padded_sorted"] = result["packed_mixed"] / result["padded_sorted_4"]
+    print(f"  ONNX Runtime alone, {precision}, {batch} at a time: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()),
+          flush=True)
+    return result
 
 
 def compare(folder: Path, precision: str, workloads: dict[str, list[str]], levels: list[int], seconds: float,
@@ -127,6 +181,14 @@ def markdown(section: dict) -> list[str]:
                     f"{level['packed_over_padded']:.2f} | {level['packed_p50_ms']:.0f} / {level['padded_p50_ms']:.0f} | "
                     f"{level['packed_mean_batch'] or 0:.1f} / {level['padded_mean_batch'] or 0:.1f} | "
                     f"{level['packed_padding'] or 0:.0%} / {level['padded_padding'] or 0:.0%} |")
+    lines += ["", "ONNX Runtime alone, seconds per batch drawn at random (SST-2: 16 texts, mixed: 8), run packed, padded, "
+              "and as the padded batcher would cut it (sorted, 4 runs):", "",
+              "| precision | workload | packed | padded | padded, 4 sorted runs | packed, 4 sorted runs | packed / padded sorted |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for precision, by_workload in section.get("alone", {}).items():
+        for workload, r in by_workload.items():
+            lines.append(f"| {precision} | {workload} | {r['packed_mixed']:.3f} | {r['padded_mixed']:.3f} | "
+                         f"{r['padded_sorted_4']:.3f} | {r['packed_sorted_4']:.3f} | {r['packed_mixed_over_padded_sorted']:.2f} |")
     lines += ["", "Workloads (tokens per text, special tokens included): "
               + "; ".join(f"{name}: mean {d['tokens_mean']}, p50 {d['tokens_p50']}, p90 {d['tokens_p90']}, "
                           f"{d['tokens_min']}-{d['tokens_max']}" for name, d in section["workloads"].items())]
@@ -139,8 +201,11 @@ def run(folder: Path, precisions: list[str], sst2: list[str], levels: list[int],
     longest = min(LONGEST, int(manifest["max_seq_len"]))
     texts = {"sst2": sst2, "mixed": mixed_texts(folder / "tokenizer.json", longest=longest)}
     section = {"workloads": {name: describe(t, folder / "tokenizer.json") for name, t in texts.items()}, "results": {}}
+    section["alone"] = {}
     for precision in precisions:
         print(f"packed vs padded, {precision}", flush=True)
+        section["alone"][precision] = {name: alone(folder, precision, t, batch=16 if name == "sst2" else 8)
+                                       for name, t in texts.items()}
         section["results"][precision] = compare(folder, precision, texts, levels, seconds, rounds)
     return section
 

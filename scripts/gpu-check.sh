@@ -7,7 +7,7 @@
 #   scripts/gpu-check.sh WHEELS_DIR EXPORT_DIR [TEXTS_FILE]
 #
 # Prepare it on a machine with an index (this one), then carry build/gpu-check-kit to the GPU machine:
-#   scripts/gpu-check.sh --prepare        # wheels for Python 3.12 + the embedded classifier exported with --fp16
+#   scripts/gpu-check.sh --prepare        # wheels for Python 3.12 + the embedded classifier exported with --fp16 --packed
 # The onnxruntime-gpu wheel is larger than one 64 MiB carry of the device tool: --prepare splits every wheel over
 # 60 MB into parts (NAME.whl.part-aa, -ab, ...), and this script joins them again before installing.
 # Output: the figures on stdout and in build/gpu-check/gpu-check.json (copy it to bench/results/).
@@ -27,7 +27,7 @@ if [ "${1:-}" = --prepare ]; then
   for wheel in "$KIT"/wheels/*.whl; do
     if [ "$(stat -c %s "$wheel")" -gt 60000000 ]; then split -b 60M "$wheel" "$wheel.part-" && rm "$wheel"; fi
   done
-  [ -f "$KIT/export/model.fp16.onnx" ] || .venv/bin/python -m export models/roberta-mini-sst2 --output "$KIT/export" --fp16
+  [ -f "$KIT/export/model.packed.fp16.onnx" ] || .venv/bin/python -m export models/roberta-mini-sst2 --output "$KIT/export" --fp16 --packed --force
   .venv/bin/python -c "
 from bench.gpu import read_texts; from pathlib import Path
 Path('$KIT/texts.txt').write_text('\n'.join(read_texts(None)) + '\n')"

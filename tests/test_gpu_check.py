@@ -14,7 +14,7 @@ from commands import REPO, run, tool
 def exported_fp16(tmp_path_factory, tiny_classifier):
     from conftest import _export
 
-    return _export(tmp_path_factory, tiny_classifier, "cls-fp16", fp16=True)
+    return _export(tmp_path_factory, tiny_classifier, "cls-fp16", fp16=True, packed=True)
 
 
 def test_the_gpu_check_measures_parity_the_limit_and_the_service(exported_fp16, tmp_path):
@@ -35,6 +35,12 @@ def test_the_gpu_check_measures_parity_the_limit_and_the_service(exported_fp16, 
     service = report["service"]
     assert service["model"] == {"precision": "fp32", "provider": "cpu"}  # on a CPU the service picks fp32 over fp16
     assert service["c=1"]["requests_per_s"] > 0 and service["c=4"]["statuses"] == {"200": service["c=4"]["statuses"]["200"]}
+    packed = report["packed_vs_padded"]
+    assert set(packed["alone"]) == {"sst2", "mixed"} and packed["workloads"]["mixed"]["tokens_max"] <= 64
+    assert all(r["packed_mixed"] > 0 and r["padded_sorted_4"] > 0 for w in packed["alone"].values() for r in w.values())
+    for name in ("sst2 packed", "sst2 padded", "mixed packed", "mixed padded"):
+        assert packed["service"][name]["c=4"]["requests_per_s"] > 0, name
+    assert "service mixed c=4: packed" in result.stdout
 
 
 def test_the_gpu_check_script_parses():
