@@ -18,7 +18,6 @@ from typing import TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,7 +41,8 @@ T = TypeVar("T")
 ENDPOINTS = frozenset({"/healthz", "/readyz", "/info", "/metrics", "/models", "/docs", "/redoc", "/openapi.json"})
 MODEL_ENDPOINT = "/models/{name}"
 # FastAPI answers 400 itself only when the body cannot be decoded at all (bytes that are not UTF-8).
-_HTTP_ERROR_TYPES = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+PLAIN_JSON = frozenset({"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"})
+HTTP_ERROR_TYPES = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 class RequestMetrics:
@@ -117,14 +117,14 @@ class BodySizeLimit:
         return f"the request body is larger than {self.max_bytes} bytes"
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     """Await `work`, or cancel it when the client hangs up first.
 
     Starlette does not cancel a handler whose client left; without this, queued
     sequences would still reach the model and compute answers nobody reads.
     """
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request.receive))
+    watcher = asyncio.ensure_future(_disconnected(receive))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -166,7 +166,7 @@ def install_error_handlers(app: FastAPI, bodies: Mapping[str, validation.BodyRul
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error_type = _HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
+        error_type = HTTP_ERROR_TYPES.get(exc.status_code, "http_error")
         return JSONResponse(error_body(str(exc.detail), error_type), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -204,31 +204,9 @@ def is_json(content_type: str | None) -> bool:
     """The media types FastAPI parses as JSON: application/json and application/*+json (none given: JSON too)."""
     if not content_type:
         return True
+    if content_type.lower() in PLAIN_JSON:  # what nearly every client sends: no header parsing
+        return True
     message = email.message.Message()
     message["content-type"] = content_type
     subtype = message.get_content_subtype()
     return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
-
-
-class Utf8JsonRequest(Request):
-    """JSON bodies in UTF-8 only (RFC 8259): Python's json.loads would also guess UTF-16 and UTF-32 from the bytes."""
-
-    async def json(self):
-        if not hasattr(self, "_json"):
-            body = await self.body()
-            try:
-                text = body.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                raise StarletteHTTPException(400, "the body is not UTF-8; send JSON encoded as UTF-8") from None
-            self._json = json.loads(text)
-        return self._json
-
-
-class Utf8JsonRoute(APIRoute):
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-
-        async def utf8_json_handler(request: Request):
-            return await handler(Utf8JsonRequest(request.scope, request.receive))
-
-        return utf8_json_handler

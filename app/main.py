@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from app import __version__
 from app.docs import install_docs
 from app.http import BodySizeLimit, RequestMetrics, install_error_handlers
+from app.inference import InferenceEndpoints
 from app.metrics import Metrics
 from app.model_folder import ModelFolderError
 from app.routes import body_rules, build_router
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         redoc_url=None,
         openapi_url=None,
     )
+    app.add_middleware(InferenceEndpoints, tasks=tasks, bodies=body_rules(tasks))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, endpoints=frozenset(task.route for task in tasks.values()))
     install_error_handlers(app, body_rules(tasks))

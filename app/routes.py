@@ -1,88 +1,54 @@
-"""Thin handlers: parse, pick the model, hand the body to its task, send the answer.
+"""The routes: the operational ones here, the inference ones declared here and answered by app.inference.
 
 Every task gets its fixed endpoint (`/classify`, ...), which serves that task's default
 model, and every model answers at `/models/{name}` in the Hugging Face Inference API's
 shape, so `huggingface_hub.InferenceClient(model=".../models/NAME")` works unchanged.
+Those POSTs never reach FastAPI (app.inference.InferenceEndpoints answers them in front of
+it); their declarations here give the OpenAPI document their bodies, answers and errors.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import secrets
-import time
 from collections.abc import Mapping
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
 
 from app import __version__, validation
-from app.errors import InvalidInput, InvalidJSON, TooManyInputs, Unauthorized, UnsupportedMediaType, error_body
-from app.http import Utf8JsonRoute, is_json, json_off_loop, unless_disconnected
+from app.errors import error_body
+from app.inference import check_api_key, parameters_of
 from app.model import ServedModel
 from app.schemas import ErrorBody
 from app.state import AppState
 from app.tasks import Task
 
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)}
-TIMEOUT_HEADER = "x-request-timeout"
 
 
 def get_state(request: Request) -> AppState:
     return request.app.state.services
 
 
-# Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency on its thread
-# pool, a thread hop per request that costs more than the check itself.
-async def require_api_key(request: Request) -> None:
-    key = get_state(request).settings.api_key
-    if key is None:
-        return
-    _check_api_key(request, key.get_secret_value())
-
-
+# `async def` on purpose: FastAPI runs a plain `def` dependency on its thread pool, a thread hop per request.
 async def require_api_key_if_protected(request: Request) -> None:
     settings = get_state(request).settings
     if settings.api_key is not None and settings.protect_health_and_metrics:
-        _check_api_key(request, settings.api_key.get_secret_value())
-
-
-def _check_api_key(request: Request, key: str) -> None:
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
-        raise Unauthorized("missing or wrong API key; send `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"})
-
-
-def deadline_of(request: Request, arrived: float) -> float:
-    """The server's default deadline, or the one the client asks for in X-Request-Timeout (seconds)."""
-    settings = get_state(request).settings
-    asked = request.headers.get(TIMEOUT_HEADER)
-    if asked is None:
-        return arrived + settings.request_timeout_s
-    try:
-        seconds = float(asked)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds <= settings.max_request_timeout_s:  # also false for nan and inf
-        raise InvalidInput(
-            f"X-Request-Timeout must be a number of seconds above 0 and at most {settings.max_request_timeout_s:g}"
-        )
-    return arrived + seconds
+        check_api_key(request.headers.get("authorization", "").encode("latin-1"), settings.api_key.get_secret_value())
 
 
 def build_router(tasks: Mapping[str, Task]) -> APIRouter:
     """Every route: one POST per task (its default model), the model routes, and the operational ones."""
     router = APIRouter(dependencies=[Depends(require_api_key_if_protected)])
-    inference = APIRouter(dependencies=[Depends(require_api_key)], responses=ERRORS, route_class=Utf8JsonRoute)
+    inference = APIRouter(responses=ERRORS)
     for task in tasks.values():
         inference.add_api_route(
-            task.route, _default_model_handler(task), methods=["POST"], response_model=task.response,
+            task.route, _declared(task), methods=["POST"], response_model=task.response,
             summary=f"{task.summary} ({task.name}, the default model)",
         )
     inference.add_api_route(
-        "/models/{name}", post_model, methods=["POST"], summary="Run the named model on a body of its task",
+        "/models/{name}", _post_model_declared, methods=["POST"], summary="Run the named model on a body of its task",
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
             "oneOf": [{"$ref": f"#/components/schemas/{task.request.__name__}"} for task in tasks.values()]}}}}},
         responses={200: {"description": "the answer of the model's task", "content": {"application/json": {"schema": {}}}}},
@@ -102,12 +68,13 @@ def build_router(tasks: Mapping[str, Task]) -> APIRouter:
     return router
 
 
-def _default_model_handler(task: Task):
+class AnsweredElsewhere(RuntimeError):
+    """An inference route reached FastAPI: app.inference.InferenceEndpoints is not in front of it."""
+
+
+def _declared(task: Task):
     async def handler(body, request: Request) -> Response:
-        arrived = time.monotonic()
-        state = get_state(request)
-        deadline = deadline_of(request, arrived)
-        return await _run(request, state, task, state.model(task=task.name), body, deadline)
+        raise AnsweredElsewhere(f"POST {task.route} is answered by app.inference.InferenceEndpoints")
 
     # FastAPI reads the body's type from the signature; each task's route gets its own.
     handler.__signature__ = inspect.Signature([
@@ -118,60 +85,8 @@ def _default_model_handler(task: Task):
     return handler
 
 
-async def post_model(name: str, request: Request) -> Response:
-    arrived = time.monotonic()
-    state = get_state(request)
-    deadline = deadline_of(request, arrived)
-    model = state.model(name)
-    raw = await _json_body(request)
-    task = state.models.task_for(model, raw if isinstance(raw, dict) else {})
-    try:
-        body = task.request.model_validate(raw)
-    except ValidationError as exc:
-        rules = validation.BodyRules(task.request, task.expected, parameters_elsewhere(state, model))
-        raise InvalidInput(validation.describe(exc.errors(), rules, model_name=model.name)) from None
-    return await _run(request, state, task, model, body, deadline)
-
-
-async def _run(request: Request, state: AppState, task: Task, model: ServedModel, body: BaseModel, deadline: float) -> Response:
-    count = task.count(body)
-    if count == 0:
-        raise InvalidInput("inputs is an empty list; send at least one text")
-    if count > state.settings.max_inputs:
-        raise TooManyInputs(f"{count} {task.counted} in one request; at most {state.settings.max_inputs} are allowed")
-    request.state.model = model.name
-    with state.admit():
-        answer = await unless_disconnected(request, task(model, body, deadline))
-    if answer.large:  # up to megabytes: rendered off the event loop
-        return await json_off_loop(answer.content, state.executor, headers=answer.headers)
-    return JSONResponse(answer.content, headers=answer.headers)
-
-
-async def _json_body(request: Request):
-    if not is_json(request.headers.get("content-type")):
-        raise UnsupportedMediaType("send the body as JSON with `Content-Type: application/json`")
-    if not await request.body():
-        raise InvalidJSON("the body is empty; send a JSON object such as {\"inputs\": \"...\"}")
-    try:
-        return await request.json()
-    except (ValueError, RecursionError):
-        raise InvalidJSON("the body is not valid JSON") from None
-
-
-def parameters_elsewhere(state: AppState, model: ServedModel) -> dict[str, str]:
-    """Parameter name -> the task that takes it, for the tasks `model` does not answer."""
-    return _parameters_of(state.tasks, {task.name for task in state.models.tasks_of(model)})
-
-
-def _parameters_of(tasks: Mapping[str, Task], leave_out: set[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for task in tasks.values():
-        parameters = task.request.model_fields.get("parameters")
-        annotation = parameters.annotation if parameters is not None else None
-        if task.name not in leave_out and isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            for field in annotation.model_fields:
-                found.setdefault(field, task.name)
-    return found
+async def _post_model_declared(name: str) -> Response:
+    raise AnsweredElsewhere("POST /models/{name} is answered by app.inference.InferenceEndpoints")
 
 
 def describe_model(state: AppState, model: ServedModel) -> dict:
@@ -229,7 +144,6 @@ async def metrics(request: Request) -> PlainTextResponse:
 def body_rules(tasks: Mapping[str, Task]) -> dict[str, validation.BodyRules]:
     """Each task route's body, what its union fields accept and which parameters belong to other tasks."""
     return {
-        task.route: validation.BodyRules(task.request, task.expected, _parameters_of(tasks, {task.name}))
+        task.route: validation.BodyRules(task.request, task.expected, parameters_of(tasks, {task.name}))
         for task in tasks.values()
     }
-

@@ -32,6 +32,16 @@ def test_inference_without_the_right_key_is_401(keyed, authorization):
     assert response.headers["www-authenticate"] == "Bearer"
 
 
+def test_the_key_comes_before_the_body_and_guards_the_model_routes_too(keyed, exported_classifier):
+    for path in ("/classify", f"/models/{exported_classifier.name}", "/models/no-such-model"):
+        for body in (b'{"inputs": "fine"}', b"{not json", b""):
+            response = httpx.post(f"{keyed.url}{path}", content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 401 and response.json()["error_type"] == "unauthorized", (path, body)
+    right = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.post(f"{keyed.url}/models/{exported_classifier.name}", json={"inputs": "fine"}, headers=right).status_code == 200
+    assert httpx.post(f"{keyed.url}/classify", content=b"{not json", headers=right).status_code == 400
+
+
 def test_the_right_key_is_served_and_health_and_metrics_stay_open(keyed):
     response = httpx.post(f"{keyed.url}/classify", json={"inputs": "fine"}, headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 200
