@@ -56,6 +56,9 @@ class RequestMetrics:
         self.app = app
         self.metrics = metrics
         self.endpoints = ENDPOINTS | endpoints
+        # (endpoint, model, status) -> its counter and histogram: labels() takes a lock and builds a key each call.
+        # Bounded like the label set: endpoints are route paths, models the ones loaded, statuses the ones sent.
+        self._children: dict[tuple[str, str, int], tuple] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,8 +79,13 @@ class RequestMetrics:
             path = scope["path"]
             endpoint = path if path in self.endpoints else MODEL_ENDPOINT if path.startswith("/models/") else "other"
             model = scope.get("state", {}).get("model", "")
-            self.metrics.requests.labels(endpoint, model, str(status)).inc()
-            self.metrics.request_latency.labels(endpoint, model).observe(time.perf_counter() - started)
+            children = self._children.get((endpoint, model, status))
+            if children is None:
+                children = (self.metrics.requests.labels(endpoint, model, str(status)),
+                            self.metrics.request_latency.labels(endpoint, model))
+                self._children[(endpoint, model, status)] = children
+            children[0].inc()
+            children[1].observe(time.perf_counter() - started)
 
 
 class BodySizeLimit:
@@ -95,7 +103,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        declared = next((value for key, value in scope["headers"] if key == b"content-length"), b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             await error_response(PayloadTooLarge(self._message()))(scope, receive, send)
             return

@@ -82,8 +82,11 @@ class ServedModel:
     async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[np.ndarray]:
         """Each sequence's output rows: one row, or with `positions` (token indices per sequence) one per position."""
         futures = self.batcher.submit(sequences, deadline, positions)
+        # One sequence (most requests) needs no gather: one future fewer on the event loop per request.
+        waiting = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
         try:
-            return await asyncio.wait_for(asyncio.gather(*futures), timeout=max(0.0, deadline - time.monotonic()))
+            rows = await asyncio.wait_for(waiting, timeout=max(0.0, deadline - time.monotonic()))
+            return [rows] if len(futures) == 1 else rows
         except TimeoutError:
             raise DeadlineExceeded("the request did not finish before its deadline") from None
         finally:
