@@ -56,10 +56,11 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         redoc_url=None,
         openapi_url=None,
     )
-    app.add_middleware(InferenceEndpoints, tasks=tasks, bodies=body_rules(tasks))
+    bodies = body_rules(tasks)
+    app.add_middleware(InferenceEndpoints, tasks=tasks, bodies=bodies)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics, endpoints=frozenset(task.route for task in tasks.values()))
-    install_error_handlers(app, body_rules(tasks))
+    install_error_handlers(app, bodies)
     app.include_router(build_router(tasks))
     if settings.docs:
         install_docs(app)
