@@ -29,7 +29,6 @@ class ModelFolder:
     files: dict[str, Path]  # precision -> ONNX file that exists
     manifest: dict
     hidden_size: int | None = None  # config.json's width of the encoder: how large each operator's work is
-    num_heads: int | None = None  # config.json's num_attention_heads
     pad_token_id: int = 1  # where RoBERTa's position ids start (transformers' padding_idx)
     packed_files: dict[str, Path] = field(default_factory=dict)  # precision -> padding-free ONNX file that exists
 
@@ -80,7 +79,6 @@ def load_model_folder(path: Path, expected_task: str | None = None) -> ModelFold
         files=files,
         manifest=manifest,
         hidden_size=_int_or_none(config.get("hidden_size")),
-        num_heads=_int_or_none(config.get("num_attention_heads")),
         pad_token_id=1 if _int_or_none(config.get("pad_token_id")) is None else config["pad_token_id"],
         packed_files={name: path / filename for name, filename in PACKED_FILES.items() if (path / filename).is_file()},
     )

@@ -47,7 +47,7 @@ class SessionConfig:
     # ROBERTA_ONNX_NICE: how much lower than the event loop the model's threads run (0: the same).
     nice: int = 0
     # ROBERTA_EXECUTION: the padding-free graph or the padded one (see choose_execution).
-    execution: str = "padded"
+    execution: str = "auto"
 
 
 # ONNX Runtime's worker threads spin between operators by default. That pays where an operator's work is large
@@ -85,14 +85,21 @@ def choose_precision(requested: str, exported: set[str], on_cuda: bool) -> str:
     return sorted(exported)[0]
 
 
+# Where the padding-free graph measured faster in the service: INT8 on a CPU (1.01-1.24x padded over two full
+# runs). In fp32 it was level; FP16 on a GPU has not been measured (scripts/gpu-check.sh does).
+PACKED_BY_DEFAULT = frozenset({"int8"})
+
+
 def choose_execution(requested: str, folder: ModelFolder, precision: str) -> bool:
-    """True: run the padding-free graph, which must then be exported for the precision chosen."""
-    if requested != "packed":
+    """True: run the padding-free graph. auto: where it measured faster (PACKED_BY_DEFAULT) and was exported."""
+    if requested == "padded":
         return False
+    if requested == "auto":
+        return precision in PACKED_BY_DEFAULT and precision in folder.packed_files
     if precision not in folder.packed_files:
         raise ModelFolderError(
             f"packed execution was asked for but {folder.path} has no padding-free {precision} graph; "
-            "re-export with --packed or set ROBERTA_EXECUTION=padded"
+            "re-export with --packed or set ROBERTA_EXECUTION=auto"
         )
     return True
 

@@ -35,10 +35,11 @@ class Settings(BaseSettings):
         ("cuda", "cpu"), description="execution providers in order of preference, comma separated"
     )
 
-    execution: Literal["padded", "packed"] = Field(
-        "padded",
-        description="packed: run the padding-free graph (export --packed): token-wise work on real tokens only, "
-        "attention per sequence; padded: the padded graph (on a CPU, packed measured no faster: bench/results/NOTES.md)",
+    execution: Literal["auto", "padded", "packed"] = Field(
+        "auto",
+        description="auto: the padding-free graph (export --packed) for INT8 where the folder has it, else the padded "
+        "one (bench/results/NOTES.md: INT8 packed 1.01-1.24x padded on a CPU, fp32 level); packed: the padding-free "
+        "graph at any precision; padded: never",
     )
 
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per batch")

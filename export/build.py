@@ -61,18 +61,19 @@ class ExportOptions:
     revision: str | None = None
 
     def recipe(self) -> dict:
-        """What, besides the source, decides the files: two exports with equal recipes are interchangeable."""
+        """What, besides the source, decides the files: two exports with equal recipes are interchangeable.
+
+        `packed` is there only when set, so that exports made before it existed stay reusable."""
         return {
             "task": self.task,
             "quantize": self.quantize,
             "per_channel": self.per_channel,
             "fp16": self.fp16,
-            "packed": self.packed,
             "optimize": self.optimize,
             "opset": self.opset,
             "max_seq_len": self.max_seq_len,
             "atol": self.atol,
-        }
+        } | ({"packed": True} if self.packed else {})
 
 
 def _stderr(message: str) -> None:

@@ -66,6 +66,15 @@ def test_the_export_verifies_the_packed_graph_of_every_task(packed, task):
     assert set(folder.packed_files) == {"fp32", "int8"}
 
 
+def test_exports_made_before_packed_existed_stay_reusable():
+    from pathlib import Path
+
+    from export.build import ExportOptions
+
+    assert "packed" not in ExportOptions(model="m", output=Path("o")).recipe()  # as their manifests recorded it
+    assert ExportOptions(model="m", output=Path("o"), packed=True).recipe()["packed"] is True
+
+
 @pytest.mark.parametrize("task", ["text-classification", "fill-mask", "token-classification"])
 def test_packed_and_padded_sessions_give_the_same_rows(packed, task):
     folder = load_model_folder(packed[task])
@@ -93,19 +102,22 @@ def test_packed_execution_needs_a_packed_export(exported_classifier):
     folder = load_model_folder(exported_classifier)
     with pytest.raises(ModelFolderError, match="--packed"):
         ModelRuntime(folder, SessionConfig(precision="fp32", execution="packed"), name="cls")
-    runtime = ModelRuntime(folder, SessionConfig(precision="fp32"), name="cls")  # the default: padded
+    runtime = ModelRuntime(folder, SessionConfig(precision="int8"), name="cls")  # auto: the padded graph it has
     try:
         assert not runtime.packed
     finally:
         runtime.close()
 
 
-def test_a_packed_export_still_runs_padded_unless_asked(packed):
-    runtime = ModelRuntime(load_model_folder(packed["text-classification"]), SessionConfig(precision="int8"), name="cls")
-    try:
-        assert not runtime.packed and runtime.file.name == "model.int8.onnx"
-    finally:
-        runtime.close()
+def test_auto_runs_the_packed_graph_for_int8_only_and_padded_when_asked(packed):
+    folder = load_model_folder(packed["text-classification"])
+    for execution, precision, expected in (("auto", "int8", "model.packed.int8.onnx"), ("auto", "fp32", "model.onnx"),
+                                           ("padded", "int8", "model.int8.onnx"), ("packed", "fp32", "model.packed.onnx")):
+        runtime = ModelRuntime(folder, SessionConfig(precision=precision, execution=execution), name="cls")
+        try:
+            assert runtime.file.name == expected and runtime.packed is ("packed" in expected), (execution, precision)
+        finally:
+            runtime.close()
 
 
 def test_a_server_on_the_packed_graph_answers_as_the_padded_one(packed):
