@@ -118,17 +118,25 @@ async def closed_loop(
     return result
 
 
-async def open_loop(host: str, port: int, source: Iterator[bytes], rate: float, seconds: float, pool: int = 256) -> LoadResult:
-    """Arrivals every 1/rate s whatever the answers do (a queue builds if the server is slower)."""
+async def open_loop(host: str, port: int, source: Iterator[bytes], rate: float, seconds: float) -> LoadResult:
+    """Arrivals every 1/rate s whatever the answers do (a queue builds if the server is slower).
+
+    Connections are kept alive and reused, the most recent first, and opened when none is idle. One
+    the server closed while it sat idle (its keep-alive timeout) is reopened and the request sent
+    again, as HTTP clients do with a stale pooled connection.
+    """
     result = LoadResult("open", rate, seconds)
-    idle: asyncio.Queue[Connection] = asyncio.Queue()
-    for _ in range(pool):
-        idle.put_nowait(await Connection.open(host, port))
+    idle: list[Connection] = []
 
     async def one(request: bytes, scheduled: float) -> None:
-        connection = await idle.get()
-        status = await connection.send(request)
-        idle.put_nowait(connection)
+        connection = idle.pop() if idle else await Connection.open(host, port)
+        try:
+            status = await connection.send(request)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            connection.close()
+            connection = await Connection.open(host, port)
+            status = await connection.send(request)
+        idle.append(connection)
         result.statuses[status] = result.statuses.get(status, 0) + 1
         if status == 200:
             result.latencies.append(time.perf_counter() - scheduled)  # from the planned arrival: queueing counts
@@ -142,6 +150,6 @@ async def open_loop(host: str, port: int, source: Iterator[bytes], rate: float, 
         tasks.append(asyncio.create_task(one(next(source), scheduled)))
     await asyncio.gather(*tasks)
     result.seconds = time.perf_counter() - began
-    while not idle.empty():
-        idle.get_nowait().close()
+    for connection in idle:
+        connection.close()
     return result
