@@ -314,6 +314,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(output: Path, stem: str, report: dict, table: str) -> None:
+    """`stem`.json and `stem`.md under `output`, and the table on the console."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output / f"{stem}.md").write_text(table)
+    print("\n" + table)
+
+
 def plot(report: dict, path: Path) -> bool:
     """Latency (p50, log scale) against throughput, one curve per system over the concurrency levels."""
     try:
@@ -422,12 +430,8 @@ def main() -> None:
 
         report["packed"] = packed.run(folder, packed_precisions, texts, args.packed_concurrency, seconds, args.rounds)
     report["targets"] = targets(report)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (output / "report.md").write_text(table)
+    write_report(output, "report", report, markdown(report))
     plot(report, output / "report.png")
-    print("\n" + table)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import httpx
 
 from app.settings import Settings
 from bench import servers
-from bench.__main__ import REPO, System, measure_interleaved, sst2_dev
+from bench.__main__ import REPO, System, measure_interleaved, sst2_dev, write_report
 from bench.load import closed_loop, encode_requests
 
 WORK = REPO / "build" / "bench"
@@ -277,11 +277,7 @@ def main() -> None:
     report["event_loop"] = event_loop_case(
         memory_new, {"inputs": texts_eight, "parameters": {"top_k": ceiling // (8 * len(texts_eight))}}
     )
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "fill-mask.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (output / "fill-mask.md").write_text(table)
-    print("\n" + table)
+    write_report(output, "fill-mask", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,12 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 from bench import servers, wrk
-from bench.__main__ import REPO, System, export, measure_interleaved, sst2_dev
+from bench.__main__ import REPO, System, export, measure_interleaved, sst2_dev, write_report
 from bench.fill_mask import masked_sentences
 from bench.limits import LimitSlices
 from bench.load import closed_loop, encode_requests
@@ -114,11 +113,7 @@ def main() -> None:
         print(f"{task}", flush=True)
         report["tasks"][task] = measure(task, checkpoint(task, args.quick), workloads[task], args.concurrency, seconds,
                                         args.rounds)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "tasks.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (output / "tasks.md").write_text(table)
-    print("\n" + table)
+    write_report(output, "tasks", report, markdown(report))
 
 
 if __name__ == "__main__":
