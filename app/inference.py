@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 
@@ -91,16 +92,19 @@ class InferenceEndpoints:
             model = state.model(name)
             raw = await read_json(headers, receive)
             task = state.models.task_for(model, raw if isinstance(raw, dict) else {})
-            rules = validation.BodyRules(task.request, task.expected, parameters_elsewhere(state, model))
-            body = self._validate(task.request, raw, rules, model_name=model.name)
+            try:
+                body = task.request.model_validate(raw)
+            except ValidationError as exc:  # the rules for the message, only when there is one to write
+                rules = validation.BodyRules(task.request, task.expected, parameters_elsewhere(state, model))
+                raise InvalidInput(validation.describe(exc.errors(), rules, model_name=model.name)) from None
         return await run_task(state, scope, receive, task, model, body, deadline)
 
     @staticmethod
-    def _validate(schema: type[BaseModel], raw, rules: validation.BodyRules | None, model_name: str | None = None):
+    def _validate(schema: type[BaseModel], raw, rules: validation.BodyRules | None):
         try:
             return schema.model_validate(raw)
         except ValidationError as exc:
-            raise InvalidInput(validation.describe(exc.errors(), rules, model_name=model_name)) from None
+            raise InvalidInput(validation.describe(exc.errors(), rules)) from None
 
 
 async def run_task(state: AppState, scope: Scope, receive: Receive, task: Task, model: ServedModel, body: BaseModel,
@@ -128,8 +132,6 @@ def request_headers(scope: Scope) -> dict[bytes, bytes]:
 
 
 def check_api_key(authorization: bytes, key: str) -> None:
-    import secrets
-
     scheme, _, given = authorization.decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode("latin-1"), key.encode()):
         raise Unauthorized("missing or wrong API key; send `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"})

@@ -97,11 +97,8 @@ class PackedSequenceClassifier(torch.nn.Module):
         return self.classifier(first[:, None, :])  # the head reads features[:, 0]: [B, labels]
 
 
-class PackedTokenClassifier(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.encoder = PackedEncoder(model.base_model)
-        self.classifier = model.classifier
+class PackedTokenClassifier(PackedSequenceClassifier):
+    """The same encoder and `classifier` head, read at every token instead of at <s>."""
 
     def forward(self, input_ids, position_ids, token_index, flat_index):
         logits = self.classifier(self.encoder(input_ids, position_ids, token_index, flat_index))  # [T, labels]
