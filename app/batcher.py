@@ -1,7 +1,8 @@
 """Dynamic batching: one task per model owns the queue and decides every batch.
 
 Callers may only `submit` (and be refused at once when the queue is full); the task
-alone reads the queue. A batch closes when it holds `max_batch_size` sequences, when
+alone reads the queue, and cuts the next batch when a run is free (`concurrency` batches
+run at once: one per core on a CPU, see app.runtime.run_layout). A batch closes when it holds `max_batch_size` sequences, when
 its padded tokens would pass `max_batch_tokens`, or `max_wait_s` after its oldest
 sequence arrived. Waiting sequences are sorted by length and cut into the batches that
 cost least to run (see plan_batch), and the batch that holds the oldest sequence runs
@@ -121,8 +122,9 @@ def right_pad(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray,
 
 
 class Batcher:
-    def __init__(self, run: RunBatch, *, pad_id: int, limits: BatchLimits, metrics: ModelMetrics) -> None:
+    def __init__(self, run: RunBatch, *, pad_id: int, limits: BatchLimits, metrics: ModelMetrics, concurrency: int = 1) -> None:
         self._run = run
+        self.concurrency = concurrency
         self._pad_id = pad_id
         self.limits = limits
         self._metrics = metrics
@@ -170,20 +172,29 @@ class Batcher:
 
     async def _loop(self) -> None:
         pending: list[Item] = []
+        running: set[asyncio.Task] = set()  # batches in the model; each resolves its own futures
+        free = asyncio.Semaphore(self.concurrency)
         while True:
+            # Cut a batch only when a run can take it: while every run is busy, the queue fills and the next
+            # cut has more lengths to choose from.
+            await free.acquire()
             if not pending:
                 if self._closing and self._queue.empty():
-                    return
+                    break
                 self._take(await self._queue.get(), pending)
             self._drain(pending)
             await self._wait_for_company(pending)
             pending = self._drop_abandoned(pending)
             if not pending:
+                free.release()
                 continue
             batch, pending = plan_batch(pending, self.limits)
             self._depth -= len(batch)
             self._metrics.queue_depth.set(self._depth)
-            await self._execute(batch)
+            run = asyncio.create_task(self._execute(batch))
+            running.add(run)
+            run.add_done_callback(lambda done: (running.discard(done), free.release()))
+        await asyncio.gather(*running)  # stop() returns when everything accepted has been answered
 
     def _take(self, item: Item | None, pending: list[Item]) -> None:
         if item is not None:

@@ -49,7 +49,9 @@ class ServedModel:
         self.encoder = encoder
         self.runtime = runtime
         self.metrics = metrics
-        self.batcher = Batcher(runtime.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics)
+        self.batcher = Batcher(
+            runtime.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics, concurrency=runtime.concurrent_runs
+        )
         self._executor = executor
         self._measure_overhead = measure_overhead
         self.memory_bytes = memory_bytes
@@ -140,6 +142,8 @@ class ServedModel:
             "providers": self.runtime.providers_in_use,
             "file": self.runtime.file.name,
             "execution": self.runtime.execution,
+            "concurrent_runs": self.runtime.concurrent_runs,
+            "intra_op_threads": self.runtime.intra_op_threads,
             "max_seq_len": self.folder.max_seq_len,
             "memory_bytes": self.memory_bytes,
             "batching": {

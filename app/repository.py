@@ -107,6 +107,7 @@ class ModelRepository:
             precision=settings.precision,
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
+            concurrent_runs=settings.concurrent_runs,
             inter_op_threads=settings.inter_op_threads,
             providers_chosen="providers" in settings.model_fields_set,
             extra=parse_session_config(settings.onnx_session_config),

@@ -68,7 +68,14 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this of its headers (else 408)")
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle connection, a new one included, is closed after this")
 
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads inside an operator (0: one per core)")
+    concurrent_runs: int = Field(
+        0, ge=0, le=256,
+        description="batches of one model that run at once, side by side on one session (0: on a CPU one per core, "
+        "each on one thread, unless intra_op_threads is set; on a GPU one). Each may hold max_batch_tokens",
+    )
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads inside each run (0: the cores shared out among the concurrent runs)"
+    )
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
     tokenizer_threads: int = Field(1, ge=1, description="threads that tokenize requests off the event loop")
     onnx_nice: int = Field(

@@ -55,7 +55,7 @@ podman inspect "$CONTAINER" --format \
   'user={{.Config.User}} read-only root={{.HostConfig.ReadonlyRootfs}} cap-drop={{.HostConfig.CapDrop}} no-new-privileges={{.HostConfig.SecurityOpt}}'
 podman inspect "$CONTAINER" --format 'healthcheck (from livenessProbe): {{json .Config.Healthcheck}}'
 podman inspect "$CONTAINER" --format 'stop timeout: {{.Config.StopTimeout}} s (the spec grace period is '"$GRACE"' s: not used)'
-podman exec "$CONTAINER" sh -c 'echo "env: ROBERTA_INTRA_OP_THREADS=$ROBERTA_INTRA_OP_THREADS (from requests.cpu) ROBERTA_SHUTDOWN_DELAY_S=$ROBERTA_SHUTDOWN_DELAY_S"; echo "uid $(id -u)"; touch /x 2>/dev/null && echo "root is writable" || echo "root is read-only"'
+podman exec "$CONTAINER" sh -c 'echo "env: ROBERTA_CONCURRENT_RUNS=$ROBERTA_CONCURRENT_RUNS (from requests.cpu) ROBERTA_INTRA_OP_THREADS=$ROBERTA_INTRA_OP_THREADS ROBERTA_SHUTDOWN_DELAY_S=$ROBERTA_SHUTDOWN_DELAY_S"; echo "uid $(id -u)"; touch /x 2>/dev/null && echo "root is writable" || echo "root is read-only"'
 
 step "readiness: /readyz (the startup and readiness probes' path)"
 for _ in $(seq 1 300); do

@@ -36,9 +36,9 @@ class RecordingModel:
         return {int(x) for batch in self.batches for x in batch.ravel()}
 
 
-def make(model, **limits) -> tuple[Batcher, Metrics]:
+def make(model, concurrency: int = 1, **limits) -> tuple[Batcher, Metrics]:
     metrics = Metrics()
-    batcher = Batcher(model, pad_id=0, limits=BatchLimits(**limits), metrics=metrics.for_model("m"))
+    batcher = Batcher(model, pad_id=0, limits=BatchLimits(**limits), metrics=metrics.for_model("m"), concurrency=concurrency)
     return batcher, metrics
 
 
@@ -244,6 +244,74 @@ def test_stop_finishes_accepted_work_and_refuses_new():
         return done
 
     assert all(asyncio.run(scenario()))
+
+
+class OverlapModel(RecordingModel):
+    """A recording model that counts how many batches are inside it at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay=delay)
+        self.inside = self.most_inside = 0
+
+    async def __call__(self, input_ids, attention_mask, positions=None):
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        try:
+            return await super().__call__(input_ids, attention_mask, positions)
+        finally:
+            self.inside -= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+def test_as_many_batches_run_at_once_as_the_model_has_runs_and_no_more(concurrency):
+    async def scenario():
+        model = OverlapModel(delay=0.02)
+        batcher, _ = make(model, concurrency=concurrency, max_batch_size=2)
+        batcher.start()
+        inputs = [seq(i, i + 50) for i in range(1, 17)]
+        futures = batcher.submit(inputs, far())
+        results = await asyncio.gather(*futures)
+        await batcher.stop()
+        return model, inputs, results
+
+    model, inputs, results = asyncio.run(scenario())
+    assert model.most_inside == concurrency
+    assert len(model.batches) == 8 and all(len(batch) == 2 for batch in model.batches)
+    for ids, result in zip(inputs, results):
+        assert result.tolist() == [ids.sum(), len(ids)]
+
+
+def test_while_every_run_is_busy_the_queue_fills_for_the_next_cut():
+    async def scenario():
+        model = OverlapModel(delay=0.05)
+        batcher, _ = make(model, concurrency=2, max_batch_size=32)
+        batcher.start()
+        first = batcher.submit([seq(1)], far())
+        await asyncio.sleep(0.005)
+        first += batcher.submit([seq(2)], far())
+        await asyncio.sleep(0.005)  # both runs are busy with one sequence each
+        later = [f for i in range(10) for f in batcher.submit([seq(10 + i)], far())]
+        await asyncio.gather(*first, *later)
+        await batcher.stop()
+        return model
+
+    model = asyncio.run(scenario())
+    assert [len(batch) for batch in model.batches] == [1, 1, 10]
+
+
+def test_stop_waits_for_every_batch_still_running():
+    async def scenario():
+        model = OverlapModel(delay=0.05)
+        batcher, _ = make(model, concurrency=2, max_batch_size=1)
+        batcher.start()
+        futures = batcher.submit([seq(i) for i in range(1, 6)], far())
+        await asyncio.sleep(0.01)
+        await batcher.stop()
+        return model, futures
+
+    model, futures = asyncio.run(scenario())
+    assert model.inside == 0 and len(model.batches) == 5
+    assert all(f.done() and not f.cancelled() and f.exception() is None for f in futures)
 
 
 def pending_items(lengths: list[int]) -> list[Item]:

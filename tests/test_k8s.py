@@ -208,8 +208,9 @@ def test_every_roberta_variable_is_a_setting(rendered, overlay):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_onnx_runtime_threads_follow_the_cpu_request(rendered, overlay):
     deployment = one(rendered, overlay, "Deployment")
-    source = env(deployment)["ROBERTA_INTRA_OP_THREADS"]["valueFrom"]["resourceFieldRef"]
+    source = env(deployment)["ROBERTA_CONCURRENT_RUNS"]["valueFrom"]["resourceFieldRef"]
     assert source["resource"] == "requests.cpu" and source["containerName"] == container(deployment)["name"]
+    assert env(deployment)["ROBERTA_INTRA_OP_THREADS"]["value"] == "1"  # one thread per run, a run per core
     assert "cpu" in container(deployment)["resources"]["requests"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.runtime import choose_precision, overhead_in_tokens, requested_providers, spins
+from app.runtime import choose_precision, overhead_in_tokens, requested_providers, run_layout, spins
 
 
 def test_overhead_is_the_fixed_cost_in_tokens_of_a_linear_timing():
@@ -108,3 +108,49 @@ def test_packed_costs_are_fitted_from_three_timings():
     assert packed_costs(free, rows=4, width=256, short=16, cap=16384)[1] == ATTENTION_FREE
     flat = {"small": 0.003, "full": 0.003, "sparse": 0.003}  # a GPU at small batches: all overhead
     assert packed_costs(flat, rows=4, width=256, short=16, cap=4096) == (4096, ATTENTION_FREE)
+
+
+def test_a_cpu_runs_one_single_threaded_batch_per_core_unless_told_otherwise():
+    assert run_layout(0, 0, cores=2, on_cuda=False) == (2, 1)
+    assert run_layout(0, 0, cores=16, on_cuda=False) == (16, 1)
+    assert run_layout(0, 4, cores=16, on_cuda=False) == (1, 4)  # threads named, runs not: one run, as before
+    assert run_layout(2, 0, cores=16, on_cuda=False) == (2, 8)  # runs named: the cores shared among them
+    assert run_layout(3, 2, cores=16, on_cuda=False) == (3, 2)
+    assert run_layout(4, 0, cores=2, on_cuda=False) == (4, 1)
+    assert run_layout(0, 0, cores=16, on_cuda=True) == (1, 0)  # a GPU: one batch at a time, ONNX Runtime's threads
+    assert run_layout(2, 0, cores=16, on_cuda=True) == (2, 0)
+
+
+def test_concurrent_runs_on_one_session_answer_as_one_run_at_a_time(exported_classifier):
+    import asyncio
+    import threading
+
+    import numpy as np
+
+    from app.model_folder import load_model_folder
+    from app.runtime import ModelRuntime, SessionConfig
+
+    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", cores=2), name="two")
+    try:
+        assert (runtime.concurrent_runs, runtime.intra_op_threads) == (2, 1)
+        assert runtime._session.get_session_options().intra_op_num_threads == 1
+        rng = np.random.default_rng(0)
+        batches = []
+        for length in (5, 9, 14, 20, 7, 11):
+            ids = rng.integers(5, 200, (3, length)).astype(np.int64)
+            batches.append((ids, np.ones_like(ids)))
+        alone = [runtime.run_sync(ids, mask) for ids, mask in batches]
+        pairs = threading.Barrier(2, timeout=10)  # broken, and the test failed, unless two runs are in at once
+
+        def run_and_note(ids, mask):
+            pairs.wait()
+            return runtime.run_sync(ids, mask)
+
+        async def together():
+            loop = asyncio.get_running_loop()
+            return await asyncio.gather(*(loop.run_in_executor(runtime._executor, run_and_note, ids, mask) for ids, mask in batches))
+
+        for ours, reference in zip(asyncio.run(together()), alone):
+            np.testing.assert_allclose(ours, reference, atol=1e-5)
+    finally:
+        runtime.close()
