@@ -1,13 +1,16 @@
 """Dynamic batching: one task per model owns the queue and decides every batch.
 
 Callers may only `submit` (and be refused at once when the queue is full); the task
-alone reads the queue, and cuts the next batch when a run is free (`concurrency` batches
-run at once: one per core on a CPU, see app.runtime.run_layout). A batch closes when it holds `max_batch_size` sequences, when
+alone reads the queue. A batch closes when it holds `max_batch_size` sequences, when
 its padded tokens would pass `max_batch_tokens`, or `max_wait_s` after its oldest
 sequence arrived. Waiting sequences are sorted by length and cut into the batches that
 cost least to run (see plan_batch), and the batch that holds the oldest sequence runs
 next: similar lengths ride together, so little compute goes to padding, and nobody waits
 behind a stream of newcomers.
+The next batch is cut when a run is free: `concurrency` batches run at once (one per core
+on a CPU, see app.runtime.run_layout). When nothing else runs or waits, a batch is shared
+out among the runs, or, with fewer sequences than runs, runs alone in every run's place,
+so the model may give it every core.
 Sequences whose deadline passed, or whose caller left, are dropped before the model
 sees them; every future is resolved exactly once.
 """
@@ -27,9 +30,9 @@ from app.metrics import ModelMetrics
 
 log = logging.getLogger("app.batcher")
 
-# run(input_ids, attention_mask, positions) -> one output row per sequence, or, when `positions` ([n, 2]:
-# batch row, token index) is given, one row per position.
-RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray | None], Awaitable[np.ndarray]]
+# run(input_ids, attention_mask, positions, alone) -> one output row per sequence, or, when `positions` ([n, 2]:
+# batch row, token index) is given, one row per position. `alone`: nothing else runs meanwhile, and nothing waits.
+RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray | None, bool], Awaitable[np.ndarray]]
 
 
 @dataclass(eq=False)
@@ -110,6 +113,18 @@ def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], li
     return ordered[low:high], ordered[:low] + ordered[high:]
 
 
+def share_out(batch: list[Item], parts: int) -> list[list[Item]]:
+    """`batch` (sorted by length) as `parts` runs of neighbouring lengths, as near equal in size as can be."""
+    size, extra = divmod(len(batch), parts)
+    out, start = [], 0
+    for index in range(parts):
+        end = start + size + (1 if index < extra else 0)
+        if end > start:
+            out.append(batch[start:end])
+        start = end
+    return out
+
+
 def right_pad(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Right padding: left padding shifts RoBERTa's position ids and changes classifier logits."""
     width = max(len(ids) for ids in sequences)
@@ -173,11 +188,20 @@ class Batcher:
     async def _loop(self) -> None:
         pending: list[Item] = []
         running: set[asyncio.Task] = set()  # batches in the model; each resolves its own futures
-        free = asyncio.Semaphore(self.concurrency)
+        busy = 0  # runs taken: one per batch, every run for a batch that runs alone
+        freed = asyncio.Event()
+
+        def release(taken: int) -> None:
+            nonlocal busy
+            busy -= taken
+            freed.set()
+
         while True:
             # Cut a batch only when a run can take it: while every run is busy, the queue fills and the next
             # cut has more lengths to choose from.
-            await free.acquire()
+            while busy >= self.concurrency:
+                freed.clear()
+                await freed.wait()
             if not pending:
                 if self._closing and self._queue.empty():
                     break
@@ -186,14 +210,21 @@ class Batcher:
             await self._wait_for_company(pending)
             pending = self._drop_abandoned(pending)
             if not pending:
-                free.release()
                 continue
             batch, pending = plan_batch(pending, self.limits)
             self._depth -= len(batch)
             self._metrics.queue_depth.set(self._depth)
-            run = asyncio.create_task(self._execute(batch))
-            running.add(run)
-            run.add_done_callback(lambda done: (running.discard(done), free.release()))
+            idle = self.concurrency > 1 and busy == 0 and not pending and self._queue.empty()
+            # Nothing else to do: a batch of at least one sequence per run is shared out among the runs; a
+            # smaller one runs alone, holding every run (the model may give it every core).
+            alone = idle and len(batch) < self.concurrency
+            parts = share_out(batch, self.concurrency) if idle and not alone else [batch]
+            for part in parts:
+                taken = self.concurrency if alone else 1
+                busy += taken
+                run = asyncio.create_task(self._execute(part, alone))
+                running.add(run)
+                run.add_done_callback(lambda done, taken=taken: (running.discard(done), release(taken)))
         await asyncio.gather(*running)  # stop() returns when everything accepted has been answered
 
     def _take(self, item: Item | None, pending: list[Item]) -> None:
@@ -240,7 +271,7 @@ class Batcher:
         self._metrics.queue_depth.set(self._depth)
         return keep
 
-    async def _execute(self, batch: list[Item]) -> None:
+    async def _execute(self, batch: list[Item], alone: bool = False) -> None:
         started = time.monotonic()
         for item in batch:
             self._metrics.queue_wait.observe(started - item.enqueued_at)
@@ -251,7 +282,7 @@ class Batcher:
         self._metrics.padding_ratio.observe(1.0 - real / input_ids.size)
         try:
             positions = batch_positions([item.positions for item in batch])
-            outputs = await self._run(input_ids, attention_mask, positions)
+            outputs = await self._run(input_ids, attention_mask, positions, alone)
             expected = len(batch) if positions is None else len(positions)
             if len(outputs) != expected:
                 raise RuntimeError(f"model returned {len(outputs)} rows where {expected} were asked for")

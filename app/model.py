@@ -144,6 +144,7 @@ class ServedModel:
             "execution": self.runtime.execution,
             "concurrent_runs": self.runtime.concurrent_runs,
             "intra_op_threads": self.runtime.intra_op_threads,
+            "solo_session": self.runtime.solo,
             "max_seq_len": self.folder.max_seq_len,
             "memory_bytes": self.memory_bytes,
             "batching": {

@@ -177,7 +177,10 @@ def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, 
                  models_loaded: int) -> ServedModel:
     before = resident_bytes()
     folder = load_model_folder(source.path, source.default_for)
-    session = replace(session, spin=spins(models_loaded, folder.hidden_size))
+    spin = spins(models_loaded, folder.hidden_size)
+    # The evidence for both is the same: a wide model gains from threads working together on one run.
+    solo = settings.solo_session == "on" or (settings.solo_session == "auto" and spin)
+    session = replace(session, spin=spin, solo=solo)
     if folder.task not in tasks:
         raise ModelFolderError(f"{source.path} holds a '{folder.task}' model; this server serves {', '.join(tasks)}")
     try:

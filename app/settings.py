@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime threads inside each run (0: the cores shared out among the concurrent runs)"
     )
+    solo_session: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="a second session on every core for a batch that runs alone (light load), with its own copy of the "
+        "weights; auto: when one model of at least 512 wide (roberta-base) is loaded on a CPU",
+    )
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
     tokenizer_threads: int = Field(1, ge=1, description="threads that tokenize requests off the event loop")
     onnx_nice: int = Field(

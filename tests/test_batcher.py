@@ -20,9 +20,11 @@ class RecordingModel:
         self.delay = delay
         self.failures = failures
         self.batches: list[np.ndarray] = []
+        self.alone: list[bool] = []
 
-    async def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions=None) -> np.ndarray:
+    async def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions=None, alone=False) -> np.ndarray:
         self.batches.append(input_ids.copy())
+        self.alone.append(alone)
         await asyncio.sleep(self.delay)
         if self.failures:
             self.failures -= 1
@@ -249,15 +251,17 @@ def test_stop_finishes_accepted_work_and_refuses_new():
 class OverlapModel(RecordingModel):
     """A recording model that counts how many batches are inside it at once."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, delays: list[float] | None = None) -> None:
         super().__init__(delay=delay)
         self.inside = self.most_inside = 0
+        self.base_delay, self.delays = delay, list(delays or [])  # the first calls' delays, then `delay`
 
-    async def __call__(self, input_ids, attention_mask, positions=None):
+    async def __call__(self, input_ids, attention_mask, positions=None, alone=False):
+        self.delay = self.delays.pop(0) if self.delays else self.base_delay
         self.inside += 1
         self.most_inside = max(self.most_inside, self.inside)
         try:
-            return await super().__call__(input_ids, attention_mask, positions)
+            return await super().__call__(input_ids, attention_mask, positions, alone)
         finally:
             self.inside -= 1
 
@@ -287,16 +291,42 @@ def test_while_every_run_is_busy_the_queue_fills_for_the_next_cut():
         batcher, _ = make(model, concurrency=2, max_batch_size=32)
         batcher.start()
         first = batcher.submit([seq(1)], far())
-        await asyncio.sleep(0.005)
-        first += batcher.submit([seq(2)], far())
-        await asyncio.sleep(0.005)  # both runs are busy with one sequence each
+        await asyncio.sleep(0.01)  # it runs alone: it holds both runs
         later = [f for i in range(10) for f in batcher.submit([seq(10 + i)], far())]
         await asyncio.gather(*first, *later)
         await batcher.stop()
         return model
 
     model = asyncio.run(scenario())
-    assert [len(batch) for batch in model.batches] == [1, 1, 10]
+    # the ten that came while the lone one ran were cut together, then shared out between the two runs
+    assert [len(batch) for batch in model.batches] == [1, 5, 5] and model.alone == [True, False, False]
+    assert sorted(int(x) for batch in model.batches[1:] for x in batch.ravel()) == list(range(10, 20))
+    assert model.most_inside == 2
+
+
+def test_share_out_keeps_neighbouring_lengths_together_in_near_equal_parts():
+    from app.batcher import share_out
+
+    items = pending_items([1, 2, 3, 4, 5])
+    assert [[item.length for item in part] for part in share_out(items, 2)] == [[1, 2, 3], [4, 5]]
+    assert [[item.length for item in part] for part in share_out(items, 3)] == [[1, 2], [3, 4], [5]]
+    assert [len(part) for part in share_out(items[:2], 4)] == [1, 1]  # never an empty run
+
+
+def test_a_batch_runs_alone_only_when_nothing_else_runs_or_waits():
+    async def scenario(concurrency):
+        model = OverlapModel(delay=0.02, delays=[0.02, 0.08])
+        batcher, _ = make(model, concurrency=concurrency, max_batch_size=2)
+        batcher.start()
+        await asyncio.gather(*batcher.submit([seq(i) for i in range(1, 7)], far()))
+        await asyncio.gather(*batcher.submit([seq(9)], far()))
+        await batcher.stop()
+        return model
+
+    model = asyncio.run(scenario(2))
+    # three batches of two while work waits or another batch runs (the second outlasts the first), then a lone one
+    assert model.alone == [False, False, False, True] and model.most_inside == 2
+    assert asyncio.run(scenario(1)).alone == [False] * 4  # one run: nothing to give a lone batch
 
 
 def test_stop_waits_for_every_batch_still_running():

@@ -154,3 +154,27 @@ def test_concurrent_runs_on_one_session_answer_as_one_run_at_a_time(exported_cla
             np.testing.assert_allclose(ours, reference, atol=1e-5)
     finally:
         runtime.close()
+
+
+@pytest.mark.parametrize("solo", [True, False])
+def test_a_lone_batch_runs_on_the_solo_session_on_every_core(exported_classifier, solo):
+    import numpy as np
+
+    from app.model_folder import load_model_folder
+    from app.runtime import ModelRuntime, SessionConfig
+
+    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", cores=2, solo=solo), name="solo")
+    try:
+        assert runtime.solo is solo
+        if solo:
+            assert runtime._solo.get_session_options().intra_op_num_threads == 2
+        ids = np.random.default_rng(1).integers(5, 200, (2, 12)).astype(np.int64)
+        np.testing.assert_allclose(runtime.run_sync(ids, np.ones_like(ids), alone=True),
+                                   runtime.run_sync(ids, np.ones_like(ids)), atol=1e-5)
+    finally:
+        runtime.close()
+    one = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", cores=2, solo=True, concurrent_runs=1), name="one")
+    try:
+        assert not one.solo  # one run already has every core
+    finally:
+        one.close()
