@@ -121,8 +121,8 @@ def measure_interleaved(systems: list[System], levels: list[int], seconds: float
                         rounds: int, limits: Callable[[], LimitSlices],
                         int8_limits: Callable[[], LimitSlices] | None = None) -> tuple[dict[str, dict], dict[int, dict]]:
     """Every level as `rounds` slices per system, taken in turn, with the others SIGSTOPped;
-    at each closed-loop level, slices of the fp32 limits (E, E*, single) take their turns too, and of the INT8
-    E* when `int8_limits` is given (its keys prefixed int8_).
+    at each closed-loop level, slices of the fp32 limits (E, E* in both layouts, single) take their turns too,
+    and of the INT8 E* when `int8_limits` is given (its keys prefixed int8_).
 
     These two cores are shared and their speed drifts by a fifth within minutes; slices taken
     in turn put that drift on every system alike, so the ratios hold even when the absolute
@@ -150,10 +150,13 @@ def measure_interleaved(systems: list[System], levels: list[int], seconds: float
                 limit.run_for(kind, seconds / rounds)
             if int8_limit:
                 int8_limit.run_for("E*", seconds / rounds)
+                int8_limit.run_for("E*1", seconds / rounds)
         if limit:
             limits_by_level[int(level)] = limit.summary()
             if int8_limit:
-                limits_by_level[int(level)]["int8_E_star_seq_per_s"] = int8_limit.summary()["E_star_seq_per_s"]
+                int8 = int8_limit.summary()
+                limits_by_level[int(level)] |= {f"int8_{key}": int8[key] for key in
+                                                ("E_star_seq_per_s", "E_star_side_by_side_seq_per_s", "E_star_one_run_seq_per_s")}
             print(f"  limits at c={level}: {limits_by_level[int(level)]}", flush=True)
         for system in systems:
             entry = merged[system.name].summary()
@@ -263,13 +266,24 @@ def markdown(report: dict) -> str:
     lines += ["Limits measured up front, alone (ONNX Runtime in this process, before any server starts):", "",
               "| limit | fp32 seq/s | INT8 seq/s | padding |", "| --- | --- | --- | --- |"]
     lines.append(f"| E (file order, batches of 32) | {limits['fp32']['E_seq_per_s']:.1f} | {limits['int8']['E_seq_per_s']:.1f} | {limits['fp32']['E_padding']:.0%} |")
-    lines.append(f"| E* (sorted by length) | {limits['fp32']['E_star_seq_per_s']:.1f} | {limits['int8']['E_star_seq_per_s']:.1f} | {limits['fp32']['E_star_padding']:.0%} |")
+    lines.append(f"| E* (sorted by length; the better layout) | {limits['fp32']['E_star_seq_per_s']:.1f} | {limits['int8']['E_star_seq_per_s']:.1f} | {limits['fp32']['E_star_padding']:.0%} |")
+    for key, name in (("E_star_side_by_side_seq_per_s", f"E*, {limits['fp32'].get('E_star_runs')} single-threaded runs side by side"),
+                      ("E_star_one_run_seq_per_s", "E*, one run at a time on every core")):
+        if limits["fp32"].get(key) and limits["int8"].get(key):
+            lines.append(f"| {name} | {limits['fp32'][key]:.1f} | {limits['int8'][key]:.1f} | |")
     lines.append(f"| single sequence p50 (ms) | {limits['fp32']['single_p50_ms']:.1f} | {limits['int8']['single_p50_ms']:.1f} | |")
     lines += ["", "fp32 limits in slices taken in turn with the systems, per level (the targets use these):", "",
-              "| level | E seq/s | E* seq/s | single p50 ms | INT8 E* seq/s |", "| --- | --- | --- | --- | --- |"]
+              "| level | E seq/s | E* seq/s (side by side / one run) | single p50 ms | INT8 E* seq/s (side by side / one run) |",
+              "| --- | --- | --- | --- | --- |"]
+
+    def layouts(values: dict, prefix: str = "") -> str:
+        best, side, one = (values.get(f"{prefix}E_star{key}seq_per_s") for key in ("_", "_side_by_side_", "_one_run_"))
+        if best is None:
+            return "–"
+        return f"{best:.1f}" + (f" ({side:.1f} / {one:.1f})" if side and one else "")
+
     for level, values in report["limits_by_level"].items():
-        int8 = f"{values['int8_E_star_seq_per_s']:.1f}" if "int8_E_star_seq_per_s" in values else "–"
-        lines.append(f"| c={level} | {values['E_seq_per_s']:.1f} | {values['E_star_seq_per_s']:.1f} | {values['single_p50_ms']:.1f} | {int8} |")
+        lines.append(f"| c={level} | {values['E_seq_per_s']:.1f} | {layouts(values)} | {values['single_p50_ms']:.1f} | {layouts(values, 'int8_')} |")
     lines += ["", "| system | concurrency | req/s | p50 ms | p95 ms | p99 ms | mean batch | padding | peak RSS MB |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, system in report["systems"].items():
