@@ -200,6 +200,11 @@ def test_health_readiness_and_info(served):
     # Measured at start-up, not the batcher's stand-in default (1e9).
     assert 0 < classify["batching"]["run_overhead_tokens"] <= Settings.model_fields["max_batch_tokens"].default
     assert info["models"]["mlm"]["mask_token"] == "<mask>"
+    from app.threads import usable_cores
+
+    # a single-threaded run per core; two models loaded, so no solo session
+    assert (classify["concurrent_runs"], classify["intra_op_threads"]) == (usable_cores(), 1)
+    assert classify["solo_session"] is False
 
 
 def test_info_shows_no_paths_and_no_library_versions_but_onnxruntime(served, exported_classifier):
