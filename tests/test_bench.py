@@ -79,3 +79,20 @@ def test_quick_task_benchmark_measures_every_system_for_both_tasks(tmp_path):
         assert all(v["E_star_seq_per_s"] > 0 and v["int8_E_star_seq_per_s"] > 0 for v in entry["limits_by_level"].values())
     table = (tmp_path / "tasks.md").read_text()
     assert "| fill-mask | 4 |" in table and "| token-classification | 4 |" in table
+
+
+def test_a_generators_cpu_is_read_while_it_runs_and_not_once_it_is_gone():
+    import time
+
+    from bench.wrk import process_cpu
+
+    # busy for 0.4 s, then idle: what wrk does under load, then while the bench reads its CPU
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 0.4\nwhile time.time() < end: pass\ntime.sleep(5)"])
+    try:
+        time.sleep(1.0)
+        busy = process_cpu(child.pid)
+        assert busy is not None and 0.3 <= busy <= 1.0, busy
+    finally:
+        child.kill()
+        child.wait()
+    assert process_cpu(child.pid) is None  # reaped: nothing to read
