@@ -112,6 +112,7 @@ def one_slice(system: System, mode: str, level: float, seconds: float,
         else:
             load = asyncio.run(open_loop("127.0.0.1", port, system.source, level, seconds))
         after = servers.batch_counters(port) if system.is_service else None
+        system.server.settle()
     finally:
         system.server.pause()
     return load, (before, after)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.wrk import process_cpu
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,6 +59,21 @@ class Server:
     def pause(self) -> None:
         """SIGSTOP the server's process group: while another system is measured, this one takes no CPU at all."""
         self._signal(signal.SIGSTOP)
+
+    def settle(self, quiet_s: float = 0.05, most_s: float = 5.0) -> None:
+        """Return once the server has taken under a tenth of a core for `quiet_s` (at most `most_s`).
+
+        When a load ends, the batches already in the model still run for clients that are gone; paused
+        then, a server would spend the start of its next slice on them.
+        """
+        deadline = time.monotonic() + most_s
+        last = process_cpu(self.process.pid)
+        while last is not None and time.monotonic() < deadline:
+            time.sleep(quiet_s)
+            now = process_cpu(self.process.pid)
+            if now is None or now - last < 0.1 * quiet_s:
+                return
+            last = now
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)

@@ -82,9 +82,9 @@ class CpuAccount:
 
     generator_s: float = 0.0
     server_s: Counter = field(default_factory=Counter)
-    requests: int = 0
+    requests: float = 0.0  # answered while the CPU was read: a slice's count scaled to that window
 
-    def add(self, generator_s: float, before: dict, after: dict, pid: int, requests: int) -> None:
+    def add(self, generator_s: float, before: dict, after: dict, pid: int, requests: float) -> None:
         self.generator_s += generator_s
         self.requests += requests
         for tid, (name, seconds) in after.items():
@@ -107,19 +107,21 @@ def closed_loop(port: int, path: str, bodies: Path, concurrency: int, seconds: f
     """`concurrency` wrk connections for `seconds`: the answers, the latency distribution and (into `account`)
     the CPU the generator and each server thread took."""
     duration = max(1, round(seconds))
-    before = thread_cpu(server_pid)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "30s",
                "-s", str(POST_LUA), f"http://127.0.0.1:{port}", "--", path, str(bodies)]
+    before = thread_cpu(server_pid)
     started = time.monotonic()
     wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # wrk's CPU is read as the load ends, before post.lua's done() turns its histogram into 1,000 quantiles: that
-    # took wrk 0.5 s of CPU at c=64 on roberta-base (it walks the histogram once per quantile), after the load,
-    # when it takes nothing from the server. The server's is read after wrk exits: it is idle by then.
+    # Both CPUs are read in the load's window, 50 ms before it ends. wrk's, because post.lua's done() then turns
+    # its histogram into 1,000 quantiles (0.5 s of CPU at c=64 on roberta-base: one histogram walk per quantile)
+    # when it takes nothing from the server. The server's, because after the window it still answers the
+    # requests in flight, which wrk no longer counts: at c=64 on roberta-base that is a tenth of a slice's CPU.
     time.sleep(max(0.0, started + duration - IN_WINDOW_MARGIN_S - time.monotonic()))
     generator_in_window = process_cpu(wrk.pid)
-    stdout, stderr = wrk.communicate()
     after = thread_cpu(server_pid)
+    window_s = time.monotonic() - started
+    stdout, stderr = wrk.communicate()
     if wrk.returncode:
         raise subprocess.CalledProcessError(wrk.returncode, command, stdout, stderr)
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -137,5 +139,7 @@ def closed_loop(port: int, path: str, bodies: Path, concurrency: int, seconds: f
     if account is not None:
         whole_run = (after_children.ru_utime - children.ru_utime) + (after_children.ru_stime - children.ru_stime)
         generator = whole_run if generator_in_window is None else generator_in_window
-        account.add(generator, before, after, server_pid, stats["requests"])
+        # The requests answered in the window the CPU was read over, at the slice's rate.
+        in_window = stats["requests"] * min(1.0, window_s / result.seconds) if result.seconds else stats["requests"]
+        account.add(generator, before, after, server_pid, in_window)
     return result
