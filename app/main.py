@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.docs import install_docs
@@ -47,7 +49,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         finally:
             await services.stop()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="roberta-serve",
         version=__version__,
         description="Dynamic-batching inference for fine-tuned RoBERTa models on ONNX Runtime.",
@@ -57,14 +59,32 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         openapi_url=None,
     )
     bodies = body_rules(tasks)
-    app.add_middleware(InferenceEndpoints, tasks=tasks, bodies=bodies)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics, endpoints=frozenset(task.route for task in tasks.values()))
+    fastapi = partial(FastAPI.__call__, app)
+    app.front = RequestMetrics(
+        BodySizeLimit(InferenceEndpoints(fastapi, tasks=tasks, bodies=bodies), max_bytes=settings.max_body_bytes),
+        metrics=metrics, endpoints=frozenset(task.route for task in tasks.values()),
+    )
     install_error_handlers(app, bodies)
     app.include_router(build_router(tasks))
     if settings.docs:
         install_docs(app)
     return app
+
+
+class ServiceApp(FastAPI):
+    """FastAPI behind the service's own ASGI layers: request metrics, the body limit, then the inference POSTs.
+
+    Those run in front of FastAPI's stack, not inside it: an inference POST never uses its
+    telemetry check, its error and body-limit middleware or its routing, and on two cores the
+    event loop's CPU per request is CPU the model does not get. Every other request goes on
+    to FastAPI, through the same two layers first.
+    """
+
+    front: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["app"] = self  # as Starlette sets it: app.inference reads the services from it
+        await self.front(scope, receive, send)
 
 
 def configure_logging(level: str) -> None:
