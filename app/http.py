@@ -12,7 +12,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import Executor
 from typing import TypeVar
 
 from fastapi import FastAPI, Request
@@ -33,6 +32,7 @@ from app.errors import (
     status_of,
 )
 from app.metrics import Metrics
+from app.workers import Workers
 
 log = logging.getLogger("app.http")
 
@@ -198,14 +198,14 @@ def error_response(error: ServiceError) -> JSONResponse:
     return JSONResponse(error_body(error.message, error.error_type), status_code=status_of(error), headers=error.headers)
 
 
-async def json_off_loop(content, executor: Executor, headers: dict[str, str] | None = None) -> Response:
+async def json_off_loop(content, executor: Workers, headers: dict[str, str] | None = None) -> Response:
     """A JSON response rendered on `executor`, one list item at a time.
 
     A fill-mask answer can be megabytes; json.dumps holds the GIL for as long as one call
     runs, so rendering it whole, even on another thread, would stall the event loop. Item
     by item, the loop gets its turn between them. The bytes equal JSONResponse's.
     """
-    body = await asyncio.get_running_loop().run_in_executor(executor, render_json, content)
+    body = await executor.run(render_json, content)
     return Response(body, media_type="application/json", headers=headers)
 
 

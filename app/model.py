@@ -11,9 +11,7 @@ import asyncio
 import logging
 import os
 import time
-from concurrent.futures import Executor
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from app.metrics import ModelMetrics
 from app.model_folder import ModelFolder
 from app.runtime import ModelRuntime, warm_up_shapes
 from app.tokenize import Encoded, TextEncoder, TextInput
+from app.workers import Workers
 
 log = logging.getLogger("app.model")
 
@@ -39,7 +38,7 @@ class ServedModel:
         runtime: ModelRuntime,
         limits: BatchLimits,
         metrics: ModelMetrics,
-        executor: Executor,
+        executor: Workers,
         *,
         measure_overhead: bool,  # False: limits.run_overhead_tokens was set by the operator
         memory_bytes: int | None = None,  # what loading it added to the process's resident memory
@@ -79,7 +78,7 @@ class ServedModel:
         return encoded
 
     async def off_loop(self, function, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(self._executor, partial(function, *args, **kwargs))
+        return await self._executor.run(function, *args, **kwargs)
 
     async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[np.ndarray]:
         """Each sequence's output rows: one row, or with `positions` (token indices per sequence) one per position."""
@@ -87,7 +86,10 @@ class ServedModel:
         # One sequence (most requests) needs no gather: one future fewer on the event loop per request.
         waiting = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
         try:
-            rows = await asyncio.wait_for(waiting, timeout=max(0.0, deadline - time.monotonic()))
+            # asyncio.timeout, not wait_for: a timer that cancels this task, where wait_for adds a future of its
+            # own and a callback between the answer and this task, on the event loop, per request.
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                rows = await waiting
             return [rows] if len(futures) == 1 else rows
         except TimeoutError:
             raise DeadlineExceeded("the request did not finish before its deadline") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from app.runtime import ModelRuntime, SessionConfig, spins
 from app.settings import MODEL_NAME, Settings, parse_session_config
 from app.tasks import Task
 from app.tokenize import TextEncoder
+from app.workers import Workers
 
 log = logging.getLogger("app.repository")
 
@@ -95,7 +95,7 @@ class ModelRepository:
         }
 
     @classmethod
-    def build(cls, settings: Settings, metrics: Metrics, executor: Executor, tasks: Mapping[str, Task]) -> ModelRepository:
+    def build(cls, settings: Settings, metrics: Metrics, executor: Workers, tasks: Mapping[str, Task]) -> ModelRepository:
         limits = BatchLimits(
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,

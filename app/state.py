@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from app.errors import NotReady
@@ -21,6 +20,7 @@ from app.repository import ModelRepository
 from app.settings import Settings
 from app.tasks import Task, build_tasks
 from app.threads import name_native_thread
+from app.workers import Workers
 
 log = logging.getLogger("app.state")
 
@@ -34,7 +34,7 @@ class AppState:
         metrics: Metrics,
         tasks: dict[str, Task],
         models: ModelRepository,
-        executor: ThreadPoolExecutor,
+        executor: Workers,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -51,9 +51,7 @@ class AppState:
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics, tasks: dict[str, Task] | None = None) -> AppState:
-        executor = ThreadPoolExecutor(
-            max_workers=settings.tokenizer_threads, thread_name_prefix="tokenize", initializer=name_native_thread
-        )
+        executor = Workers(settings.tokenizer_threads, "tokenize", initializer=name_native_thread)
         tasks = tasks if tasks is not None else build_tasks(settings)
         try:
             models = ModelRepository.build(settings, metrics, executor, tasks)
@@ -90,7 +88,7 @@ class AppState:
         return self._active == 0
 
     @property
-    def executor(self) -> ThreadPoolExecutor:
+    def executor(self) -> Workers:
         """The threads for work too heavy for the event loop: tokenizing, postprocessing, rendering big answers."""
         return self._executor
 
