@@ -8,10 +8,8 @@ can take the batches that run alone (light load), which one thread would run slo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import onnxruntime as ort
 from app.model_folder import ModelFolder, ModelFolderError
 from app.packing import pack
 from app.threads import name_native_thread, usable_cores
+from app.workers import Workers
 
 log = logging.getLogger("app.runtime")
 
@@ -139,9 +138,8 @@ class ModelRuntime:
         # The session is created and run on this one thread: ONNX Runtime's pool threads, started when the
         # session is created, inherit its name and its priority (config.nice).
         cores = config.cores or usable_cores()
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, config.concurrent_runs or cores), thread_name_prefix=f"onnx-{self.name}",
-            initializer=name_native_thread, initargs=(config.nice,),
+        self._executor = Workers(
+            max(1, config.concurrent_runs or cores), f"onnx-{self.name}", initializer=name_native_thread, initargs=(config.nice,)
         )
         try:
             self._executor.submit(self._start, folder, config, cores).result()
@@ -237,8 +235,7 @@ class ModelRuntime:
         """`alone`: the batcher runs nothing else meanwhile, and has no more work waiting (see Batcher). Such a
         batch takes the solo session where there is one: roberta-base, one sequence of 26 tokens, runs in 29 ms
         on two threads against 52 ms on one (fp32; INT8 9 against 15)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run_sync, input_ids, attention_mask, positions, alone)
+        return await self._executor.run(self.run_sync, input_ids, attention_mask, positions, alone)
 
     async def warm_up(self, shapes: list[tuple[int, int]], pad_id: int) -> float:
         """Run each (batch, length) once so first requests do not pay for allocation and kernel setup."""
