@@ -125,13 +125,19 @@ class BodySizeLimit:
         return f"the request body is larger than {self.max_bytes} bytes"
 
 
-async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+# The ASGI extension app.server's protocol puts in each request's scope: `watch(callback)` has `callback` called
+# once when the connection is lost, `watch(None)` takes it back. Where a server has none, a task watches receive().
+DISCONNECT_EXTENSION = "roberta.disconnect"
+
+
+async def unless_disconnected(scope: Scope, receive: Receive, work: Awaitable[T]) -> T:
     """Await `work`, or cancel it when the client hangs up first.
 
     Starlette does not cancel a handler whose client left; without this, queued
     sequences would still reach the model and compute answers nobody reads.
-    `work` runs in the caller's task, and one watcher task cancels that task: a task and
-    an `asyncio.wait` fewer per request on the event loop than running `work` as its own.
+    `work` runs in the caller's task, which a hang-up cancels. The hang-up is told by the
+    server's `roberta.disconnect` extension where there is one (no task, nothing awaited
+    per request), else by a watcher task reading `receive()`.
     """
     current = asyncio.current_task()
     gone = False
@@ -141,7 +147,11 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
         gone = True
         current.cancel()
 
-    watcher = asyncio.ensure_future(_disconnected(receive, then=hang_up))
+    watch = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+    if watch is not None:
+        watch(hang_up)
+    else:
+        watcher = asyncio.ensure_future(_disconnected(receive, then=hang_up))
     try:
         return await work
     except (asyncio.CancelledError, ServiceError):
@@ -150,7 +160,10 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
             raise
         raise ClientClosedRequest("the client closed the connection before the answer") from None
     finally:
-        watcher.cancel()
+        if watch is not None:
+            watch(None)
+        else:
+            watcher.cancel()
 
 
 async def _disconnected(receive: Receive, then: Callable[[], None]) -> None:

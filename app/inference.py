@@ -116,7 +116,7 @@ async def run_task(state: AppState, scope: Scope, receive: Receive, task: Task, 
         raise TooManyInputs(f"{count} {task.counted} in one request; at most {state.settings.max_inputs} are allowed")
     scope.setdefault("state", {})["model"] = model.name  # for RequestMetrics' model label
     with state.admit():
-        answer = await unless_disconnected(receive, task(model, body, deadline))
+        answer = await unless_disconnected(scope, receive, task(model, body, deadline))
     if answer.large:  # up to megabytes: rendered off the event loop
         return await json_off_loop(answer.content, state.executor, headers=answer.headers)
     return JSONResponse(answer.content, headers=answer.headers)

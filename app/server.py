@@ -35,6 +35,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.errors import error_body
+from app.http import DISCONNECT_EXTENSION
 from app.state import AppState
 
 log = logging.getLogger("app.server")
@@ -80,6 +81,7 @@ def limited_protocol(
             self._header_timer: asyncio.TimerHandle | None = None
             self._body_timer: asyncio.TimerHandle | None = None
             self._refusal: tuple[int, str, str] | None = None
+            self._on_disconnect: Callable[[], None] | None = None
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -88,7 +90,15 @@ def limited_protocol(
 
         def connection_lost(self, exc) -> None:
             self._cancel_timers()
+            on_disconnect, self._on_disconnect = self._on_disconnect, None
             super().connection_lost(exc)
+            if on_disconnect is not None:
+                on_disconnect()
+
+        def _watch_disconnect(self, callback: Callable[[], None] | None) -> None:
+            """The `roberta.disconnect` extension (app.http.unless_disconnected): one callback, for the request
+            being handled, called once if the connection is lost before it is taken back (None)."""
+            self._on_disconnect = callback
 
         def data_received(self, data: bytes) -> None:
             self._unset_keepalive_if_required()
@@ -120,6 +130,7 @@ def limited_protocol(
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._begun = True
+            self.scope["extensions"] = {DISCONNECT_EXTENSION: self._watch_disconnect}
 
         def on_headers_complete(self) -> None:
             self._cancel(self._header_timer)

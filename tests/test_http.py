@@ -276,3 +276,70 @@ def test_json_rendered_item_by_item_equals_jsonresponse():
 
     for content in ([[{"score": 0.5, "token": 3, "token_str": " café", "sequence": "ü 🙂"}]] * 3, [], {"a": [1, 2]}):
         assert render_json(content) == JSONResponse(content).body
+
+
+def _work_until_cancelled(log: list):
+    async def work():
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+
+    return work()
+
+
+@pytest.mark.parametrize("told_by", ["extension", "receive"])
+def test_a_hang_up_cancels_the_work_and_raises_499(told_by):
+    from app.errors import ClientClosedRequest
+    from app.http import DISCONNECT_EXTENSION, unless_disconnected
+
+    async def main():
+        log, registered = [], []
+        hung_up = asyncio.Event()
+        scope = {"extensions": {DISCONNECT_EXTENSION: registered.append}} if told_by == "extension" else {}
+
+        async def receive():
+            await hung_up.wait()  # never returns with the extension: it is not read
+            return {"type": "http.disconnect"}
+
+        waiting = asyncio.ensure_future(unless_disconnected(scope, receive, _work_until_cancelled(log)))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        if told_by == "extension":
+            registered[0]()  # what the protocol's connection_lost does
+        else:
+            hung_up.set()
+        with pytest.raises(ClientClosedRequest):
+            await waiting
+        assert log == ["cancelled"]
+        if told_by == "extension":
+            assert registered[-1] is None  # taken back
+        return asyncio.all_tasks()
+
+    left = asyncio.run(main())
+    assert len(left) == 1  # only main itself: no watcher left behind
+
+
+def test_an_answer_passes_and_a_cancel_from_elsewhere_stays_a_cancel():
+    from app.http import DISCONNECT_EXTENSION, unless_disconnected
+
+    async def main():
+        registered = []
+        scope = {"extensions": {DISCONNECT_EXTENSION: registered.append}}
+
+        async def answer():
+            await asyncio.sleep(0)
+            return 42
+
+        assert await unless_disconnected(scope, None, answer()) == 42
+        assert registered[-1] is None and len(registered) == 2
+        log = []
+        outer = asyncio.ensure_future(unless_disconnected(scope, None, _work_until_cancelled(log)))
+        await asyncio.sleep(0.01)
+        outer.cancel()  # a shutdown, not the client
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        assert log == ["cancelled"] and registered[-1] is None
+
+    asyncio.run(main())
