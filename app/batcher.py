@@ -42,10 +42,10 @@ class Item:
     future: asyncio.Future
     positions: np.ndarray | None = None  # token indices to compute output rows at (masks); None: one row per sequence
     enqueued_at: float = field(default_factory=time.monotonic)
+    length: int = field(init=False)  # read a few times per sequence per cut: an attribute, not a property
 
-    @property
-    def length(self) -> int:
-        return len(self.ids)
+    def __post_init__(self) -> None:
+        self.length = len(self.ids)
 
 
 @dataclass(frozen=True)
@@ -94,18 +94,20 @@ def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], li
     # best[j]: least cost of running window[:j]; first[j]: where the last run of that plan starts.
     best = [0.0] + [float("inf")] * len(window)
     first = [0] * (len(window) + 1)
+    # The limits as locals: this loop runs on the event loop, up to max_batch_size times per waiting sequence.
+    most, budget, overhead, attention = limits.max_batch_size, limits.max_batch_tokens, limits.run_overhead_tokens, limits.attention_tokens
     for end in range(1, len(window) + 1):
         longest = lengths[end - 1]
-        for size in range(1, min(limits.max_batch_size, end) + 1):
-            if size > 1 and size * longest > limits.max_batch_tokens:
-                break
-            if limits.attention_tokens is None:
-                work = size * longest
+        fits = min(most, end, max(1, budget // longest) if longest else most)  # one sequence runs whatever its length
+        least, cut = best[end], first[end]
+        for size in range(1, fits + 1):
+            if attention is None:
+                cost = best[end - size] + overhead + size * longest
             else:
-                work = real[end] - real[end - size] + size * longest * longest / limits.attention_tokens
-            cost = best[end - size] + limits.run_overhead_tokens + work
-            if cost < best[end]:
-                best[end], first[end] = cost, end - size
+                cost = best[end - size] + overhead + real[end] - real[end - size] + size * longest * longest / attention
+            if cost < least:
+                least, cut = cost, end - size
+        best[end], first[end] = least, cut
     end = len(window)
     while first[end] > oldest - start:
         end = first[end]
@@ -145,6 +147,7 @@ class Batcher:
         self._metrics = metrics
         self._queue: asyncio.Queue[Item | None] = asyncio.Queue()
         self._depth = 0  # sequences submitted and not yet batched or dropped
+        metrics.queue_depth.set_function(lambda: self._depth)  # read when scraped, not set per request
         self._task: asyncio.Task | None = None
         self._closing = False
         self.batches_run = 0
@@ -172,7 +175,6 @@ class Batcher:
             self._queue.put_nowait(item)
             futures.append(item.future)
         self._depth += len(sequences)
-        self._metrics.queue_depth.set(self._depth)
         return futures
 
     def start(self) -> None:
@@ -213,7 +215,6 @@ class Batcher:
                 continue
             batch, pending = plan_batch(pending, self.limits)
             self._depth -= len(batch)
-            self._metrics.queue_depth.set(self._depth)
             idle = self.concurrency > 1 and busy == 0 and not pending and self._queue.empty()
             # Nothing else to do: a batch of at least one sequence per run is shared out among the runs; a
             # smaller one runs alone, holding every run (the model may give it every core).
@@ -268,7 +269,6 @@ class Batcher:
                 keep.append(item)
                 continue
             self._depth -= 1
-        self._metrics.queue_depth.set(self._depth)
         return keep
 
     async def _execute(self, batch: list[Item], alone: bool = False) -> None:
