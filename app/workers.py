@@ -10,6 +10,7 @@ this machine. `Workers.run` hands the call over a SimpleQueue and resolves an as
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -17,6 +18,8 @@ from queue import SimpleQueue
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("app.workers")
 
 
 class Workers(Executor):
@@ -66,7 +69,10 @@ class Workers(Executor):
 
     def _work(self, initializer: Callable[..., None] | None, initargs: tuple) -> None:
         if initializer is not None:
-            initializer(*initargs)
+            try:
+                initializer(*initargs)
+            except Exception:  # a thread's name or priority is never worth the calls waiting for it
+                log.exception("worker thread initializer failed; the thread serves without it")
         while (job := self._jobs.get()) is not None:
             function, args, kwargs, loop, future = job
             if loop is None:  # submit's concurrent Future

@@ -75,3 +75,14 @@ def test_shutdown_finishes_what_was_handed_over_then_refuses_more():
     assert done == [0, 1, 2, 3, 4] and all(future.done() for future in futures)
     with pytest.raises(RuntimeError):
         workers.submit(print)
+
+
+def test_a_failing_initializer_leaves_the_thread_serving():
+    def broken():
+        raise OSError("no priority here")
+
+    workers = Workers(1, "w", initializer=broken)
+    try:
+        assert workers.submit(lambda: "served").result(timeout=5) == "served"
+    finally:
+        workers.shutdown()
