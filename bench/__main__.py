@@ -94,6 +94,9 @@ class System:
     is_service: bool
     bodies: Path | None = None  # the same bodies, one JSON per line, for wrk
     path: str = "/classify"  # where wrk posts them
+    # Bodies wrk has had answered: its next slice starts there. Started from the first line each time, every slice
+    # posted the same first couple of hundred sentences (24.5 tokens against the dev set's 25.0 on roberta-base).
+    posted: int = 0
 
 
 def one_slice(system: System, mode: str, level: float, seconds: float,
@@ -106,7 +109,9 @@ def one_slice(system: System, mode: str, level: float, seconds: float,
     try:
         before = servers.batch_counters(port) if system.is_service else None
         if mode == "closed" and system.bodies is not None:
-            load = wrk.closed_loop(port, system.path, system.bodies, int(level), seconds, system.server.process.pid, account)
+            load = wrk.closed_loop(port, system.path, system.bodies, int(level), seconds, system.server.process.pid, account,
+                                   start=system.posted)
+            system.posted += sum(load.statuses.values())
         elif mode == "closed":
             load = asyncio.run(closed_loop("127.0.0.1", port, system.source, int(level), seconds))
         else:

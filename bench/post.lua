@@ -1,7 +1,7 @@
--- wrk script: POSTs the JSON bodies of a file (one per line) in turn, each wrk thread from its own offset, and
--- prints one JSON line at the end with what bench/wrk.py reads. Closed loop: each connection sends its next
--- request when the last is answered, so `-c N` is N clients.
---   wrk -t1 -c64 -d20s -s bench/post.lua http://127.0.0.1:8000 -- /classify bodies.jsonl
+-- wrk script: POSTs the JSON bodies of a file (one per line) in turn, from line START + 1 (default 0; each
+-- further wrk thread from its own offset), and prints one JSON line at the end with what bench/wrk.py reads.
+-- Closed loop: each connection sends its next request when the last is answered, so `-c N` is N clients.
+--   wrk -t1 -c64 -d20s -s bench/post.lua http://127.0.0.1:8000 -- /classify bodies.jsonl [START]
 local requests, count, index = {}, 0, 0
 local threads = {}
 
@@ -16,7 +16,8 @@ function init(args)
     count = count + 1
     requests[count] = wrk.format("POST", path, { ["Content-Type"] = "application/json" }, line)
   end
-  index = (id or 0) * 7919 % count
+  -- one back: wrk calls request() once before the first request it sends
+  index = (tonumber(args[3] or "0") - 1 + (id or 0) * 7919) % count
 end
 
 function request()

@@ -103,13 +103,13 @@ class CpuAccount:
 
 
 def closed_loop(port: int, path: str, bodies: Path, concurrency: int, seconds: float, server_pid: int,
-                account: CpuAccount | None = None) -> LoadResult:
-    """`concurrency` wrk connections for `seconds`: the answers, the latency distribution and (into `account`)
-    the CPU the generator and each server thread took."""
+                account: CpuAccount | None = None, start: int = 0) -> LoadResult:
+    """`concurrency` wrk connections for `seconds`, posting the bodies from line `start` on: the answers, the
+    latency distribution and (into `account`) the CPU the generator and each server thread took."""
     duration = max(1, round(seconds))
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "30s",
-               "-s", str(POST_LUA), f"http://127.0.0.1:{port}", "--", path, str(bodies)]
+               "-s", str(POST_LUA), f"http://127.0.0.1:{port}", "--", path, str(bodies), str(start)]
     before = thread_cpu(server_pid)
     started = time.monotonic()
     wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -120,3 +120,57 @@ def test_settle_waits_for_a_server_to_finish_its_work_and_no_longer():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_limits_rate_is_that_of_a_whole_pass_whichever_batches_its_slices_reached():
+    import numpy as np
+
+    from bench.limits import pass_rate
+
+    # three batches of 4 sequences: 16, 32 and 64 padded tokens, taking 1 s + 1 s per 16 tokens
+    batches = [(np.ones((4, width), dtype=np.int64), np.ones((4, width), dtype=np.int64)) for width in (4, 8, 16)]
+    seconds = {0: 2.0, 1: 3.0, 2: 5.0}
+    whole = pass_rate(batches, {index: [took] for index, took in seconds.items()}, runs=1)
+    assert whole == 12 / 10
+    assert pass_rate(batches, {index: [took] for index, took in seconds.items()}, runs=2) == 2 * 12 / 10
+    # the longest batch never ran (a plain count over the time would read 8 / 5): the line through the others
+    # gives it its time
+    assert abs(pass_rate(batches, {0: [2.0, 2.0], 1: [3.0]}, runs=1) - 12 / 10) < 1e-9
+    assert pass_rate(batches, {0: [2.0]}, runs=1) is None  # one size timed: no line to draw
+
+
+def test_wrk_posts_the_bodies_from_the_line_it_is_told(tmp_path):
+    import json as json_module
+    import shutil as shutil_module
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from bench import wrk
+
+    if shutil_module.which("wrk") is None:
+        pytest.skip("wrk is not installed (.ci/run installs it)")
+    seen: list[int] = []
+
+    class Record(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            seen.append(json_module.loads(self.rfile.read(int(self.headers["content-length"])))["n"])
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        bodies = wrk.bodies_file([{"n": index} for index in range(50)])
+        wrk.closed_loop(server.server_address[1], "/", bodies, 1, 1, os.getpid(), start=47)
+    finally:
+        server.shutdown()
+    assert seen[:5] == [47, 48, 49, 0, 1]  # from line 48 on, then round again
