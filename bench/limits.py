@@ -181,4 +181,4 @@ def pass_rate(batches: list[tuple[np.ndarray, np.ndarray]], durations: dict[int,
             if index not in means:
                 means[index] = max(0.0, intercept + slope * batches[index][0].size)
     seconds = sum(means[index] for index in range(len(batches))) / runs
-    return sum(len(batch[0]) for batch in batches) / seconds if seconds > 0 else None
+    return float(sum(len(batch[0]) for batch in batches) / seconds) if seconds > 0 else None
