@@ -133,15 +133,13 @@ def test_a_limits_rate_is_that_of_a_whole_pass_whichever_batches_its_slices_reac
     whole = pass_rate(batches, {index: [took] for index, took in seconds.items()}, runs=1)
     assert whole == 12 / 10
     assert pass_rate(batches, {index: [took] for index, took in seconds.items()}, runs=2) == 2 * 12 / 10
-    # the longest batch never ran (a plain count over the time would read 8 / 5): the line through the others
-    # gives it its time
+    # the longest batch never ran (a plain count over the time would read 12 sequences / 7 s): the line through
+    # the others gives it its time
     assert abs(pass_rate(batches, {0: [2.0, 2.0], 1: [3.0]}, runs=1) - 12 / 10) < 1e-9
     assert pass_rate(batches, {0: [2.0]}, runs=1) is None  # one size timed: no line to draw
 
 
-def test_wrk_posts_the_bodies_from_the_line_it_is_told(tmp_path):
-    import json as json_module
-    import shutil as shutil_module
+def test_wrk_posts_the_bodies_from_the_line_it_is_told():
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -149,7 +147,7 @@ def test_wrk_posts_the_bodies_from_the_line_it_is_told(tmp_path):
 
     from bench import wrk
 
-    if shutil_module.which("wrk") is None:
+    if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (.ci/run installs it)")
     seen: list[int] = []
 
@@ -157,7 +155,7 @@ def test_wrk_posts_the_bodies_from_the_line_it_is_told(tmp_path):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
-            seen.append(json_module.loads(self.rfile.read(int(self.headers["content-length"])))["n"])
+            seen.append(json.loads(self.rfile.read(int(self.headers["content-length"])))["n"])
             self.send_response(200)
             self.send_header("content-length", "2")
             self.end_headers()
