@@ -31,7 +31,7 @@ from pathlib import Path
 from app.settings import Settings
 from bench import servers, wrk
 from bench.limits import LimitSlices, accuracy, measure_limits
-from bench.load import LoadResult, closed_loop, encode_requests, open_loop
+from bench.load import LoadResult, closed_loop, concurrency_level, encode_requests, open_loop
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="embedded model, 3 s per level")
     parser.add_argument("--output", type=Path, default=None, help="default: bench/results (full) or build/bench-quick")
     parser.add_argument("--seconds", type=float, default=None, help="per load level (default 20, quick 3)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--concurrency", type=concurrency_level, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--rate", type=float, default=None, help="open-loop arrivals per second (default 10, quick 30)")
     parser.add_argument("--systems", nargs="+", default=["A", "B", "C", "D", "F"])
     parser.add_argument("--rounds", type=int, default=4, help="slices per system and level, taken in turn (default 4)")
@@ -52,7 +52,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak-system", default="C", help="the service system that takes the soak (default C: INT8, fastest)")
     parser.add_argument("--packed", nargs="*", default=None, metavar="PRECISION",
                         help="precisions of the packed-against-padded section (default int8 fp32, quick int8; none: skip)")
-    parser.add_argument("--packed-concurrency", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--packed-concurrency", type=concurrency_level, nargs="+", default=[8, 32, 64])
     parser.add_argument("--generator", choices=["wrk", "python"], default="wrk" if wrk.available() else "python",
                         help="closed-loop load generator (default wrk when installed: microseconds of CPU per request)")
     return parser.parse_args()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import servers, wrk
 from bench.__main__ import REPO, System, measure_interleaved, sst2_dev
-from bench.load import closed_loop, encode_requests
+from bench.load import closed_loop, concurrency_level, encode_requests
 
 WORK = REPO / "build" / "bench"
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[32, 64])
+    parser.add_argument("--concurrency", type=concurrency_level, nargs="+", default=[32, 64])
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--this-env", nargs="*", default=[], metavar="KEY=VALUE", help="settings for this checkout's server")
     parser.add_argument("--other-env", nargs="*", default=[], metavar="KEY=VALUE", help="settings for the other's")

@@ -7,6 +7,7 @@ flatten every system to the same number.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
@@ -51,6 +52,15 @@ class LoadResult:
             "p99_ms": quantile(0.99),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
         }
+
+
+def concurrency_level(text: str) -> int:
+    """argparse type for a closed loop's clients: a level of 0 would start wrk with no connections, which fails
+    minutes into a run."""
+    level = int(text)
+    if level < 1:
+        raise argparse.ArgumentTypeError(f"a concurrency level is at least 1, not {level}")
+    return level
 
 
 def encode_requests(host: str, path: str, bodies: list[dict]) -> list[bytes]:

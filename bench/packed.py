@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 
 from bench import servers, wrk
-from bench.load import encode_requests
+from bench.load import concurrency_level, encode_requests
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"
@@ -216,7 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.packed", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the embedded model, 6 s per level")
     parser.add_argument("--precision", nargs="+", default=None, help="default: int8 fp32 (quick: int8)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--concurrency", type=concurrency_level, nargs="+", default=[8, 32, 64])
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--output", type=Path, default=None, help="write the section as JSON (and .md beside it)")

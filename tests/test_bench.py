@@ -172,3 +172,10 @@ def test_wrk_posts_the_bodies_from_the_line_it_is_told():
     finally:
         server.shutdown()
     assert seen[:5] == [47, 48, 49, 0, 1]  # from line 48 on, then round again
+
+
+def test_a_concurrency_level_below_one_is_refused_before_the_run_starts():
+    result = subprocess.run([sys.executable, "-m", "bench", "--packed-concurrency", "8", "0"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "a concurrency level is at least 1, not 0" in result.stderr
