@@ -60,6 +60,46 @@ def raw_response(status: int, error_type: str, message: str, extra_headers: tupl
     return b"".join([STATUS_LINE[status], *lines, b"\r\n", body])
 
 
+class _OneSendPerStep:
+    """A response cycle's transport: what the cycle writes in one step of the event loop leaves in one send.
+
+    uvicorn writes the status line and headers, then the body: two sends, two segments and
+    two wake-ups of the client for an answer of a few hundred bytes. Starlette's responses
+    send both messages in one step, so here they go out together, at the end of the step,
+    in one `writelines` (one writev; a large body is not copied). A close sends what waits
+    first, as uvicorn would have.
+    """
+
+    __slots__ = ("_transport", "_loop", "_waiting")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._waiting: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._waiting is None:
+            self._waiting = [data]
+            self._loop.call_soon(self._send)
+        else:
+            self._waiting.append(data)
+
+    def _send(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting and not self._transport.is_closing():  # closed by the protocol meanwhile: dropped, as asyncio does
+            self._transport.writelines(waiting)
+
+    def close(self) -> None:
+        self._send()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 class _Refused(Exception):
     """Raised inside a parser callback to stop parsing; the protocol has already decided the answer."""
 
@@ -140,7 +180,10 @@ def limited_protocol(
                 self._refusal = self._large_headers()
                 raise _Refused
             self._headers_done = True
+            previous = self.cycle
             super().on_headers_complete()
+            if self.cycle is not previous:  # not for an upgrade (websockets), which uvicorn hands over
+                self.cycle.transport = _OneSendPerStep(self.transport, self.loop)
             if is_draining():
                 self.cycle.keep_alive = False  # the answer says `Connection: close`: the next request goes elsewhere
 

@@ -7,13 +7,18 @@ in its JSON error format where it still can, closes the connection, and keeps se
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
 
 import httpx
 import pytest
+import uvicorn
+from starlette.responses import JSONResponse
+from uvicorn.server import ServerState
 
+from app.server import HttpLimits, limited_protocol
 from server import ServerProcess, metric_value, raw_connection
 
 TIMEOUT_S = 1.0
@@ -151,3 +156,96 @@ def test_no_answer_names_the_server_software(server):
 def test_the_server_still_serves_after_all_of_it(server):
     assert httpx.post(f"{server.url}/classify", json={"inputs": "a good film"}).status_code == 200
     assert "Traceback" not in server.output
+
+
+class RecordingTransport(asyncio.Transport):
+    """The socket's side of a connection: each write() or writelines() is one send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sends: list[bytes] = []
+        self.closed = False
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+
+    def write(self, data) -> None:
+        self.sends.append(bytes(data))
+
+    def writelines(self, lines) -> None:
+        self.sends.append(b"".join(lines))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def exchange(app, request: bytes, steps: int = 20) -> RecordingTransport:
+    """Feed `request` to app.server's protocol around `app`; what it sent once the loop has run `steps` steps."""
+    config = uvicorn.Config(app, lifespan="off", log_level="warning")
+    protocol = limited_protocol(HttpLimits())(config=config, server_state=ServerState(), app_state={})
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(request)
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    protocol.connection_lost(None)
+    return transport
+
+
+def test_an_answer_leaves_in_one_send_head_and_body_together():
+    async def app(scope, receive, send):
+        await receive()
+        await JSONResponse({"label": "positive"})(scope, receive, send)
+
+    sends = asyncio.run(exchange(app, b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")).sends
+    assert len(sends) == 1, sends  # uvicorn alone: the head, then the body
+    head, _, body = sends[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"content-length: 20" in head and body == b'{"label":"positive"}'
+
+
+def test_a_head_whose_body_comes_in_a_later_step_is_not_held_back_for_it():
+    body_sent = asyncio.Event()
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await body_sent.wait()
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def run() -> tuple[list[bytes], list[bytes]]:
+        config = uvicorn.Config(app, lifespan="off", log_level="warning")
+        protocol = limited_protocol(HttpLimits())(config=config, server_state=ServerState(), app_state={})
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        before = list(transport.sends)
+        body_sent.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        protocol.connection_lost(None)
+        return before, transport.sends
+
+    before, after = asyncio.run(run())
+    assert len(before) == 1 and before[0].startswith(b"HTTP/1.1 200 OK") and before[0].endswith(b"\r\n\r\n")
+    assert after[1:] == [b"ok"]
+
+
+def test_an_expected_100_continue_and_a_head_request_are_still_answered():
+    async def app(scope, receive, send):
+        await receive()
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    sends = asyncio.run(exchange(app, b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}")).sends
+    assert b"".join(sends).startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK") and sends[-1].endswith(b'{"ok":true}')
+    sends = asyncio.run(exchange(app, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")).sends
+    assert len(sends) == 1 and sends[0].startswith(b"HTTP/1.1 200 OK") and sends[0].endswith(b"\r\n\r\n")
