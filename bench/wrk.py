@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import resource
 import shutil
 import subprocess
 import tempfile
@@ -105,41 +104,55 @@ class CpuAccount:
 def closed_loop(port: int, path: str, bodies: Path, concurrency: int, seconds: float, server_pid: int,
                 account: CpuAccount | None = None, start: int = 0) -> LoadResult:
     """`concurrency` wrk connections for `seconds`, posting the bodies from line `start` on: the answers, the
-    latency distribution and (into `account`) the CPU the generator and each server thread took."""
+    latency distribution and (into `account`) the CPU the generator and each server thread took.
+
+    The throughput, and the CPU, are counted between two readings inside the run (see COUNTED_FROM_S).
+    """
     duration = max(1, round(seconds))
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    origin = time.monotonic()
     command = ["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--timeout", "30s",
-               "-s", str(POST_LUA), f"http://127.0.0.1:{port}", "--", path, str(bodies), str(start)]
-    before = thread_cpu(server_pid)
-    started = time.monotonic()
+               "-s", str(POST_LUA), f"http://127.0.0.1:{port}", "--", path, str(bodies), str(start), f"{origin:.6f}"]
     wrk = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Both CPUs are read in the load's window, 50 ms before it ends. wrk's, because post.lua's done() then turns
-    # its histogram into 1,000 quantiles (0.5 s of CPU at c=64 on roberta-base: one histogram walk per quantile)
-    # when it takes nothing from the server. The server's, because after the window it still answers the
-    # requests in flight, which wrk no longer counts: at c=64 on roberta-base that is a tenth of a slice's CPU.
-    time.sleep(max(0.0, started + duration - IN_WINDOW_MARGIN_S - time.monotonic()))
-    generator_in_window = process_cpu(wrk.pid)
-    after = thread_cpu(server_pid)
-    window_s = time.monotonic() - started
+    first, last = count_window(duration)
+    time.sleep(max(0.0, origin + first - time.monotonic()))
+    opened = time.monotonic() - origin
+    before, generator_before = thread_cpu(server_pid), process_cpu(wrk.pid)
+    time.sleep(max(0.0, origin + last - time.monotonic()))
+    closed = time.monotonic() - origin
+    after, generator_after = thread_cpu(server_pid), process_cpu(wrk.pid)
     stdout, stderr = wrk.communicate()
     if wrk.returncode:
         raise subprocess.CalledProcessError(wrk.returncode, command, stdout, stderr)
-    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     quantiles = next(line["quantiles_us"] for line in lines if "quantiles_us" in line)
+    answered_at = next(line["answered_at_s"] for line in lines if "answered_at_s" in line)
     stats = next(line for line in lines if "requests" in line)
-    result = LoadResult("closed", concurrency, stats["duration_us"] / 1e6)
+    result = LoadResult("closed", concurrency, closed - opened)
     # 1,000 evenly spaced quantiles stand for the slice's latencies: slices of one level, of equal length and
     # near-equal counts, pool into percentiles good to 0.1%
     result.latencies = [us / 1e6 for us in quantiles]
     errors = stats["connect_errors"] + stats["read_errors"] + stats["write_errors"] + stats["timeouts"]
     ok = stats["requests"] - stats["status_errors"]
     result.statuses = {200: ok, **({0: errors} if errors else {}), **({-1: stats["status_errors"]} if stats["status_errors"] else {})}
-    result.in_window = ok
+    result.in_window = answered_between(answered_at, opened, closed)
     if account is not None:
-        whole_run = (after_children.ru_utime - children.ru_utime) + (after_children.ru_stime - children.ru_stime)
-        generator = whole_run if generator_in_window is None else generator_in_window
-        # The requests answered in the window the CPU was read over, at the slice's rate.
-        in_window = stats["requests"] * min(1.0, window_s / result.seconds) if result.seconds else stats["requests"]
-        account.add(generator, before, after, server_pid, in_window)
+        generator = (generator_after or 0.0) - (generator_before or 0.0)
+        account.add(generator, before, after, server_pid, result.in_window)
     return result
+
+
+# A slice's throughput and CPU are read from its first second (a quarter of a shorter slice) to 50 ms before its
+# end. The count over the whole run fell short: the server starts it idle, and at the end the work done on the
+# batches still running (at c=64 on roberta-base, two runs of about 0.3 s) was in the time but not in the count.
+# Inside the run, the work in progress at the window's start and at its end are alike and cancel. The margin keeps
+# the end before wrk's done(), which turns its histogram into quantiles (0.5 s of CPU at c=64).
+COUNTED_FROM_S = 1.0
+
+
+def count_window(duration: float) -> tuple[float, float]:
+    """(from, to) in seconds after wrk is started: where a run of `duration` seconds is counted."""
+    return min(COUNTED_FROM_S, duration / 4), duration - IN_WINDOW_MARGIN_S
+
+
+def answered_between(times: list[float], first: float, last: float) -> int:
+    return sum(1 for t in times if first < t <= last)

@@ -174,6 +174,45 @@ def test_wrk_posts_the_bodies_from_the_line_it_is_told():
     assert seen[:5] == [47, 48, 49, 0, 1]  # from line 48 on, then round again
 
 
+def test_wrk_counts_the_answers_inside_its_run_at_the_rate_they_come():
+    """A server that takes 50 ms an answer, two clients: 40 answers a second, counted between the two readings."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from bench import wrk
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (.ci/run installs it)")
+
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            time.sleep(0.05)
+            # in one write: headers and body apart would wait on the client's delayed ACK (40 ms) from the second on
+            self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        bodies = wrk.bodies_file([{"n": index} for index in range(5)])
+        account = wrk.CpuAccount()
+        result = wrk.closed_loop(server.server_address[1], "/", bodies, 2, 3, os.getpid(), account)
+    finally:
+        server.shutdown()
+    first, last = wrk.count_window(3)
+    assert (first, last) == (0.75, 2.95) and abs(result.seconds - (last - first)) < 0.1
+    assert 0.8 < result.in_window / result.seconds / 40 < 1.05, result.in_window
+    assert result.in_window < result.ok and account.requests == result.in_window
+
+
 def test_a_concurrency_level_below_one_is_refused_before_the_run_starts():
     result = subprocess.run([sys.executable, "-m", "bench", "--packed-concurrency", "8", "0"], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
