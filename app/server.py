@@ -9,7 +9,8 @@ reading. `limited_protocol` bounds the first two, `DrainingServer` the third:
 - body: complete within `body_timeout_s` of the headers (408 and closed);
 - idle connections, a new one included, close after `keep_alive_timeout_s`;
 - a request that is not HTTP gets the service's JSON error body (400), not uvicorn's text;
-- from SIGTERM on, every answer says `Connection: close`, so clients take their next request elsewhere.
+- from SIGTERM on, every answer says `Connection: close`, so clients take their next request elsewhere;
+- an answer's head and body leave in one send (`_OneSendPerStep`), not two.
 
 On SIGTERM the server goes unready, keeps serving for `shutdown_delay_s`, then has
 `shutdown_timeout_s` for everything else: admitted requests, responses still being written,

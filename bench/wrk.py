@@ -136,7 +136,8 @@ def closed_loop(port: int, path: str, bodies: Path, concurrency: int, seconds: f
     result.statuses = {200: ok, **({0: errors} if errors else {}), **({-1: stats["status_errors"]} if stats["status_errors"] else {})}
     result.in_window = answered_between(answered_at, opened, closed)
     if account is not None:
-        generator = (generator_after or 0.0) - (generator_before or 0.0)
+        # wrk runs past both readings (its done() comes after the second); were it gone, its CPU would be unknown
+        generator = generator_after - generator_before if generator_before is not None and generator_after is not None else 0.0
         account.add(generator, before, after, server_pid, result.in_window)
     return result
 
