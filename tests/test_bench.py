@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from conftest import REPO
 
@@ -139,10 +143,30 @@ def test_a_limits_rate_is_that_of_a_whole_pass_whichever_batches_its_slices_reac
     assert pass_rate(batches, {0: [2.0]}, runs=1) is None  # one size timed: no line to draw
 
 
-def test_wrk_posts_the_bodies_from_the_line_it_is_told():
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+@contextlib.contextmanager
+def answering(on_body: Callable[[dict], None]) -> Iterator[int]:
+    """A threaded HTTP server on 127.0.0.1 that hands each POSTed JSON body to `on_body` and answers 200 `{}`; its port."""
 
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            on_body(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            # in one write: headers and body apart would wait on the client's delayed ACK (40 ms) from the second on
+            self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+def test_wrk_posts_the_bodies_from_the_line_it_is_told():
     import pytest
 
     from bench import wrk
@@ -150,35 +174,15 @@ def test_wrk_posts_the_bodies_from_the_line_it_is_told():
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (.ci/run installs it)")
     seen: list[int] = []
-
-    class Record(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            seen.append(json.loads(self.rfile.read(int(self.headers["content-length"])))["n"])
-            self.send_response(200)
-            self.send_header("content-length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Record)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with answering(lambda body: seen.append(body["n"])) as port:
         bodies = wrk.bodies_file([{"n": index} for index in range(50)])
-        wrk.closed_loop(server.server_address[1], "/", bodies, 1, 1, os.getpid(), start=47)
-    finally:
-        server.shutdown()
+        wrk.closed_loop(port, "/", bodies, 1, 1, os.getpid(), start=47)
     assert seen[:5] == [47, 48, 49, 0, 1]  # from line 48 on, then round again
 
 
 def test_wrk_counts_the_answers_inside_its_run_at_the_rate_they_come():
     """A server that takes 50 ms an answer, two clients: 40 answers a second, counted between the two readings."""
-    import threading
     import time
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import pytest
 
@@ -186,27 +190,10 @@ def test_wrk_counts_the_answers_inside_its_run_at_the_rate_they_come():
 
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (.ci/run installs it)")
-
-    class Slow(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["content-length"]))
-            time.sleep(0.05)
-            # in one write: headers and body apart would wait on the client's delayed ACK (40 ms) from the second on
-            self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with answering(lambda body: time.sleep(0.05)) as port:
         bodies = wrk.bodies_file([{"n": index} for index in range(5)])
         account = wrk.CpuAccount()
-        result = wrk.closed_loop(server.server_address[1], "/", bodies, 2, 3, os.getpid(), account)
-    finally:
-        server.shutdown()
+        result = wrk.closed_loop(port, "/", bodies, 2, 3, os.getpid(), account)
     first, last = wrk.count_window(3)
     assert (first, last) == (0.75, 2.95) and abs(result.seconds - (last - first)) < 0.1
     assert 0.8 < result.in_window / result.seconds / 40 < 1.05, result.in_window
