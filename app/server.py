@@ -62,7 +62,8 @@ def raw_response(status: int, error_type: str, message: str, extra_headers: tupl
 
 
 class _OneSendPerStep:
-    """A response cycle's transport: what the cycle writes in one step of the event loop leaves in one send.
+    """A connection's transport as its response cycles see it: what they write in one step of the event loop
+    leaves in one send.
 
     uvicorn writes the status line and headers, then the body: two sends, two segments and
     two wake-ups of the client for an answer of a few hundred bytes. Starlette's responses
@@ -123,9 +124,11 @@ def limited_protocol(
             self._body_timer: asyncio.TimerHandle | None = None
             self._refusal: tuple[int, str, str] | None = None
             self._on_disconnect: Callable[[], None] | None = None
+            self._writer: _OneSendPerStep | None = None  # every response cycle of the connection writes through it
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self._writer = _OneSendPerStep(transport, self.loop)
             # uvicorn arms its idle timer only after a response; a connection that never sends would stay open.
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
@@ -184,7 +187,7 @@ def limited_protocol(
             previous = self.cycle
             super().on_headers_complete()
             if self.cycle is not previous:  # not for an upgrade (websockets), which uvicorn hands over
-                self.cycle.transport = _OneSendPerStep(self.transport, self.loop)
+                self.cycle.transport = self._writer
             if is_draining():
                 self.cycle.keep_alive = False  # the answer says `Connection: close`: the next request goes elsewhere
 
