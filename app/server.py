@@ -62,7 +62,7 @@ def raw_response(status: int, error_type: str, message: str, extra_headers: tupl
 
 
 class _OneSendPerStep:
-    """A connection's transport as its response cycles see it: what they write in one step of the event loop
+    """A connection's transport as uvicorn's protocol sees it: what is written in one step of the event loop
     leaves in one send.
 
     uvicorn writes the status line and headers, then the body: two sends, two segments and
@@ -88,7 +88,7 @@ class _OneSendPerStep:
 
     def _send(self) -> None:
         waiting, self._waiting = self._waiting, None
-        if waiting and not self._transport.is_closing():  # closed by the protocol meanwhile: dropped, as asyncio does
+        if waiting and not self._transport.is_closing():  # lost or aborted meanwhile: dropped, as asyncio does
             self._transport.writelines(waiting)
 
     def close(self) -> None:
@@ -124,11 +124,11 @@ def limited_protocol(
             self._body_timer: asyncio.TimerHandle | None = None
             self._refusal: tuple[int, str, str] | None = None
             self._on_disconnect: Callable[[], None] | None = None
-            self._writer: _OneSendPerStep | None = None  # every response cycle of the connection writes through it
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._writer = _OneSendPerStep(transport, self.loop)
+            # Everything writes and closes through it, the response cycles and this protocol alike: a close from
+            # outside a cycle (the server's shutdown, a timeout, a refusal) sends what a cycle left waiting first.
+            super().connection_made(_OneSendPerStep(transport, self.loop))
             # uvicorn arms its idle timer only after a response; a connection that never sends would stay open.
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
@@ -184,10 +184,7 @@ def limited_protocol(
                 self._refusal = self._large_headers()
                 raise _Refused
             self._headers_done = True
-            previous = self.cycle
             super().on_headers_complete()
-            if self.cycle is not previous:  # not for an upgrade (websockets), which uvicorn hands over
-                self.cycle.transport = self._writer
             if is_draining():
                 self.cycle.keep_alive = False  # the answer says `Connection: close`: the next request goes elsewhere
 

@@ -170,10 +170,12 @@ class RecordingTransport(asyncio.Transport):
         return {"peername": ("127.0.0.1", 40000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
 
     def write(self, data) -> None:
-        self.sends.append(bytes(data))
+        if not self.closed:  # as a socket's transport: nothing leaves after close
+            self.sends.append(bytes(data))
 
     def writelines(self, lines) -> None:
-        self.sends.append(b"".join(lines))
+        if not self.closed:
+            self.sends.append(b"".join(lines))
 
     def is_closing(self) -> bool:
         return self.closed
@@ -238,6 +240,30 @@ def test_a_head_whose_body_comes_in_a_later_step_is_not_held_back_for_it():
     before, after = asyncio.run(run())
     assert len(before) == 1 and before[0].startswith(b"HTTP/1.1 200 OK") and before[0].endswith(b"\r\n\r\n")
     assert after[1:] == [b"ok"]
+
+
+def test_an_answer_waiting_for_its_send_goes_out_when_the_server_closes_the_connection_in_that_step():
+    """The server's shutdown closes a connection whose answer is complete from another task; the answer comes first."""
+    protocols = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await JSONResponse({"ok": True})(scope, receive, send)
+        protocols[0].shutdown()  # as uvicorn's Server.shutdown does, before the loop's step ends
+
+    async def run() -> RecordingTransport:
+        config = uvicorn.Config(app, lifespan="off", log_level="warning")
+        protocol = limited_protocol(HttpLimits())(config=config, server_state=ServerState(), app_state={})
+        protocols.append(protocol)
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        for _ in range(20):
+            await asyncio.sleep(0)
+        return transport
+
+    transport = asyncio.run(run())
+    assert transport.closed and len(transport.sends) == 1 and transport.sends[0].endswith(b'{"ok":true}')
 
 
 def test_an_expected_100_continue_and_a_head_request_are_still_answered():
