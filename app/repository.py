@@ -112,6 +112,7 @@ class ModelRepository:
             providers_chosen="providers" in settings.model_fields_set,
             extra=parse_session_config(settings.onnx_session_config),
             nice=settings.onnx_nice,
+            idle=settings.onnx_scheduler == "idle",
             execution=settings.execution,
         )
         sources = model_sources(settings)

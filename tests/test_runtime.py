@@ -87,6 +87,36 @@ def test_the_model_threads_run_below_the_event_loop_when_asked(exported_classifi
         runtime.close()
 
 
+def test_the_model_threads_run_under_sched_idle_when_asked(exported_classifier):
+    import asyncio
+    import os
+
+    import numpy as np
+    from pathlib import Path
+
+    from app.model_folder import load_model_folder
+    from app.runtime import ModelRuntime, SessionConfig
+
+    def policies(prefix: str) -> list[int]:
+        tids = [int(task.name) for task in Path("/proc/self/task").iterdir() if (task / "comm").read_text().strip().startswith(prefix)]
+        return [os.sched_getscheduler(tid) for tid in tids]
+
+    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", intra_op_threads=2, cores=2, idle=True), name="idle")
+    normal = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", intra_op_threads=2, cores=2), name="normal")
+    try:
+        # the run threads and ONNX Runtime's pool threads they started; one of each per run thread at least
+        idle = policies("onnx-idle_")
+        assert len(idle) >= 2 and set(idle) == {os.SCHED_IDLE}, idle
+        assert set(policies("onnx-normal_")) == {os.SCHED_OTHER}
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the calling thread (the event loop's) keeps its own
+        ids = np.array([[0, 5, 6, 2]], dtype=np.int64)
+        # and it still runs the model, on those threads, to the same answer
+        np.testing.assert_allclose(asyncio.run(runtime.run(ids, np.ones_like(ids))), normal.run_sync(ids, np.ones_like(ids)), atol=1e-6)
+    finally:
+        runtime.close()
+        normal.close()
+
+
 def test_a_session_spins_only_alone_and_wide():
     assert spins(1, 768) and spins(1, 1024)  # roberta-base, roberta-large: spinning measured faster
     assert not spins(1, 256)  # the embedded model: waiting measured 18-26% faster
