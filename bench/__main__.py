@@ -372,6 +372,23 @@ def plot(report: dict, path: Path) -> bool:
     return True
 
 
+def describe_machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU by name and its widest vector instructions: INT8 runs 2-4x faster where VNNI is there (ONNX
+    Runtime's INT8 kernels use it), so two reports are comparable only on the same kind of core."""
+    name, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    vector = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if flag in flags]
+    isa = f" ({', '.join(vector)})" if vector else ""
+    return f"{name}{isa}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
 def main() -> None:
     args = parse_args()
     seconds = args.seconds or (3.0 if args.quick else 20.0)
@@ -384,7 +401,7 @@ def main() -> None:
     report = {
         "model": "embedded roberta-mini-sst2" if args.quick else "roberta-base shape, random weights",
         "when": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": describe_machine(),
         "seconds_per_level": seconds,
         "limits": {},
         "systems": {},

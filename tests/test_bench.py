@@ -205,3 +205,17 @@ def test_a_concurrency_level_below_one_is_refused_before_the_run_starts():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "a concurrency level is at least 1, not 0" in result.stderr
+
+
+def test_the_report_names_the_cpu_and_the_vector_instructions_int8_depends_on(tmp_path):
+    from bench.__main__ import describe_machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8375C\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n\n"
+        "processor\t: 1\nmodel name\t: Intel(R) Xeon(R) Platinum 8375C\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+    )
+    assert describe_machine(cpuinfo).startswith("Intel(R) Xeon(R) Platinum 8375C (avx2, avx512f, avx512_vnni), ")
+    cpuinfo.write_text("model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2\n")
+    assert describe_machine(cpuinfo).startswith("AMD EPYC (avx2), ")
+    assert " cores, Python " in describe_machine(tmp_path / "absent")  # no /proc: the platform's name, still a line
