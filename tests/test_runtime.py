@@ -60,26 +60,25 @@ def test_a_malformed_session_config_is_a_settings_error(value):
         Settings(onnx_session_config=value)
 
 
+def native_threads(prefix: str) -> list[int]:
+    """The ids of this process's threads whose kernel name starts with `prefix` (ONNX Runtime's pool threads
+    carry the name of the thread that started them)."""
+    from pathlib import Path
+
+    return [int(task.name) for task in Path("/proc/self/task").iterdir() if (task / "comm").read_text().strip().startswith(prefix)]
+
+
 def test_the_model_threads_run_below_the_event_loop_when_asked(exported_classifier):
     import os
-    from pathlib import Path
 
     from app.model_folder import load_model_folder
     from app.runtime import ModelRuntime, SessionConfig
-
-    def niceness() -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for task in Path("/proc/self/task").iterdir():
-            stat = (task / "stat").read_text()
-            name = stat[stat.index("(") + 1 : stat.rindex(")")]
-            out.setdefault(name, []).append(int(stat[stat.rindex(")") + 2 :].split()[16]))
-        return out
 
     base = os.getpriority(os.PRIO_PROCESS, 0)
     config = SessionConfig(precision="fp32", intra_op_threads=2, nice=5)
     runtime = ModelRuntime(load_model_folder(exported_classifier), config, name="nice")
     try:
-        threads = niceness()["onnx-nice_0"]
+        threads = [os.getpriority(os.PRIO_PROCESS, tid) for tid in native_threads("onnx-nice_0")]
         # the thread that runs the model and ONNX Runtime's pool thread it started, both 5 steps down
         assert len(threads) == 2 and set(threads) == {base + 5}, threads
         assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the calling thread (the event loop's) keeps its own
@@ -92,19 +91,17 @@ def test_the_model_threads_run_under_sched_idle_when_asked(exported_classifier):
     import os
 
     import numpy as np
-    from pathlib import Path
 
     from app.model_folder import load_model_folder
     from app.runtime import ModelRuntime, SessionConfig
 
     def policies(prefix: str) -> list[int]:
-        tids = [int(task.name) for task in Path("/proc/self/task").iterdir() if (task / "comm").read_text().strip().startswith(prefix)]
-        return [os.sched_getscheduler(tid) for tid in tids]
+        return [os.sched_getscheduler(tid) for tid in native_threads(prefix)]
 
     runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", intra_op_threads=2, cores=2, idle=True), name="idle")
     normal = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", intra_op_threads=2, cores=2), name="normal")
     try:
-        # the run threads and ONNX Runtime's pool threads they started; one of each per run thread at least
+        # the run threads and the pool thread ONNX Runtime started on the one that created the session
         idle = policies("onnx-idle_")
         assert len(idle) >= 2 and set(idle) == {os.SCHED_IDLE}, idle
         assert set(policies("onnx-normal_")) == {os.SCHED_OTHER}
