@@ -1,4 +1,4 @@
-"""One service process against N of them sharing a port, and INT8 E*, in turn: how to lay out a small model.
+"""One service process against N of them sharing a port, and E*, in turn: how to lay out a small model.
 
     python -m bench.replicas                                  # embedded INT8 classifier, 2 replicas, c=32, 3 rounds
     python -m bench.replicas --replicas 2 --concurrency 32 64 --rounds 4 --seconds 10
@@ -99,9 +99,8 @@ def main() -> None:
     split = {"ROBERTA_CONCURRENT_RUNS": str(cores // args.replicas), "ROBERTA_INTRA_OP_THREADS": "1"}
     report: dict = {"folder": str(folder), "precision": args.precision, "replicas": args.replicas, "cores": cores, "levels": {}}
     with ExitStack() as stack:
-        one = stack.enter_context(servers.Server(
-            "one", [sys.executable, "-m", "app", "--classify-model", str(folder), "--precision", args.precision,
-                    "--port", str(port := servers.free_port()), "--log-level", "warning"], port, WORK / "logs" / "replicas-one.log"))
+        one = stack.enter_context(servers.service("one", folder, servers.free_port(), WORK / "logs" / "replicas-one.log",
+                                                  precision=args.precision))
         one.pause()
         group = []
         for index in range(args.replicas):
