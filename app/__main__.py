@@ -3,18 +3,24 @@
 Settings and models are checked before the port is bound: a bad setting, a missing or
 corrupt model exits with status 1 and one line saying what to change. SIGTERM (or Ctrl-C)
 drains (see app.server): readiness goes 503, new requests get 503, every accepted request
-is answered, then the process exits 0. A second signal skips the wait.
+is answered, then the process exits 0. A second signal skips the wait. With `--processes N`
+a supervisor runs N such processes on the port (see app.supervisor).
 """
 
 from __future__ import annotations
 
-from app.main import configure_logging, create_app, load_or_exit
+import sys
+
+from app.main import create_app, settings_or_exit, state_or_exit
 from app.server import DrainingServer, uvicorn_config
+from app.supervisor import Supervisor
 
 
 def main() -> None:
-    settings, state = load_or_exit(cli=True)
-    configure_logging(settings.log_level)
+    settings = settings_or_exit(cli=True)
+    if settings.processes > 1:
+        sys.exit(Supervisor(settings).run())
+    state = state_or_exit(settings)
     app = create_app(state=state)
     DrainingServer(uvicorn_config(app, state), state).run()
 

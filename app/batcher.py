@@ -147,7 +147,6 @@ class Batcher:
         self._metrics = metrics
         self._queue: asyncio.Queue[Item | None] = asyncio.Queue()
         self._depth = 0  # sequences submitted and not yet batched or dropped
-        metrics.queue_depth.set_function(lambda: self._depth)  # read when scraped, not set per request
         self._task: asyncio.Task | None = None
         self._closing = False
         self.batches_run = 0
@@ -174,8 +173,14 @@ class Batcher:
             item = Item(ids=ids, deadline=deadline, future=loop.create_future(), positions=positions[index] if positions else None)
             self._queue.put_nowait(item)
             futures.append(item.future)
-        self._depth += len(sequences)
+        self._count(len(sequences))
         return futures
+
+    def _count(self, change: int) -> None:
+        # Set at each change, not read at the scrape: in a pool of processes (app.supervisor) a scrape reads
+        # every process's value from its file, where a function read at the scrape would give 0.
+        self._depth += change
+        self._metrics.queue_depth.set(self._depth)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="batcher")
@@ -214,7 +219,7 @@ class Batcher:
             if not pending:
                 continue
             batch, pending = plan_batch(pending, self.limits)
-            self._depth -= len(batch)
+            self._count(-len(batch))
             idle = self.concurrency > 1 and busy == 0 and not pending and self._queue.empty()
             # Nothing else to do: a batch of at least one sequence per run is shared out among the runs; a
             # smaller one runs alone, holding every run (the model may give it every core).
@@ -268,7 +273,7 @@ class Batcher:
             else:
                 keep.append(item)
                 continue
-            self._depth -= 1
+            self._count(-1)
         return keep
 
     async def _execute(self, batch: list[Item], alone: bool = False) -> None:

@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         configure_logging(settings.log_level)
         services = state if state is not None else AppState.build(settings, metrics, tasks)
         app.state.services = services
-        await services.start()
+        await services.start(warm_first=settings.processes > 1)
         try:
             yield
         finally:
@@ -94,15 +94,25 @@ def configure_logging(level: str) -> None:
 
 def load_or_exit(*, cli: bool) -> tuple[Settings, AppState]:
     """Settings (from the environment, and the command line when `cli`) and every model, or one line and exit 1."""
+    settings = settings_or_exit(cli=cli)
+    return settings, state_or_exit(settings)
+
+
+def settings_or_exit(*, cli: bool) -> Settings:
     try:
         if cli:
             settings = Settings(_cli_parse_args=True, _cli_kebab_case=True, _cli_prog_name="python -m app")
         else:
             settings = Settings()
-        configure_logging(settings.log_level)
-        return settings, AppState.build(settings, Metrics())
     except ValidationError as exc:
         _exit_with(describe_settings_error(exc))
+    configure_logging(settings.log_level)
+    return settings
+
+
+def state_or_exit(settings: Settings, metrics: Metrics | None = None) -> AppState:
+    try:
+        return AppState.build(settings, metrics or Metrics())
     except ModelFolderError as exc:
         _exit_with(str(exc))
 

@@ -7,8 +7,10 @@ inference time around the session call, end-to-end latency in the HTTP middlewar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Latency buckets from 1 ms to 60 s: a tiny model on a GPU and roberta-base at batch 64 on two cores.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -40,8 +42,19 @@ HTTP_REFUSALS = ("bad_request", "headers_too_large", "not_ready", "request_timeo
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    """The service's metrics; with `multiprocess_dir`, one of several processes (app.supervisor) that share a port.
+
+    Then every process writes its samples to files in that folder (prometheus_client's multiprocess mode, chosen
+    when the variable PROMETHEUS_MULTIPROC_DIR is set before the client is imported) and each scrape, whichever
+    process answers it, adds them all up: counters and histograms summed over every process that ever ran, the
+    queue's depth and capacity and the models' memory summed over the live ones, readiness per live process.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None) -> None:
+        if multiprocess_dir is not None and values.ValueClass is values.MutexValue:
+            raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported")
         self.registry = registry or CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir
         r = self.registry
         self.requests = Counter(
             "roberta_requests", "HTTP requests by endpoint, model (empty for none) and status", ["endpoint", "model", "status"],
@@ -67,10 +80,13 @@ class Metrics:
         self.padding_ratio = Histogram(
             "roberta_batch_padding_ratio", "Share of a batch's tokens that are padding", ["model"], buckets=RATIO_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("roberta_queue_depth", "Sequences waiting for a batch", ["model"], registry=r)
+        self.queue_depth = Gauge(
+            "roberta_queue_depth", "Sequences waiting for a batch", ["model"], registry=r, multiprocess_mode="livesum"
+        )
         # The bound beside the depth, so that "queue near full" is one ratio in PromQL, whatever ROBERTA_MAX_QUEUE is.
         self.queue_capacity = Gauge(
-            "roberta_queue_capacity", "Sequences the model's queue takes before requests get 429", ["model"], registry=r
+            "roberta_queue_capacity", "Sequences the model's queue takes before requests get 429", ["model"], registry=r,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter("roberta_rejected", "Requests refused because the queue was full", ["model"], registry=r)
         self.dropped = Counter(
@@ -78,15 +94,18 @@ class Metrics:
         )
         self.failed_batches = Counter("roberta_failed_batches", "Batches whose inference raised", ["model"], registry=r)
         self.memory = Gauge(
-            "roberta_model_memory_bytes", "Resident memory that loading and warming up the model added", ["model"], registry=r
+            "roberta_model_memory_bytes", "Resident memory that loading and warming up the model added", ["model"], registry=r,
+            multiprocess_mode="livesum",
         )
         self.provider = Gauge(
             "roberta_model_info",
             "1 for each loaded model, labelled with what runs it",
             ["model", "task", "precision", "provider"],
             registry=r,
+            multiprocess_mode="livemax",
         )
-        self.ready = Gauge("roberta_ready", "1 when every model is loaded and warm", registry=r)
+        # Per process (a `pid` label) where there are several: min() over them is the pool's readiness.
+        self.ready = Gauge("roberta_ready", "1 when every model is loaded and warm", registry=r, multiprocess_mode="liveall")
         self.http_refused = Counter(
             "roberta_http_refused",
             "Connections the HTTP layer answered and closed itself (headers too large, timeouts, not HTTP)",
@@ -96,6 +115,14 @@ class Metrics:
         # At 0 from the start, so that rate() has a series to work on and the first refusal shows as an increase.
         for reason in HTTP_REFUSALS:
             self.http_refused.labels(reason)
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this process's registry, or every process's samples in multiprocess mode."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+        return generate_latest(registry)
 
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(

@@ -22,6 +22,7 @@ from app.model_folder import ModelFolderError, load_model_folder
 from app.runtime import ModelRuntime, SessionConfig, spins
 from app.settings import MODEL_NAME, Settings, parse_session_config
 from app.tasks import Task
+from app.threads import usable_cores
 from app.tokenize import TextEncoder
 from app.workers import Workers
 
@@ -114,6 +115,8 @@ class ModelRepository:
             nice=settings.onnx_nice,
             idle=settings.onnx_scheduler == "idle",
             execution=settings.execution,
+            # A process of a pool (app.supervisor) lays its threads out on its share of the cores.
+            cores=max(1, usable_cores() // settings.processes) if settings.processes > 1 else None,
         )
         sources = model_sources(settings)
         models: dict[str, ServedModel] = {}

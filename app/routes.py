@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import __version__, validation
 from app.errors import error_body
@@ -137,8 +137,7 @@ async def info(request: Request) -> dict:
 
 
 async def metrics(request: Request) -> PlainTextResponse:
-    registry = get_state(request).metrics.registry
-    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(get_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 def body_rules(tasks: Mapping[str, Task]) -> dict[str, validation.BodyRules]:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -279,9 +280,10 @@ class DrainingServer(uvicorn.Server):
     """uvicorn closes its sockets on the first signal; this answers 503 while accepted work finishes first,
     and bounds the whole shutdown by the drain settings."""
 
-    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+    def __init__(self, config: uvicorn.Config, state: AppState, on_started: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self.state = state
+        self._on_started = on_started  # called once the sockets listen (app.supervisor's readiness of a process)
         self._draining = False
         self._drain_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -290,6 +292,11 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining or not self.started or self._loop is None:
@@ -341,6 +348,21 @@ def _start_watchdog(deadline: float) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
+
+
+def shared_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port` with SO_REUSEPORT, not yet listening: several processes bind the same port
+    and the kernel deals each new connection to one of those that listen (uvicorn listens once the app is up)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def uvicorn_config(app, state: AppState) -> uvicorn.Config:

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     )
     shutdown_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, the longest wait for accepted requests to finish")
 
+    processes: int = Field(
+        1, ge=1, le=64,
+        description="copies of the service on one port (python -m app), each with its share of the cores and its own "
+        "copy of the models, dealt connections by the kernel (SO_REUSEPORT); for models narrower than roberta-base, "
+        "whose cores one event loop leaves partly idle (README, Benchmark)",
+    )
     host: str = Field("127.0.0.1", description="address to bind (python -m app)")
     port: int = Field(8000, ge=0, le=65535, description="port to bind (python -m app)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
@@ -149,6 +155,13 @@ class Settings(BaseSettings):
     def _timeouts_in_order(self):
         if self.request_timeout_s > self.max_request_timeout_s:
             raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
+        return self
+
+    @model_validator(mode="after")
+    def _processes_share_a_known_port(self):
+        # Each process binds the port itself: port 0 would give each its own.
+        if self.processes > 1 and self.port == 0:
+            raise ValueError("with processes above 1, name the port: each process binds it, and 0 would give each its own")
         return self
 
     @field_validator("onnx_session_config")

@@ -60,10 +60,14 @@ class AppState:
             raise
         return cls(settings, metrics, tasks, models, executor)
 
-    async def start(self) -> None:
+    async def start(self, *, warm_first: bool = False) -> None:
+        """Starts the batchers and the warm-up; with `warm_first`, returns once warm (a process of a pool, which
+        listens only when it can answer, since a probe reaching another process says nothing about this one)."""
         for model in self.models:
             model.start()
         self._warm_up_task = asyncio.create_task(self._warm_up(), name="warm-up")
+        if warm_first:
+            await self._warm_up_task
 
     async def _warm_up(self) -> None:
         for model in self.models:  # one at a time: each is timed, and measured, alone

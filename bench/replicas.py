@@ -4,11 +4,11 @@
     python -m bench.replicas --replicas 2 --concurrency 32 64 --rounds 4 --seconds 10
 
 One process runs everything through one event loop; on the embedded model the two cores sat 11-14% idle at
-c=32 while requests waited (bench/results/NOTES.md). N processes, each with its share of the cores
-(`ROBERTA_CONCURRENT_RUNS` = cores / N, one thread each), bind one port with SO_REUSEPORT and the kernel
-deals connections out among them, as a Service deals them out among pods. Each replica also listens on a
-port of its own, so that it is known to be warm before any load comes. The systems take each level in
-slices, one at a time, the others SIGSTOPped, so drift of these shared cores falls on all alike.
+c=32 while requests waited (bench/results/NOTES.md). `python -m app --processes N` (app.supervisor) runs N
+processes, each with its share of the cores, bound to one port with SO_REUSEPORT: the kernel deals
+connections out among them, as a Service deals them out among pods. The load starts once every process
+is warm. The systems take each level in slices, one at a time, the others SIGSTOPped, so drift of these
+shared cores falls on all alike.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import servers, wrk
 from bench.__main__ import REPO, prepare_model, sst2_dev
@@ -27,31 +31,19 @@ from bench.load import LoadResult
 
 WORK = REPO / "build" / "bench"
 
-# A replica: uvicorn serves the shared port (SO_REUSEPORT) and one of its own, from the same app.
-LAUNCHER = """
-import socket, sys
-from app.main import configure_logging, create_app, load_or_exit
-from app.server import DrainingServer, uvicorn_config
-shared_port = int(sys.argv.pop(1))
-settings, state = load_or_exit(cli=True)
-configure_logging(settings.log_level)
-app = create_app(state=state)
-shared = socket.socket()
-shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-shared.bind(("127.0.0.1", shared_port))
-own = socket.socket()
-own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-own.bind(("127.0.0.1", settings.port))
-DrainingServer(uvicorn_config(app, state), state).run(sockets=[shared, own])
-"""
 
-
-def replica(index: int, shared_port: int, folder: Path, precision: str, env: dict[str, str]) -> servers.Server:
-    port = servers.free_port()
-    command = [sys.executable, "-c", LAUNCHER, str(shared_port), "--classify-model", str(folder), "--precision", precision,
-               "--port", str(port), "--log-level", "warning"]
-    return servers.Server(f"replica-{index}", command, port, WORK / "logs" / f"replica-{index}.log", env=env)
+def wait_for_processes(server: servers.Server, count: int, timeout_s: float = 300.0) -> list[int]:
+    """The pids of a pool's `count` processes once each says it is ready (roberta_ready by `pid`, app.metrics)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
+        ready = [int(sample.labels["pid"]) for family in text_string_to_metric_families(text) if family.name == "roberta_ready"
+                 for sample in family.samples if sample.value == 1.0 and "pid" in sample.labels]
+        if len(ready) == count:
+            return sorted(ready)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{server.name}: {len(ready)} of {count} processes ready: see {server.log}")
+        time.sleep(0.2)
 
 
 def idle_share(before: list[int], after: list[int]) -> float:
@@ -64,17 +56,16 @@ def cpu_times() -> list[int]:
     return [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
 
 
-def measure_slice(group: list[servers.Server], port: int, bodies: Path, concurrency: int, seconds: float,
+def measure_slice(server: servers.Server, bodies: Path, concurrency: int, seconds: float,
                   start: int) -> tuple[LoadResult, float, list[float]]:
-    """(the slice's answers, the machine's idle share, each process's CPU seconds) for one slice of load on `group`."""
-    for server in group:
-        server.resume()
-    cpu_before, stat_before = [wrk.process_cpu(s.process.pid) or 0.0 for s in group], cpu_times()
-    result = wrk.closed_loop(port, "/classify", bodies, concurrency, seconds, group[0].process.pid, start=start)
-    cpu_after, stat_after = [wrk.process_cpu(s.process.pid) or 0.0 for s in group], cpu_times()
-    for server in group:
-        server.settle()
-        server.pause()
+    """(the slice's answers, the machine's idle share, each serving process's CPU seconds) for one slice of load."""
+    server.resume()
+    pids = server.members or [server.process.pid]
+    cpu_before, stat_before = [wrk.process_cpu(pid) or 0.0 for pid in pids], cpu_times()
+    result = wrk.closed_loop(server.port, "/classify", bodies, concurrency, seconds, pids[0], start=start)
+    cpu_after, stat_after = [wrk.process_cpu(pid) or 0.0 for pid in pids], cpu_times()
+    server.settle()
+    server.pause()
     return result, idle_share(stat_before, stat_after), [a - b for a, b in zip(cpu_after, cpu_before)]
 
 
@@ -95,18 +86,17 @@ def main() -> None:
     folder = args.folder or prepare_model(True, WORK)[1]
     texts, _ = sst2_dev()
     bodies = wrk.bodies_file([{"inputs": text} for text in texts])
-    shared_port = servers.free_port()
-    split = {"ROBERTA_CONCURRENT_RUNS": str(cores // args.replicas), "ROBERTA_INTRA_OP_THREADS": "1"}
     report: dict = {"folder": str(folder), "precision": args.precision, "replicas": args.replicas, "cores": cores, "levels": {}}
     with ExitStack() as stack:
         one = stack.enter_context(servers.service("one", folder, servers.free_port(), WORK / "logs" / "replicas-one.log",
                                                   precision=args.precision))
         one.pause()
-        group = []
-        for index in range(args.replicas):
-            group.append(stack.enter_context(replica(index, shared_port, folder, args.precision, split)))
-            group[-1].pause()
-        systems = {"one process": ([one], one.port), f"{args.replicas} replicas": (group, shared_port)}
+        name = f"{args.replicas} replicas"
+        pool = stack.enter_context(servers.service(name, folder, servers.free_port(), WORK / "logs" / "replicas-pool.log",
+                                                   precision=args.precision, processes=args.replicas))
+        pool.members = wait_for_processes(pool, args.replicas)
+        pool.pause()
+        systems = {"one process": one, name: pool}
         for concurrency in args.concurrency:
             rounds = []
             limits = LimitSlices(folder, "model.int8.onnx" if args.precision == "int8" else "model.onnx", texts)  # per level
@@ -114,8 +104,8 @@ def main() -> None:
                 limits.run_for("E*", args.seconds)
                 limits.run_for("E*1", args.seconds)
                 row = {"E_star_seq_per_s": limits.summary()["E_star_seq_per_s"]}  # over this level's slices so far
-                for name, (members, port) in systems.items():
-                    result, idle, cpu = measure_slice(members, port, bodies, concurrency, args.seconds, start=index * 997)
+                for name, server in systems.items():
+                    result, idle, cpu = measure_slice(server, bodies, concurrency, args.seconds, start=index * 997)
                     rate = result.in_window / result.seconds
                     row[name] = {"requests_per_s": round(rate, 1), "p50_ms": round(result.summary()["p50_ms"], 1),
                                  "idle": round(idle, 3), "cpu_ms_per_request": round(sum(cpu) * 1000 / max(1, result.ok), 3),

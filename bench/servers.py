@@ -30,6 +30,9 @@ class Server:
         self.name, self.command, self.port, self.log, self.ready_path = name, command, port, log, ready_path
         self.env = env or {}
         self.process: subprocess.Popen | None = None
+        # Processes outside its process group that belong to it (app.supervisor's, each in a group of its own):
+        # paused, resumed and settled with it.
+        self.members: list[int] = []
 
     def __enter__(self) -> Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -67,22 +70,28 @@ class Server:
         then, a server would spend the start of its next slice on them.
         """
         deadline = time.monotonic() + most_s
-        last = process_cpu(self.process.pid)
+        last = self.cpu()
         while last is not None and time.monotonic() < deadline:
             time.sleep(quiet_s)
-            now = process_cpu(self.process.pid)
+            now = self.cpu()
             if now is None or now - last < 0.1 * quiet_s:
                 return
             last = now
+
+    def cpu(self) -> float | None:
+        """CPU seconds its process and members have taken; None once its process has ended."""
+        spent = [process_cpu(pid) for pid in (self.process.pid, *self.members)]
+        return None if spent[0] is None else sum(seconds or 0.0 for seconds in spent)
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
 
     def _signal(self, number: int) -> None:
-        try:
-            os.killpg(self.process.pid, number)
-        except ProcessLookupError:  # it has exited; __exit__ and the log say why
-            pass
+        for send, pid in [(os.killpg, self.process.pid), *((os.kill, member) for member in self.members)]:
+            try:
+                send(pid, number)
+            except ProcessLookupError:  # it has exited; __exit__ and the log say why
+                pass
 
     def __exit__(self, *exc) -> None:
         self.resume()

@@ -58,10 +58,11 @@ class ServerProcess:
     """`python -m app` in its own process, for behaviour that belongs to the process: signals, memory, exit codes."""
 
     def __init__(
-        self, *flags: str, env: dict[str, str] | None = None, wait_ready: bool = True, launcher: list[str] | None = None
+        self, *flags: str, env: dict[str, str] | None = None, wait_ready: bool = True, launcher: list[str] | None = None,
+        port: int = 0,
     ) -> None:
         launcher = launcher or [sys.executable, "-m", "app"]
-        self.command = [*launcher, "--host", "127.0.0.1", "--port", "0", "--log-level", "info", *flags]
+        self.command = [*launcher, "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", *flags]
         self.env = {**os.environ, **(env or {})}
         self._wait_ready = wait_ready
         self.process: subprocess.Popen | None = None
@@ -74,7 +75,7 @@ class ServerProcess:
         )
         bound = threading.Event()
         threading.Thread(target=self._read_output, args=(bound,), daemon=True).start()
-        if not bound.wait(timeout=120):
+        if not bound.wait(timeout=120) or not self.url:
             self.kill()
             raise RuntimeError("server did not start:\n" + self.output)
         deadline = time.monotonic() + 60
@@ -87,10 +88,12 @@ class ServerProcess:
     def _read_output(self, bound: threading.Event) -> None:
         for line in self.process.stdout:
             self.lines.append(line)
-            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            # One process, or a pool of them (app.supervisor) once every process listens.
+            found = re.search(r"(?:Uvicorn running|processes ready) on (http://127\.0\.0\.1:\d+)", line)
             if found:
                 self.url = found.group(1)
                 bound.set()
+        bound.set()  # the output ended: the process exited, whether it bound or not
 
     @property
     def output(self) -> str:

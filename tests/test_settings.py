@@ -67,3 +67,10 @@ def test_an_empty_folder_setting_is_unset_not_the_working_directory(tmp_path):
     assert (settings.model_repository, settings.models, settings.fill_mask_model) == (None, None, None)
     with pytest.raises(ValidationError, match="name a model"):
         Settings(model_repository="", classify_model="")
+
+
+def test_a_pool_of_processes_needs_a_named_port(tmp_path):
+    # Each process binds the port itself: with 0 each would get a port of its own.
+    with pytest.raises(ValidationError, match="name the port"):
+        Settings(classify_model=tmp_path, processes=2, port=0)
+    assert Settings(classify_model=tmp_path, processes=2, port=8123).processes == 2
