@@ -17,12 +17,8 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from contextlib import ExitStack
 from pathlib import Path
-
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench import servers, wrk
 from bench.__main__ import REPO, prepare_model, sst2_dev
@@ -30,20 +26,6 @@ from bench.limits import LimitSlices, usable_cores
 from bench.load import LoadResult
 
 WORK = REPO / "build" / "bench"
-
-
-def wait_for_processes(server: servers.Server, count: int, timeout_s: float = 300.0) -> list[int]:
-    """The pids of a pool's `count` processes once each says it is ready (roberta_ready by `pid`, app.metrics)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=5).text
-        ready = [int(sample.labels["pid"]) for family in text_string_to_metric_families(text) if family.name == "roberta_ready"
-                 for sample in family.samples if sample.value == 1.0 and "pid" in sample.labels]
-        if len(ready) == count:
-            return sorted(ready)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{server.name}: {len(ready)} of {count} processes ready: see {server.log}")
-        time.sleep(0.2)
 
 
 def idle_share(before: list[int], after: list[int]) -> float:
@@ -60,9 +42,9 @@ def measure_slice(server: servers.Server, bodies: Path, concurrency: int, second
                   start: int) -> tuple[LoadResult, float, list[float]]:
     """(the slice's answers, the machine's idle share, each serving process's CPU seconds) for one slice of load."""
     server.resume()
-    pids = server.members or [server.process.pid]
+    pids = server.pids
     cpu_before, stat_before = [wrk.process_cpu(pid) or 0.0 for pid in pids], cpu_times()
-    result = wrk.closed_loop(server.port, "/classify", bodies, concurrency, seconds, pids[0], start=start)
+    result = wrk.closed_loop(server.port, "/classify", bodies, concurrency, seconds, pids, start=start)
     cpu_after, stat_after = [wrk.process_cpu(pid) or 0.0 for pid in pids], cpu_times()
     server.settle()
     server.pause()
@@ -94,7 +76,6 @@ def main() -> None:
         name = f"{args.replicas} replicas"
         pool = stack.enter_context(servers.service(name, folder, servers.free_port(), WORK / "logs" / "replicas-pool.log",
                                                    precision=args.precision, processes=args.replicas))
-        pool.members = wait_for_processes(pool, args.replicas)
         pool.pause()
         systems = {"one process": one, name: pool}
         for concurrency in args.concurrency:

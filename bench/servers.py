@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.wrk import process_cpu
 
@@ -26,12 +27,12 @@ def free_port() -> int:
 
 class Server:
     def __init__(self, name: str, command: list[str], port: int, log: Path, ready_path: str = "/readyz",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, processes: int = 1) -> None:
         self.name, self.command, self.port, self.log, self.ready_path = name, command, port, log, ready_path
         self.env = env or {}
         self.process: subprocess.Popen | None = None
-        # Processes outside its process group that belong to it (app.supervisor's, each in a group of its own):
-        # paused, resumed and settled with it.
+        self.processes = processes  # above 1: the service's pool (app.supervisor), ready once every process is
+        # The pool's processes, each in a process group of its own: paused, resumed, settled and counted with it.
         self.members: list[int] = []
 
     def __enter__(self) -> Server:
@@ -47,16 +48,35 @@ class Server:
                 raise RuntimeError(f"{self.name} exited: see {self.log}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2).status_code == 200:
-                    return self
+                    self.members = self._ready_processes()
+                    if len(self.members) == self.processes or self.processes == 1:
+                        return self
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} did not become ready: see {self.log}")
             time.sleep(0.2)
 
+    def _ready_processes(self) -> list[int]:
+        """A pool's processes that say they are ready (roberta_ready has a `pid` label there, app.metrics)."""
+        if self.processes == 1:
+            return []
+        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        return sorted(int(sample.labels["pid"]) for family in text_string_to_metric_families(text) if family.name == "roberta_ready"
+                      for sample in family.samples if sample.value == 1.0 and "pid" in sample.labels)
+
+    @property
+    def pids(self) -> list[int]:
+        """The processes that serve: its own, or its pool's."""
+        return self.members or [self.process.pid]
+
     def memory(self) -> dict:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        kb = {key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) for key in ("VmRSS", "VmHWM")}
+        """Resident and peak memory, summed over the serving processes."""
+        kb = {"VmRSS": 0, "VmHWM": 0}
+        for pid in self.pids:
+            status = Path(f"/proc/{pid}/status").read_text()
+            for key in kb:
+                kb[key] += int(re.search(rf"{key}:\s+(\d+) kB", status).group(1))
         return {"rss_mb": kb["VmRSS"] / 1024, "peak_rss_mb": kb["VmHWM"] / 1024}
 
     def pause(self) -> None:
@@ -108,7 +128,7 @@ def service(name: str, folder: Path, port: int, log: Path, task: str = "classify
     """This service on `folder`, as its `task` model (classify or fill-mask), with `settings` as flags."""
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
     command = [sys.executable, "-m", "app", f"--{task}-model", str(folder), "--port", str(port), "--log-level", "warning", *flags]
-    return Server(name, command, port, log)
+    return Server(name, command, port, log, processes=int(settings.get("processes", 1)))
 
 
 def naive(checkpoint: Path, port: int, log: Path, task: str = "text-classification") -> Server:

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,11 +84,13 @@ class CpuAccount:
     server_s: Counter = field(default_factory=Counter)
     requests: float = 0.0  # answered while the CPU was read: a slice's count scaled to that window
 
-    def add(self, generator_s: float, before: dict, after: dict, pid: int, requests: float) -> None:
+    def add(self, generator_s: float, before: list[dict], after: list[dict], pids: Sequence[int], requests: float) -> None:
+        """`before` and `after`: thread_cpu() of each of `pids`, in their order."""
         self.generator_s += generator_s
         self.requests += requests
-        for tid, (name, seconds) in after.items():
-            self.server_s[thread_role(pid, tid, name)] += seconds - before.get(tid, (name, 0.0))[1]
+        for pid, threads_before, threads_after in zip(pids, before, after):
+            for tid, (name, seconds) in threads_after.items():
+                self.server_s[thread_role(pid, tid, name)] += seconds - threads_before.get(tid, (name, 0.0))[1]
 
     def summary(self) -> dict:
         server = sum(self.server_s.values())
@@ -101,10 +104,11 @@ class CpuAccount:
         }
 
 
-def closed_loop(port: int, path: str, bodies: Path, concurrency: int, seconds: float, server_pid: int,
+def closed_loop(port: int, path: str, bodies: Path, concurrency: int, seconds: float, server_pids: Sequence[int],
                 account: CpuAccount | None = None, start: int = 0) -> LoadResult:
     """`concurrency` wrk connections for `seconds`, posting the bodies from line `start` on: the answers, the
-    latency distribution and (into `account`) the CPU the generator and each server thread took.
+    latency distribution and (into `account`) the CPU the generator and each thread of the server's processes
+    (one, or a pool's, app.supervisor) took.
 
     The throughput, and the CPU, are counted between two readings inside the run (see COUNTED_FROM_S).
     """
@@ -116,10 +120,10 @@ def closed_loop(port: int, path: str, bodies: Path, concurrency: int, seconds: f
     first, last = count_window(duration)
     time.sleep(max(0.0, origin + first - time.monotonic()))
     opened = time.monotonic() - origin
-    before, generator_before = thread_cpu(server_pid), process_cpu(wrk.pid)
+    before, generator_before = [thread_cpu(pid) for pid in server_pids], process_cpu(wrk.pid)
     time.sleep(max(0.0, origin + last - time.monotonic()))
     closed = time.monotonic() - origin
-    after, generator_after = thread_cpu(server_pid), process_cpu(wrk.pid)
+    after, generator_after = [thread_cpu(pid) for pid in server_pids], process_cpu(wrk.pid)
     stdout, stderr = wrk.communicate()
     if wrk.returncode:
         raise subprocess.CalledProcessError(wrk.returncode, command, stdout, stderr)
@@ -138,7 +142,7 @@ def closed_loop(port: int, path: str, bodies: Path, concurrency: int, seconds: f
     if account is not None:
         # wrk runs past both readings (its done() comes after the second); were it gone, its CPU would be unknown
         generator = generator_after - generator_before if generator_before is not None and generator_after is not None else 0.0
-        account.add(generator, before, after, server_pid, result.in_window)
+        account.add(generator, before, after, server_pids, result.in_window)
     return result
 
 

@@ -176,7 +176,7 @@ def test_wrk_posts_the_bodies_from_the_line_it_is_told():
     seen: list[int] = []
     with answering(lambda body: seen.append(body["n"])) as port:
         bodies = wrk.bodies_file([{"n": index} for index in range(50)])
-        wrk.closed_loop(port, "/", bodies, 1, 1, os.getpid(), start=47)
+        wrk.closed_loop(port, "/", bodies, 1, 1, [os.getpid()], start=47)
     assert seen[:5] == [47, 48, 49, 0, 1]  # from line 48 on, then round again
 
 
@@ -193,7 +193,7 @@ def test_wrk_counts_the_answers_inside_its_run_at_the_rate_they_come():
     with answering(lambda body: time.sleep(0.05)) as port:
         bodies = wrk.bodies_file([{"n": index} for index in range(5)])
         account = wrk.CpuAccount()
-        result = wrk.closed_loop(port, "/", bodies, 2, 3, os.getpid(), account)
+        result = wrk.closed_loop(port, "/", bodies, 2, 3, [os.getpid()], account)
     first, last = wrk.count_window(3)
     assert (first, last) == (0.75, 2.95) and abs(result.seconds - (last - first)) < 0.1
     assert 0.8 < result.in_window / result.seconds / 40 < 1.05, result.in_window
