@@ -33,7 +33,11 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
     before the port is bound, as `python -m app` does.
     """
     if settings is None and state is None:
-        settings, state = load_or_exit(cli=False)
+        settings = settings_or_exit(cli=False)
+        if settings.processes > 1:  # uvicorn runs this app; its own --workers is the pool here
+            log.warning("ROBERTA_PROCESSES=%d is for python -m app; under uvicorn this is one process", settings.processes)
+            settings = settings.model_copy(update={"processes": 1})
+        state = state_or_exit(settings)
     settings = settings if settings is not None else state.settings
     metrics = state.metrics if state is not None else Metrics()
     tasks = state.tasks if state is not None else build_tasks(settings)
@@ -92,13 +96,8 @@ def configure_logging(level: str) -> None:
     logging.getLogger("app").setLevel(level.upper())
 
 
-def load_or_exit(*, cli: bool) -> tuple[Settings, AppState]:
-    """Settings (from the environment, and the command line when `cli`) and every model, or one line and exit 1."""
-    settings = settings_or_exit(cli=cli)
-    return settings, state_or_exit(settings)
-
-
 def settings_or_exit(*, cli: bool) -> Settings:
+    """Settings from the environment, and the command line when `cli`; or one line and exit 1."""
     try:
         if cli:
             settings = Settings(_cli_parse_args=True, _cli_kebab_case=True, _cli_prog_name="python -m app")
@@ -111,6 +110,7 @@ def settings_or_exit(*, cli: bool) -> Settings:
 
 
 def state_or_exit(settings: Settings, metrics: Metrics | None = None) -> AppState:
+    """Every model loaded; or one line naming the model and what is wrong, and exit 1."""
     try:
         return AppState.build(settings, metrics or Metrics())
     except ModelFolderError as exc:

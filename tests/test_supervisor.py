@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ def pool(folder: Path, *flags: str) -> ServerProcess:
 def ready_by_pid(url: str) -> dict[int, float]:
     """roberta_ready of every live process, by its `pid` label (multiprocess mode's `liveall`)."""
     families = text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
-    return {int(s.labels["pid"]): s.value for f in families if f.name == "roberta_ready" for s in f.samples}
+    return {int(s.labels["pid"]): s.value for f in families if f.name == "roberta_ready" for s in f.samples if "pid" in s.labels}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -135,3 +136,14 @@ def test_multiprocess_metrics_refuse_a_client_imported_without_the_folder(tmp_pa
     # This test process imported prometheus_client without PROMETHEUS_MULTIPROC_DIR: its values live in memory.
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
         Metrics(multiprocess_dir=tmp_path)
+
+
+def test_under_uvicorn_the_setting_says_it_does_not_apply_and_the_app_serves_alone(exported_classifier):
+    env = {"ROBERTA_CLASSIFY_MODEL": str(exported_classifier), "ROBERTA_PROCESSES": "2"}
+    launcher = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
+    with ServerProcess(env=env, launcher=launcher) as server:
+        answer = httpx.post(f"{server.url}/classify", json={"inputs": "a fine film"})
+        by_pid, ready = ready_by_pid(server.url), metric_value(server.url, "roberta_ready")
+    assert answer.status_code == 200
+    assert "ROBERTA_PROCESSES=2 is for python -m app" in server.output
+    assert by_pid == {} and ready == 1.0  # one process: roberta_ready is one series, no pid label
