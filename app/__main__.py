@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import sys
 
-from app.main import create_app, settings_or_exit, state_or_exit
-from app.server import DrainingServer, uvicorn_config
-from app.supervisor import Supervisor
+from app.settings import settings_or_exit
 
 
 def main() -> None:
     settings = settings_or_exit(cli=True)
     if settings.processes > 1:
+        from app.supervisor import Supervisor  # imports no model runtime: the supervisor only watches
+
         sys.exit(Supervisor(settings).run())
+    from app.main import create_app, state_or_exit
+    from app.server import DrainingServer, uvicorn_config
+
     state = state_or_exit(settings)
     app = create_app(state=state)
     DrainingServer(uvicorn_config(app, state), state).run()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sys
 from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
-from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
@@ -18,7 +16,7 @@ from app.inference import InferenceEndpoints
 from app.metrics import Metrics
 from app.model_folder import ModelFolderError
 from app.routes import body_rules, build_router
-from app.settings import Settings, describe_settings_error
+from app.settings import Settings, configure_logging, exit_with, settings_or_exit
 from app.state import AppState
 from app.tasks import build_tasks
 
@@ -91,32 +89,9 @@ class ServiceApp(FastAPI):
         await self.front(scope, receive, send)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("app").setLevel(level.upper())
-
-
-def settings_or_exit(*, cli: bool) -> Settings:
-    """Settings from the environment, and the command line when `cli`; or one line and exit 1."""
-    try:
-        if cli:
-            settings = Settings(_cli_parse_args=True, _cli_kebab_case=True, _cli_prog_name="python -m app")
-        else:
-            settings = Settings()
-    except ValidationError as exc:
-        _exit_with(describe_settings_error(exc))
-    configure_logging(settings.log_level)
-    return settings
-
-
 def state_or_exit(settings: Settings, metrics: Metrics | None = None) -> AppState:
     """Every model loaded; or one line naming the model and what is wrong, and exit 1."""
     try:
         return AppState.build(settings, metrics or Metrics())
     except ModelFolderError as exc:
-        _exit_with(str(exc))
-
-
-def _exit_with(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.exit(1)
+        exit_with(str(exc))

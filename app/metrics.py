@@ -6,6 +6,8 @@ inference time around the session call, end-to-end latency in the HTTP middlewar
 
 from __future__ import annotations
 
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +53,10 @@ class Metrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None) -> None:
-        if multiprocess_dir is not None and values.ValueClass is values.MutexValue:
-            raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported")
+        if multiprocess_dir is not None and (
+            values.ValueClass is values.MutexValue or os.environ.get("PROMETHEUS_MULTIPROC_DIR") != str(multiprocess_dir)
+        ):  # the client writes where the variable said at its import; this reads `multiprocess_dir`
+            raise RuntimeError("PROMETHEUS_MULTIPROC_DIR must name multiprocess_dir before prometheus_client is imported")
         self.registry = registry or CollectorRegistry()
         self.multiprocess_dir = multiprocess_dir
         r = self.registry
@@ -122,7 +126,11 @@ class Metrics:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self.multiprocess_dir))
-        return generate_latest(registry)
+        try:
+            return generate_latest(registry)
+        except struct.error:
+            # A process creating its file at this moment shows it empty for an instant (prometheus/client_python#1199).
+            return generate_latest(registry)
 
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(

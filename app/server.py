@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -299,6 +298,11 @@ class DrainingServer(uvicorn.Server):
             self._on_started()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.started and self._on_started is not None:
+            # A process of a pool (app.supervisor) listens only once started: it has accepted nothing to drain.
+            log.info("received %s before listening: exiting", signal.Signals(sig).name)
+            logging.shutdown()
+            os._exit(0)
         if self._draining or not self.started or self._loop is None:
             self.should_exit = self.force_exit = True  # a second signal, or not serving yet: stop now
             return
@@ -348,21 +352,6 @@ def _start_watchdog(deadline: float) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
-
-
-def shared_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to `host:port` with SO_REUSEPORT, not yet listening: several processes bind the same port
-    and the kernel deals each new connection to one of those that listen (uvicorn listens once the app is up)."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind(address)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def uvicorn_config(app, state: AppState) -> uvicorn.Config:

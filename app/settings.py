@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -236,3 +238,27 @@ def describe_settings_error(error: ValidationError) -> str:
         else:
             parts.append(message)
     return "; ".join(parts)
+
+
+def settings_or_exit(*, cli: bool) -> Settings:
+    """Settings from the environment, and the command line when `cli`; or one line and exit 1. Logging configured."""
+    try:
+        if cli:
+            settings = Settings(_cli_parse_args=True, _cli_kebab_case=True, _cli_prog_name="python -m app")
+        else:
+            settings = Settings()
+    except ValidationError as exc:
+        exit_with(describe_settings_error(exc))
+    configure_logging(settings.log_level)
+    return settings
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("app").setLevel(level.upper())
+
+
+def exit_with(message: str) -> None:
+    """What a bad setting or model ends with: one line on stderr naming what to change, status 1."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(1)

@@ -71,10 +71,14 @@ class Server:
         return self.members or [self.process.pid]
 
     def memory(self) -> dict:
-        """Resident and peak memory, summed over the serving processes."""
+        """Resident and peak memory, summed over its process and that process's children (a pool's processes, the
+        supervisor's resource tracker). A sum of RSS counts shared pages in each; peaks from different moments."""
         kb = {"VmRSS": 0, "VmHWM": 0}
-        for pid in self.pids:
-            status = Path(f"/proc/{pid}/status").read_text()
+        for pid in (self.process.pid, *children(self.process.pid)):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:  # it ended meanwhile
+                continue
             for key in kb:
                 kb[key] += int(re.search(rf"{key}:\s+(\d+) kB", status).group(1))
         return {"rss_mb": kb["VmRSS"] / 1024, "peak_rss_mb": kb["VmHWM"] / 1024}
@@ -106,8 +110,8 @@ class Server:
     def resume(self) -> None:
         self._signal(signal.SIGCONT)
 
-    def _signal(self, number: int) -> None:
-        for send, pid in [(os.killpg, self.process.pid), *((os.kill, member) for member in self.members)]:
+    def _signal(self, number: int, members: bool = True) -> None:
+        for send, pid in [(os.killpg, self.process.pid), *((os.kill, member) for member in self.members if members)]:
             try:
                 send(pid, number)
             except ProcessLookupError:  # it has exited; __exit__ and the log say why
@@ -115,13 +119,25 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.resume()
-        self._signal(signal.SIGTERM)
+        self._signal(signal.SIGTERM, members=False)  # a pool's supervisor hands it on; a second one would skip the drain
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self._signal(signal.SIGKILL)
             self.process.wait()
         self._log_file.close()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):  # it ended meanwhile
+            continue
+    return found
 
 
 def service(name: str, folder: Path, port: int, log: Path, task: str = "classify", **settings) -> Server:

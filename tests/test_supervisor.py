@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import signal
+import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,8 +22,14 @@ from server import ServerProcess, metric_value
 CONNECTIONS = 32  # all 32 hash to one process's socket once in 2^31 runs
 
 
-def pool(folder: Path, *flags: str) -> ServerProcess:
-    return ServerProcess("--classify-model", str(folder), "--processes", "2", *flags, port=free_port())
+def pool(folder: Path, *flags: str, tmp: Path | None = None, port: int | None = None) -> ServerProcess:
+    """Two processes; with `tmp`, the supervisor's metrics folder goes there (TMPDIR)."""
+    env = {"TMPDIR": str(tmp)} if tmp is not None else None
+    return ServerProcess("--classify-model", str(folder), "--processes", "2", *flags, env=env, port=port or free_port())
+
+
+def metrics_folders(tmp: Path) -> list[Path]:
+    return list(tmp.glob("roberta-metrics-*"))
 
 
 def ready_by_pid(url: str) -> dict[int, float]:
@@ -75,9 +83,10 @@ def test_both_processes_answer_on_one_port_and_any_scrape_counts_both(exported_c
     assert capacity == 2 * 1024  # one queue per process, summed over the live ones
 
 
-def test_sigterm_drains_every_process_and_exits_0(exported_classifier):
+def test_sigterm_drains_every_process_and_exits_0(exported_classifier, tmp_path):
     # A lone request waits up to 3 s for company: the requests are queued, in both processes, at the signal.
-    with pool(exported_classifier, "--max-wait-ms", "3000") as server:
+    with pool(exported_classifier, "--max-wait-ms", "3000", tmp=tmp_path) as server:
+        assert len(metrics_folders(tmp_path)) == 1
         pids = list(ready_by_pid(server.url))
         results: list[int] = []
         senders = [threading.Thread(target=lambda: results.extend(load(server.url, requests_each=1, connections=1)))
@@ -94,8 +103,9 @@ def test_sigterm_drains_every_process_and_exits_0(exported_classifier):
         code = server.wait(timeout=60)
     assert results == [200] * 8  # every request accepted before the signal was answered
     assert code == 0
-    assert server.output.count("received SIGTERM: draining") == 2
+    assert server.output.count("received SIGTERM: draining") == 2  # once each: the supervisor handed it on once
     assert all(ended(pid) for pid in pids)
+    assert metrics_folders(tmp_path) == []
 
 
 def test_a_process_that_dies_is_replaced_and_leaves_the_scrape(exported_classifier):
@@ -122,14 +132,48 @@ def test_a_model_that_does_not_load_stops_the_pool_with_one_line(tmp_path):
     assert len(errors) == 1 and "missing" in errors[0], server.output
 
 
-def test_a_killed_supervisor_takes_its_processes_with_it(exported_classifier):
-    with pool(exported_classifier) as server:
+def test_a_killed_supervisor_takes_its_processes_with_it(exported_classifier, tmp_path):
+    with pool(exported_classifier, tmp=tmp_path) as server:  # its metrics folder is left behind, in tmp_path
         pids = list(ready_by_pid(server.url))
         server.kill()
         deadline = time.monotonic() + 30
         while not all(ended(pid) for pid in pids):
             assert time.monotonic() < deadline, f"still running: {[pid for pid in pids if not ended(pid)]}"
             time.sleep(0.1)
+
+
+def test_a_signal_while_the_pool_starts_ends_it_cleanly(exported_classifier, tmp_path):
+    # SIGTERM the moment the first process is ready: the second is still loading, and has accepted nothing.
+    command = [sys.executable, "-m", "app", "--classify-model", str(exported_classifier), "--processes", "2",
+               "--host", "127.0.0.1", "--port", str(free_port())]
+    supervisor = subprocess.Popen(command, env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in supervisor.stdout:
+        lines.append(line)
+        if "process 1 of 2" in line:
+            supervisor.send_signal(signal.SIGTERM)
+    code = supervisor.wait(timeout=60)
+    output = "".join(lines)
+    assert code == 0, output
+    assert "process 2 of 2" not in output and "all 2 processes ready" not in output
+    assert "Traceback" not in output and metrics_folders(tmp_path) == []
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_a_port_taken_stops_the_pool_before_any_model_loads(exported_classifier, reuse_port):
+    # Taken by a socket with SO_REUSEPORT too: another pool on the port would otherwise share its connections.
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT if reuse_port else socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        command = [sys.executable, "-m", "app", "--classify-model", str(exported_classifier), "--processes", "2",
+                   "--host", "127.0.0.1", "--port", str(holder.getsockname()[1])]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot bind" in errors[0] and "ROBERTA_PORT" in errors[0], result.stderr
+    assert "app.runtime" not in result.stderr  # no model was loaded
 
 
 def test_multiprocess_metrics_refuse_a_client_imported_without_the_folder(tmp_path):
