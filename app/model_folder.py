@@ -14,6 +14,17 @@ PRECISION_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "mod
 PACKED_FILES = {"fp32": "model.packed.onnx", "int8": "model.packed.int8.onnx", "fp16": "model.packed.fp16.onnx"}
 
 
+# roberta-base is 768 wide. From 512 up, each operator's work is large enough for threads to share one run (spinning
+# between operators pays, a lone batch gains from every core) and one event loop keeps the cores busy; the 256-wide
+# embedded model measured the other way on each count (bench/results/NOTES.md). app.runtime and app.layout decide by it.
+WIDE_HIDDEN_SIZE = 512
+
+
+def is_wide(hidden_size: int | None) -> bool:
+    """Whether a model is as wide as roberta-base's family; a config that does not say counts as wide."""
+    return hidden_size is None or hidden_size >= WIDE_HIDDEN_SIZE
+
+
 class ModelFolderError(Exception):
     """The folder cannot be served; the message says which folder and what to do."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.model_folder import ModelFolder, ModelFolderError
+from app.model_folder import ModelFolder, ModelFolderError, is_wide
 from app.packing import pack
 from app.threads import name_native_thread, usable_cores
 from app.workers import Workers
@@ -58,15 +58,14 @@ class SessionConfig:
     execution: str = "auto"
 
 
-# ONNX Runtime's worker threads spin between operators by default. That pays where an operator's work is large
-# (roberta-base, 768 wide: spinning off was 8-11% slower in fp32) and costs where it is small (the embedded
-# 256-wide model: spinning off was 18-26% faster); bench/results/NOTES.md has the runs.
-SPIN_MIN_HIDDEN_SIZE = 512
-
-
 def spins(models_loaded: int, hidden_size: int | None) -> bool:
-    """Whether a model's session lets its threads spin: alone in the process, and wide enough to gain from it."""
-    return models_loaded == 1 and (hidden_size is None or hidden_size >= SPIN_MIN_HIDDEN_SIZE)
+    """Whether a model's session lets its threads spin: alone in the process, and wide enough to gain from it.
+
+    ONNX Runtime's worker threads spin between operators by default. That pays where an operator's work is large
+    (roberta-base, 768 wide: spinning off was 8-11% slower in fp32) and costs where it is small (the embedded
+    256-wide model: spinning off was 18-26% faster); bench/results/NOTES.md has the runs.
+    """
+    return models_loaded == 1 and is_wide(hidden_size)
 
 
 def run_layout(concurrent_runs: int, intra_op_threads: int, cores: int, on_cuda: bool) -> tuple[int, int]:

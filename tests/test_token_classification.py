@@ -90,8 +90,8 @@ def test_what_the_pipeline_refuses_is_a_clear_4xx(served):
 
 
 def test_one_small_model_alone_does_not_spin(served):
-    # The tiny test models are far narrower than SPIN_MIN_HIDDEN_SIZE: like the embedded model, they run faster
-    # with ONNX Runtime's threads waiting instead of spinning.
+    # The tiny test models are far narrower than app.model_folder.WIDE_HIDDEN_SIZE: like the embedded model, they
+    # run faster with ONNX Runtime's threads waiting instead of spinning.
     model = served.state.models.get("ner")
     assert model.runtime.folder.hidden_size < 512
     options = model.runtime._session.get_session_options()
