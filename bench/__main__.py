@@ -3,8 +3,9 @@
     python -m bench                 # roberta-base shape (random weights, real tokenizer), full load levels
     python -m bench --quick         # the embedded model, short levels: a smoke run of the same report
 
-Systems: A this service fp32 with dynamic batching; B fp32 with batches of one; C INT8 with batching; P (not
-run unless named) C as one process per core on one port (`--processes`, app.supervisor);
+Systems: A this service fp32 with dynamic batching; B fp32 with batches of one; C INT8 with batching (each in the
+service's default layout: on a model narrower than roberta-base, one process per core, app.layout); C1 (not run
+unless named) C in one process (`--processes 1`);
 D FastAPI + transformers.pipeline (PyTorch), one request at a time; F infinity-emb 0.0.78 on its optimum
 (ONNX) engine with the same fp32 file, in its own venv (bench/infinity_shim.py); E / E* ONNX Runtime alone,
 batches of 32 in file order / sorted by length. Workload: single SST-2 dev sentences on /classify, closed loop
@@ -30,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.settings import Settings
-from app.threads import usable_cores
 from bench import servers, wrk
 from bench.limits import LimitSlices, accuracy, measure_limits
 from bench.load import LoadResult, closed_loop, concurrency_level, encode_requests, open_loop
@@ -247,10 +247,7 @@ def targets(report: dict) -> dict:
     }
     if report["model"].startswith("embedded"):
         rows["C(c32) / INT8 E* (embedded)"] = (ratio(throughput(report, "C", 32), limit(32, "int8_E_star_seq_per_s")), ">=", 0.7)
-        if "P" in report["systems"]:
-            rows["P(c32) / INT8 E* (embedded, one process per core)"] = (
-                ratio(throughput(report, "P", 32), limit(32, "int8_E_star_seq_per_s")), ">=", 0.7)
-    for name in ("A", "C", "P"):
+    for name in ("A", "C", "C1"):
         loop = event_loop_ms(report, name, 64)
         if loop is not None:
             rows[f"{name} event-loop CPU per request at c=64 (ms)"] = (loop, "<=", 0.5)
@@ -430,7 +427,7 @@ def main() -> None:
         "A": dict(precision="fp32"),
         "B": dict(precision="fp32", max_batch_size=1),
         "C": dict(precision="int8"),
-        "P": dict(precision="int8", processes=max(2, usable_cores())),
+        "C1": dict(precision="int8", processes=1),
     }
     rate = args.rate or (30.0 if args.quick else 10.0)
     report["open_loop_rate"] = rate

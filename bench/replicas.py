@@ -71,7 +71,7 @@ def main() -> None:
     report: dict = {"folder": str(folder), "precision": args.precision, "replicas": args.replicas, "cores": cores, "levels": {}}
     with ExitStack() as stack:
         one = stack.enter_context(servers.service("one", folder, servers.free_port(), WORK / "logs" / "replicas-one.log",
-                                                  precision=args.precision))
+                                                  precision=args.precision, processes=1))
         one.pause()
         name = f"{args.replicas} replicas"
         pool = stack.enter_context(servers.service(name, folder, servers.free_port(), WORK / "logs" / "replicas-pool.log",

@@ -31,7 +31,9 @@ class Server:
         self.name, self.command, self.port, self.log, self.ready_path = name, command, port, log, ready_path
         self.env = env or {}
         self.process: subprocess.Popen | None = None
-        self.processes = processes  # above 1: the service's pool (app.supervisor), ready once every process is
+        # Above 1: the service's pool (app.supervisor), ready once every process is; 0: the service's own choice
+        # (app.layout), read from its /info once it answers.
+        self.processes = processes
         # The pool's processes, each in a process group of its own: paused, resumed, settled and counted with it.
         self.members: list[int] = []
 
@@ -48,6 +50,8 @@ class Server:
                 raise RuntimeError(f"{self.name} exited: see {self.log}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2).status_code == 200:
+                    if not self.processes:
+                        self.processes = int(httpx.get(f"http://127.0.0.1:{self.port}/info", timeout=2).json()["processes"])
                     self.members = self._ready_processes()
                     if len(self.members) == self.processes or self.processes == 1:
                         return self
@@ -144,7 +148,7 @@ def service(name: str, folder: Path, port: int, log: Path, task: str = "classify
     """This service on `folder`, as its `task` model (classify or fill-mask), with `settings` as flags."""
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
     command = [sys.executable, "-m", "app", f"--{task}-model", str(folder), "--port", str(port), "--log-level", "warning", *flags]
-    return Server(name, command, port, log, processes=int(settings.get("processes", 1)))
+    return Server(name, command, port, log, processes=int(settings.get("processes", 0)))
 
 
 def naive(checkpoint: Path, port: int, log: Path, task: str = "text-classification") -> Server:
@@ -156,7 +160,7 @@ def service_of(name: str, models: dict[str, Path], port: int, log: Path, **setti
     flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
     listed = ",".join(f"{model}={path}" for model, path in models.items())
     command = [sys.executable, "-m", "app", "--models", listed, "--port", str(port), "--log-level", "warning", *flags]
-    return Server(name, command, port, log)
+    return Server(name, command, port, log, processes=int(settings.get("processes", 0)))
 
 
 INFINITY_VENV = REPO / "build" / "infinity-venv"

@@ -1,0 +1,63 @@
+"""How many processes serve the port: the operator's number, or, left at 0 (auto), one per run on a CPU when every
+model is narrower than roberta-base.
+
+One process sends every request through one event loop. On a narrow model a sequence costs the model little more
+CPU than its request costs the loop, and while the loop works through a batch's answers and the clients' next
+requests, the model's runs wait for it: the embedded INT8 classifier left two cores 16-20% idle at c=32-64 and
+answered 0.58-0.62 of what ONNX Runtime alone does (E*), where one process per core answered 0.71-0.76 with the
+cores busy (bench/results/NOTES.md). On roberta-base the runs dominate and one process keeps the cores busy (two
+processes measured 0.90x); on a GPU each process would hold its own copy of the models on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from importlib import metadata
+
+from app.model_folder import WIDE_HIDDEN_SIZE, ModelFolderError, is_wide, load_model_folder
+from app.model_sources import model_sources
+from app.settings import Settings
+from app.threads import usable_cores
+
+log = logging.getLogger("app.layout")
+
+
+def auto_processes(widths: Sequence[int | None], runs: int, on_gpu: bool) -> int:
+    """One process per run when there are several runs on a CPU and every model is narrow; else one process."""
+    if on_gpu or runs < 2 or not widths or any(is_wide(width) for width in widths):
+        return 1
+    return runs
+
+
+def runs_of(settings: Settings, cores: int) -> int:
+    """The batches one process would run side by side on a CPU (app.runtime.run_layout)."""
+    return settings.concurrent_runs or (1 if settings.intra_op_threads else cores)
+
+
+def gpu_build() -> bool:
+    """Whether the onnxruntime installed is the CUDA build (decided without importing it: the supervisor loads no
+    model runtime)."""
+    try:
+        metadata.distribution("onnxruntime-gpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def with_processes(settings: Settings) -> Settings:
+    """`settings` with `processes` decided; the runs the operator named, if any, shared out among the processes."""
+    if settings.processes:
+        return settings
+    if settings.port == 0:  # each process binds the port itself, and 0 would give each its own
+        return settings.model_copy(update={"processes": 1})
+    try:
+        widths = [load_model_folder(source.path, source.default_for).hidden_size for source in model_sources(settings)]
+    except ModelFolderError:  # one process loads the models, and says what is wrong as it always has
+        return settings.model_copy(update={"processes": 1})
+    runs = runs_of(settings, usable_cores())
+    count = auto_processes(widths, runs, on_gpu="cuda" in settings.providers and gpu_build())
+    if count > 1:
+        log.info("%d processes, one per run: every model is narrower than %d (ROBERTA_PROCESSES=1 for one process)",
+                 count, WIDE_HIDDEN_SIZE)
+    return settings.model_copy(update={"processes": count, "concurrent_runs": settings.concurrent_runs // count})
