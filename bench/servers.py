@@ -51,7 +51,7 @@ class Server:
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2).status_code == 200:
                     if not self.processes:
-                        self.processes = int(httpx.get(f"http://127.0.0.1:{self.port}/info", timeout=2).json()["processes"])
+                        self.processes = int(httpx.get(f"http://127.0.0.1:{self.port}/info", timeout=2).json().get("processes", 1))
                     self.members = self._ready_processes()
                     if len(self.members) == self.processes or self.processes == 1:
                         return self
