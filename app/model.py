@@ -28,13 +28,6 @@ log = logging.getLogger("app.model")
 
 SHORTEN = 'Shorten it or pass "truncation": true'
 
-# Inputs of at most this many characters in all are tokenized on the event loop where the process has one core
-# (a process of a pool, app.layout): a thread there runs on the same core and adds two switches and a wake-up of
-# the loop per request, for no parallelism (one process per core on the embedded INT8 model: 1.02-1.04x the req/s
-# with, bench/results/NOTES.md). A text this long encodes in well under a millisecond; longer ones, which could hold
-# the loop, still go to the thread.
-INLINE_TOKENIZE_CHARS = 1024
-
 
 class ServedModel:
     def __init__(
@@ -49,7 +42,6 @@ class ServedModel:
         *,
         measure_overhead: bool,  # False: limits.run_overhead_tokens was set by the operator
         memory_bytes: int | None = None,  # what loading it added to the process's resident memory
-        inline_tokenize_chars: int = 0,  # inputs this short are tokenized on the event loop (INLINE_TOKENIZE_CHARS)
     ) -> None:
         self.name = name
         self.folder = folder
@@ -62,7 +54,6 @@ class ServedModel:
         self._executor = executor
         self._measure_overhead = measure_overhead
         self.memory_bytes = memory_bytes
-        self._inline_chars = inline_tokenize_chars
         self.warm = False
 
     @property
@@ -79,10 +70,7 @@ class ServedModel:
                 if self.encoder.surely_too_long(item):
                     raise InputTooLong(f"inputs[{index}] is longer than {limit} tokens, the most the model takes. {shorten}")
         started = time.perf_counter()
-        if self._inline_chars and sum(map(characters, inputs)) <= self._inline_chars:
-            encoded = self.encoder.encode(inputs, truncate=truncation)
-        else:
-            encoded = await self.off_loop(self.encoder.encode, inputs, truncate=truncation)
+        encoded = await self.off_loop(self.encoder.encode, inputs, truncate=truncation)
         self.metrics.tokenize.observe(time.perf_counter() - started)
         for index, item in enumerate(encoded):
             if len(item) > limit:
@@ -159,7 +147,6 @@ class ServedModel:
             "concurrent_runs": self.runtime.concurrent_runs,
             "intra_op_threads": self.runtime.intra_op_threads,
             "solo_session": self.runtime.solo,
-            "inline_tokenize_chars": self._inline_chars,
             "max_seq_len": self.folder.max_seq_len,
             "memory_bytes": self.memory_bytes,
             "batching": {
@@ -176,10 +163,6 @@ class ServedModel:
                 "format_version": self.folder.manifest.get("format_version"),
             },
         }
-
-
-def characters(item: TextInput) -> int:
-    return len(item) if isinstance(item, str) else sum(map(len, item))
 
 
 def source_name(source: dict) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from app.batcher import BatchLimits
 from app.errors import NotFound
 from app.metrics import Metrics
-from app.model import INLINE_TOKENIZE_CHARS, ServedModel, resident_bytes
+from app.model import ServedModel, resident_bytes
 from app.model_folder import ModelFolderError, load_model_folder
 from app.model_sources import ModelSource, model_sources
 from app.runtime import ModelRuntime, SessionConfig, spins
@@ -63,14 +63,12 @@ class ModelRepository:
             # A process of a pool (app.supervisor) lays its threads out on its share of the cores.
             cores=max(1, usable_cores() // settings.processes) if settings.processes > 1 else None,
         )
-        one_core = (session.cores or usable_cores()) == 1
         sources = model_sources(settings)
         models: dict[str, ServedModel] = {}
         try:
             for source in sources:
                 try:
-                    models[source.name] = _build_model(source, tasks, limits, session, metrics, executor, settings, len(sources),
-                                                       inline_tokenize_chars=INLINE_TOKENIZE_CHARS if one_core else 0)
+                    models[source.name] = _build_model(source, tasks, limits, session, metrics, executor, settings, len(sources))
                 except ModelFolderError as exc:
                     raise ModelFolderError(f"model {source.name!r} ({source.setting}): {exc}") from exc
         except BaseException:
@@ -125,7 +123,7 @@ class ModelRepository:
 
 
 def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, executor, settings: Settings,
-                 models_loaded: int, inline_tokenize_chars: int) -> ServedModel:
+                 models_loaded: int) -> ServedModel:
     before = resident_bytes()
     folder = load_model_folder(source.path, source.default_for)
     spin = spins(models_loaded, folder.hidden_size)
@@ -144,7 +142,6 @@ def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, 
         source.name, folder, encoder, runtime, limits, metrics.for_model(source.name), executor,
         measure_overhead=settings.run_overhead_tokens is None,
         memory_bytes=after - before if before is not None and after is not None else None,
-        inline_tokenize_chars=inline_tokenize_chars,
     )
     try:
         for task in tasks.values():
