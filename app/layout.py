@@ -1,10 +1,10 @@
 """How many processes serve the port: the operator's number, or, left at 0 (auto), one per run on a CPU when every
 model is narrower than roberta-base.
 
-One process sends every request through one event loop. On a narrow model a sequence costs the model little more
-CPU than its request costs the loop, and while the loop works through a batch's answers and the clients' next
-requests, the model's runs wait for it: the embedded INT8 classifier left two cores 16-20% idle at c=32-64 and
-answered 0.58-0.62 of what ONNX Runtime alone does (E*), where one process per core answered 0.71-0.76 with the
+One process sends every request through one event loop. On a narrow model that loop's share of a request is
+large (the embedded INT8 model: 0.19 ms of loop and tokenizer against 0.6 ms in ONNX Runtime), and while it works
+through a batch's answers and the clients' next requests, the model's runs wait for it: the embedded INT8 classifier left two cores 16-21% idle at c=32-64 and
+answered 0.58-0.63 of what ONNX Runtime alone does (E*), where one process per core answered 0.72-0.78 with the
 cores busy (bench/results/NOTES.md). On roberta-base the runs dominate and one process keeps the cores busy (two
 processes measured 0.90x); on a GPU each process would hold its own copy of the models on the device.
 """
