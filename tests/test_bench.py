@@ -48,9 +48,11 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
         for name, system in report["systems"].items():
             for level in system["levels"]:
                 cpu = level["cpu"]
-                assert 0 < cpu["generator_share"] < 0.5 and cpu["generator_ms_per_request"] > 0, (name, cpu)
+                # /proc counts CPU in 10 ms ticks: wrk's share of a 1 s slice against a slow server can read 0.
+                assert 0 <= cpu["generator_share"] < 0.5 and cpu["generator_ms_per_request"] >= 0, (name, cpu)
                 if name in "ABC":  # the service: its event loop, tokenizer and ONNX Runtime threads apart
                     assert {"event loop", "tokenizer", "onnx runtime"} <= set(cpu["server_ms_per_request_by_thread"])
+        assert sum(level["cpu"]["generator_cpu_s"] for system in report["systems"].values() for level in system["levels"]) > 0
         assert "A event-loop CPU per request at c=64 (ms)" not in report["targets"]  # no c=64 level in this run
 
 
