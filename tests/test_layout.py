@@ -35,7 +35,7 @@ def test_one_process_per_run_only_for_narrow_models_on_a_cpu(widths, runs, on_gp
 def test_narrow_models_get_a_process_per_named_run_each_running_one(exported_classifier):
     decided = with_processes(Settings(classify_model=exported_classifier, port=8123, concurrent_runs=2))
     assert (decided.processes, decided.concurrent_runs) == (2, 1)
-    # Threads per run named without the runs is one run (app.runtime.run_layout), so one process.
+    # Threads per run named without the runs is one run (app.layout.run_layout), so one process.
     assert with_processes(Settings(classify_model=exported_classifier, port=8123, intra_op_threads=2)).processes == 1
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.runtime import choose_precision, overhead_in_tokens, requested_providers, run_layout, spins
+from app.layout import run_layout
+from app.runtime import choose_precision, overhead_in_tokens, requested_providers, spins
 
 
 def test_overhead_is_the_fixed_cost_in_tokens_of_a_linear_timing():
