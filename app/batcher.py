@@ -49,14 +49,40 @@ class Item:
 
 
 @dataclass(frozen=True)
+class RunCost:
+    """What one model run costs, in tokens of work, by the tokens it runs (padded; packed: real).
+
+    `table[n]` for runs of n tokens up to the table's end, `slope` a token beyond it: a table,
+    so that a cost which is not a fixed overhead plus a token's work can be planned with.
+    """
+
+    table: tuple[float, ...]
+    slope: float = 1.0
+
+    @classmethod
+    def linear(cls, overhead_tokens: float) -> RunCost:
+        """A fixed overhead and one unit a token: the operator's setting, and the packed graph's fit."""
+        return cls((float(overhead_tokens),), 1.0)
+
+    def __call__(self, tokens: int) -> float:
+        top = len(self.table) - 1
+        return self.table[tokens] if tokens <= top else self.table[top] + self.slope * (tokens - top)
+
+    def describe(self) -> dict:
+        """For /info: a run's cost at a few sizes, in tokens of work."""
+        sizes = sorted({0, 16, 64, 256, 1024, len(self.table) - 1})
+        return {str(n): round(self(n), 1) for n in sizes}
+
+
+@dataclass(frozen=True)
 class BatchLimits:
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
     max_wait_s: float = 0.0
     max_queue: int = 1024
-    # The fixed cost of one model run, in padded tokens of work (see plan_batch). The default makes a run
-    # cost more than any padding, so everything that fits rides together; the service measures the real one.
-    run_overhead_tokens: float = 1e9
+    # What a run costs (see plan_batch). The default makes a run cost more than any padding, so everything
+    # that fits rides together; the service measures the real curve at start-up.
+    run_cost: RunCost = RunCost.linear(1e9)
     # Packed execution (export --packed): the padded row length at which one padded slot's attention costs as
     # much as one real token's other work (measured at start-up). None: padded execution, every slot a token.
     attention_tokens: float | None = None
@@ -72,14 +98,15 @@ def padded_tokens(lengths: Sequence[int]) -> int:
 def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], list[Item]]:
     """Split `pending` into (the batch to run now, what keeps waiting).
 
-    A model run costs a fixed overhead plus its padded tokens (rows x longest row): on a CPU,
-    padding is paid in full, and a batch of 32 SST-2 sentences in arrival order is half padding.
+    A model run costs what `limits.run_cost` puts on its padded tokens (rows x longest row): on
+    a CPU, padding is paid in full, and a batch of 32 SST-2 sentences in arrival order is half padding.
     Sorted by length, the waiting sequences are cut into the runs of least total cost
     (dynamic programming over cut points), within the size and token limits, and the run
     that holds the oldest sequence goes now: nobody waits behind a stream of newcomers.
-    Cheap overhead (a CPU) gives small batches of equal lengths; dear overhead (a GPU) gives
-    few large ones. A sequence longer than the token budget still runs, alone.
-    A padding-free graph pays its real tokens plus attention over the padded rows
+    Runs that cost little more when small (a CPU) give small batches of equal lengths; runs
+    that cost the same whatever their size (a GPU) give few large ones. A sequence longer than
+    the token budget still runs, alone.
+    A padding-free graph pays for its real tokens plus attention over the padded rows
     (rows x longest^2 / attention_tokens): lengths may mix more before a cut pays.
     """
     ordered = sorted(pending, key=lambda item: item.length)
@@ -94,17 +121,23 @@ def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], li
     # best[j]: least cost of running window[:j]; first[j]: where the last run of that plan starts.
     best = [0.0] + [float("inf")] * len(window)
     first = [0] * (len(window) + 1)
-    # The limits as locals: this loop runs on the event loop, up to max_batch_size times per waiting sequence.
-    most, budget, overhead, attention = limits.max_batch_size, limits.max_batch_tokens, limits.run_overhead_tokens, limits.attention_tokens
+    # The limits and the cost curve as locals, run_cost inlined: this loop runs on the event loop, up to
+    # max_batch_size times per waiting sequence.
+    most, budget, attention = limits.max_batch_size, limits.max_batch_tokens, limits.attention_tokens
+    table, slope = limits.run_cost.table, limits.run_cost.slope
+    top = len(table) - 1
+    beyond = table[top] - slope * top  # a run of n > top tokens costs beyond + slope x n
     for end in range(1, len(window) + 1):
         longest = lengths[end - 1]
         fits = min(most, end, max(1, budget // longest) if longest else most)  # one sequence runs whatever its length
         least, cut = best[end], first[end]
         for size in range(1, fits + 1):
             if attention is None:
-                cost = best[end - size] + overhead + size * longest
+                tokens = size * longest
+                cost = best[end - size] + (table[tokens] if tokens <= top else beyond + slope * tokens)
             else:
-                cost = best[end - size] + overhead + real[end] - real[end - size] + size * longest * longest / attention
+                tokens = real[end] - real[end - size]
+                cost = best[end - size] + (table[tokens] if tokens <= top else beyond + slope * tokens) + size * longest * longest / attention
             if cost < least:
                 least, cut = cost, end - size
         best[end], first[end] = least, cut

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.batcher import Batcher, BatchLimits
+from app.batcher import Batcher, BatchLimits, RunCost
 from app.errors import DeadlineExceeded, InputTooLong
 from app.metrics import ModelMetrics
 from app.model_folder import ModelFolder
@@ -40,7 +40,7 @@ class ServedModel:
         metrics: ModelMetrics,
         executor: Workers,
         *,
-        measure_overhead: bool,  # False: limits.run_overhead_tokens was set by the operator
+        measure_cost: bool,  # False: the operator set a run's overhead (limits.run_cost is linear in it)
         memory_bytes: int | None = None,  # what loading it added to the process's resident memory
     ) -> None:
         self.name = name
@@ -52,7 +52,7 @@ class ServedModel:
             runtime.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics, concurrency=runtime.concurrent_runs
         )
         self._executor = executor
-        self._measure_overhead = measure_overhead
+        self._measure_cost = measure_cost
         self.memory_bytes = memory_bytes
         self.warm = False
 
@@ -116,10 +116,10 @@ class ServedModel:
             overhead, attention = await self.runtime.measure_packed_costs(self.encoder.pad_id, limits.max_batch_tokens)
             limits = replace(limits, attention_tokens=attention)
             log.info("%s: padding-free; a padded slot's attention costs a token at rows of %.0f", self.name, attention)
-        elif self._measure_overhead:
+        elif self._measure_cost:
             overhead = await self.runtime.measure_run_overhead(self.encoder.pad_id, limits.max_batch_tokens)
-        if self._measure_overhead:
-            limits = replace(limits, run_overhead_tokens=overhead)
+        if self._measure_cost:
+            limits = replace(limits, run_cost=RunCost.linear(overhead))
             log.info("%s: one run costs as much as %.0f tokens of work", self.name, overhead)
         self.batcher.limits = limits  # its own batcher, before it serves
         after = resident_bytes()
@@ -154,7 +154,7 @@ class ServedModel:
                 "max_batch_tokens": limits.max_batch_tokens,
                 "max_wait_ms": limits.max_wait_s * 1000,
                 "max_queue": limits.max_queue,
-                "run_overhead_tokens": round(limits.run_overhead_tokens, 1),
+                "run_cost_tokens": limits.run_cost.describe(),
                 "attention_tokens": None if limits.attention_tokens is None else round(limits.attention_tokens, 1),
             },
             "export": {

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 
-from app.batcher import BatchLimits
+from app.batcher import BatchLimits, RunCost
 from app.errors import NotFound
 from app.metrics import Metrics
 from app.model import ServedModel, resident_bytes
@@ -47,7 +47,7 @@ class ModelRepository:
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
-            run_overhead_tokens=BatchLimits.run_overhead_tokens if settings.run_overhead_tokens is None else settings.run_overhead_tokens,
+            run_cost=BatchLimits.run_cost if settings.run_overhead_tokens is None else RunCost.linear(settings.run_overhead_tokens),
         )
         session = SessionConfig(
             precision=settings.precision,
@@ -140,7 +140,7 @@ def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, 
     after = resident_bytes()
     model = ServedModel(
         source.name, folder, encoder, runtime, limits, metrics.for_model(source.name), executor,
-        measure_overhead=settings.run_overhead_tokens is None,
+        measure_cost=settings.run_overhead_tokens is None,
         memory_bytes=after - before if before is not None and after is not None else None,
     )
     try:
