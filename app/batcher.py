@@ -52,8 +52,12 @@ class Item:
 class RunCost:
     """What one model run costs, in tokens of work, by the tokens it runs (padded; packed: real).
 
-    `table[n]` for runs of n tokens up to the table's end, `slope` a token beyond it: a table,
-    so that a cost which is not a fixed overhead plus a token's work can be planned with.
+    `table[n]` for runs of n tokens up to the table's end, `slope` a token beyond it. Measured
+    (from_timings), it is ONNX Runtime's own curve: on a CPU the cost of a token falls steeply
+    over a run's first hundred tokens and is flat from about two hundred. A fixed overhead
+    cannot say both: fitted through a run of 16 tokens and one of 1,024 it came out at 27
+    tokens on roberta-base, which made batches grow past the size that still paid for their
+    padding (see bench/results/NOTES.md, "The run's cost as a curve").
     """
 
     table: tuple[float, ...]
@@ -63,6 +67,25 @@ class RunCost:
     def linear(cls, overhead_tokens: float) -> RunCost:
         """A fixed overhead and one unit a token: the operator's setting, and the packed graph's fit."""
         return cls((float(overhead_tokens),), 1.0)
+
+    @classmethod
+    def from_timings(cls, timings: Sequence[tuple[int, float]]) -> RunCost:
+        """The piecewise-linear curve through (tokens, seconds) runs, in units of the largest run's
+        seconds a token: flat below the smallest run, its last segment's slope beyond the largest.
+
+        Seconds are made non-decreasing first (noise must not make a larger run look cheaper). A
+        last segment that did not rise (a GPU, where small runs are all overhead) makes runs past
+        the largest cost nothing more, so batches fill to the token budget.
+        """
+        points = sorted(timings)
+        tokens = [n for n, _ in points]
+        seconds = list(np.maximum.accumulate([t for _, t in points]))
+        if not points or tokens[-1] <= 0 or seconds[-1] <= 0:
+            raise ValueError(f"cannot make a cost curve of {timings}")
+        unit = seconds[-1] / tokens[-1]
+        table = np.interp(np.arange(tokens[-1] + 1), tokens, seconds) / unit
+        slope = (seconds[-1] - seconds[-2]) / (tokens[-1] - tokens[-2]) / unit if len(points) > 1 else 1.0
+        return cls(tuple(float(cost) for cost in table), float(slope))
 
     def __call__(self, tokens: int) -> float:
         top = len(self.table) - 1

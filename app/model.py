@@ -116,11 +116,12 @@ class ServedModel:
             overhead, attention = await self.runtime.measure_packed_costs(self.encoder.pad_id, limits.max_batch_tokens)
             limits = replace(limits, attention_tokens=attention)
             log.info("%s: padding-free; a padded slot's attention costs a token at rows of %.0f", self.name, attention)
+            if self._measure_cost:
+                limits = replace(limits, run_cost=RunCost.linear(overhead))
         elif self._measure_cost:
-            overhead = await self.runtime.measure_run_overhead(self.encoder.pad_id, limits.max_batch_tokens)
+            limits = replace(limits, run_cost=await self.runtime.measure_run_cost(self.encoder.pad_id, limits.max_batch_tokens, limits.max_batch_size))
         if self._measure_cost:
-            limits = replace(limits, run_cost=RunCost.linear(overhead))
-            log.info("%s: one run costs as much as %.0f tokens of work", self.name, overhead)
+            log.info("%s: a run costs, in tokens of work by its tokens: %s", self.name, limits.run_cost.describe())
         self.batcher.limits = limits  # its own batcher, before it serves
         after = resident_bytes()
         if self.memory_bytes is not None and before is not None and after is not None:

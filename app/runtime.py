@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from app.batcher import RunCost
 from app.layout import run_layout
 from app.model_folder import ModelFolder, ModelFolderError, is_wide
 from app.packing import pack
@@ -233,10 +234,20 @@ class ModelRuntime:
             await self.run(ids, np.ones_like(ids), alone=alone)
         return time.perf_counter() - started
 
-    async def measure_run_overhead(self, pad_id: int, max_batch_tokens: int, repeats: int = 5) -> float:
-        """Time a small and a large batch (median of `repeats` each) and fit `overhead_in_tokens`."""
-        short, long = min(16, self.folder.max_seq_len), min(64, self.folder.max_seq_len)
-        shapes = ((1, short), (16, long))
+    async def measure_run_cost(self, pad_id: int, limits_tokens: int, most_rows: int, repeats: int = 3) -> RunCost:
+        """Time runs of 16, 32, 64, ... up to 512 tokens (rows of 32; medians of `repeats`): the batcher's cost curve.
+
+        512 is where a CPU's cost a token has long gone flat (roberta-base fp32 on one thread: 2.3 ms a
+        token at 16, 0.98 at 128, 0.89 from 256 on); past it the curve goes on at its last slope.
+        """
+        width = min(32, self.folder.max_seq_len)
+        shapes = []
+        for tokens in (16, 32, 64, 128, 256, 512):
+            batch, length = (1, min(tokens, width)) if tokens <= width else (tokens // width, width)
+            if batch * length > limits_tokens or batch > most_rows or (batch, length) in shapes:
+                break
+            shapes.append((batch, length))
+        shapes = shapes or [(1, max(1, min(width, limits_tokens)))]  # a budget under 16 tokens
         times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
         for _ in range(repeats):
             for batch, length in shapes:
@@ -244,8 +255,7 @@ class ModelRuntime:
                 started = time.perf_counter()
                 await self.run(ids, np.ones_like(ids))
                 times[(batch, length)].append(time.perf_counter() - started)
-        small, large = ((b * n, sorted(times[(b, n)])[repeats // 2]) for b, n in shapes)
-        return overhead_in_tokens(small, large, cap=max_batch_tokens)
+        return RunCost.from_timings([(b * n, sorted(times[(b, n)])[repeats // 2]) for b, n in shapes])
 
     async def measure_packed_costs(self, pad_id: int, max_batch_tokens: int, repeats: int = 3) -> tuple[float, float]:
         """For a packed graph: (a run's fixed cost in tokens, the row length at which a padded slot's attention
@@ -253,7 +263,7 @@ class ModelRuntime:
 
         Three shapes, medians of `repeats`: one short row (the fixed cost), a full batch, and
         the same batch with one full row and the rest short (same attention, fewer tokens).
-        Full batches alone, as measure_run_overhead times them, would put attention's cost on
+        Full batches alone, as measure_run_cost times them, would put attention's cost on
         the tokens.
         """
         width = min(256, self.folder.max_seq_len)
@@ -310,17 +320,3 @@ def packed_costs(seconds: dict[str, float], *, rows: int, width: int, short: int
     per_slot = (seconds["sparse"] - overhead - per_token * real_sparse) / (rows * width * width)
     attention = ATTENTION_FREE if per_slot <= 0 else min(ATTENTION_FREE, per_token / per_slot)
     return float(min(cap, overhead / per_token)), float(attention)
-
-
-def overhead_in_tokens(small: tuple[int, float], large: tuple[int, float], cap: float) -> float:
-    """The fixed cost of a run in tokens of work, from two (tokens, seconds) timings: t = overhead + per_token x tokens.
-
-    On a CPU it is a dozen tokens or so, and padding is what to avoid; on a GPU it is
-    hundreds, and small batches are. When the larger batch was no slower, runs are all
-    overhead: `cap` (the token budget, beyond which batches cannot grow anyway).
-    """
-    (tokens_small, seconds_small), (tokens_large, seconds_large) = small, large
-    per_token = (seconds_large - seconds_small) / (tokens_large - tokens_small)
-    if per_token <= 0:
-        return float(cap)
-    return float(min(cap, max(0.0, seconds_small / per_token - tokens_small)))

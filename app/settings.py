@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per batch")
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per batch (batch size x longest sequence)")
     run_overhead_tokens: float | None = Field(
-        None, ge=0, description="fixed cost of one model run, in tokens of work; unset: measured at start-up. "
-        "Batches are cut by length to minimise overhead plus padding"
+        None, ge=0, description="fixed cost of one model run, in tokens of work; unset: a run's cost by its size is "
+        "measured at start-up. Batches are cut by length to minimise what runs cost, padding included"
     )
     max_wait_ms: float = Field(
         0.0, ge=0, le=10_000, description="how long an idle model waits for company for a new request; batches form anyway while it is busy"

@@ -1,25 +1,31 @@
-"""The run-overhead fit the batcher plans with, and choices made when a session opens."""
+"""The run cost the batcher plans with, and choices made when a session opens."""
 
 from __future__ import annotations
 
 import pytest
 
 from app.layout import run_layout
-from app.runtime import choose_precision, overhead_in_tokens, requested_providers, spins
+from app.runtime import choose_precision, requested_providers, spins
 
 
-def test_overhead_is_the_fixed_cost_in_tokens_of_a_linear_timing():
-    # 15 ms a run + 1 ms a token: the roberta-base shape on this machine's two cores.
-    def seconds(tokens):
-        return 0.015 + 0.001 * tokens
+def test_the_run_cost_is_measured_on_the_model_up_to_the_token_budget(exported_classifier):
+    import asyncio
 
-    assert overhead_in_tokens((16, seconds(16)), (1024, seconds(1024)), cap=16384) == pytest.approx(15)
+    from app.model_folder import load_model_folder
+    from app.runtime import ModelRuntime, SessionConfig
 
-
-def test_overhead_is_capped_when_a_bigger_batch_costs_nothing_more():
-    assert overhead_in_tokens((16, 0.003), (1024, 0.003), cap=4096) == 4096  # a GPU at small batches
-    assert overhead_in_tokens((16, 0.003), (1024, 0.0029), cap=4096) == 4096  # noise that runs backwards
-    assert overhead_in_tokens((16, 0.003), (1024, 0.003 + 1e-9), cap=4096) == 4096
+    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32"), name="cls")
+    try:
+        cost = asyncio.run(runtime.measure_run_cost(pad_id=1, limits_tokens=16384, most_rows=32))
+        assert len(cost.table) == 513  # runs of 16 to 512 tokens timed
+        assert all(a <= b for a, b in zip(cost.table, cost.table[1:]))
+        assert cost(512) == pytest.approx(512)  # the unit: the largest run's seconds a token
+        assert cost(16) > 16  # a small run costs more a token than a large one
+        budget = asyncio.run(runtime.measure_run_cost(pad_id=1, limits_tokens=100, most_rows=32))
+        assert len(budget.table) == 65  # no run past the token budget: 16, 32, 64
+        assert len(asyncio.run(runtime.measure_run_cost(pad_id=1, limits_tokens=8, most_rows=32)).table) == 9
+    finally:
+        runtime.close()
 
 
 def test_cpu_is_always_the_fallback_provider():
