@@ -74,6 +74,8 @@ def main() -> None:
                 by = level["cpu"]["server_ms_per_request_by_thread"]
                 print(f"  {name}: CPU ms per request " + ", ".join(f"{role} {ms:.3f}" for role, ms in by.items())
                       + f"; generator share {level['cpu']['generator_share']:.1%}")
+            if level.get("mean_batch"):
+                print(f"  {name}: mean batch {level['mean_batch']:.1f} at {level['mean_padding']:.1%} padding, p50 {level['p50_ms']:.0f} ms")
     if args.output:
         args.output.write_text(json.dumps(results, indent=2) + "\n")
 
