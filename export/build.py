@@ -19,7 +19,7 @@ from pathlib import Path
 
 from export import convert, verify
 from export.errors import BadOption, OutputExists, SourceNotFound, TaskMismatch, UnsupportedModel, VerificationFailed
-from export.manifest import FORMAT_VERSION, MANIFEST_NAME, file_entry, tool_versions, write_manifest
+from export.manifest import FORMAT_VERSION, MANIFEST_NAME, PACKED_GRAPH_REVISION, file_entry, tool_versions, write_manifest
 from export.source import (
     HEADS,
     LABELLED_TASKS,
@@ -63,7 +63,8 @@ class ExportOptions:
     def recipe(self) -> dict:
         """What, besides the source, decides the files: two exports with equal recipes are interchangeable.
 
-        `packed` is there only when set, so that exports made before it existed stay reusable."""
+        `packed` is there only when set, so that exports made before it existed stay reusable; it gives the
+        packed graph's revision, so that one made with an older graph is not."""
         return {
             "task": self.task,
             "quantize": self.quantize,
@@ -73,7 +74,7 @@ class ExportOptions:
             "opset": self.opset,
             "max_seq_len": self.max_seq_len,
             "atol": self.atol,
-        } | ({"packed": True} if self.packed else {})
+        } | ({"packed": PACKED_GRAPH_REVISION} if self.packed else {})
 
 
 def _stderr(message: str) -> None:

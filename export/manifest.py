@@ -16,6 +16,9 @@ from export.source import file_sha256
 MANIFEST_NAME = "manifest.json"
 # 2: fill-mask graphs take `mask_positions` and return logits only there (1: logits at every position).
 FORMAT_VERSION = 2
+# The padding-free graph's revision, recorded in a packed export's options: an export of an older graph is rebuilt
+# by --reuse. The first graph recorded `true`, which equals 1 in a comparison, so revisions start at 2.
+PACKED_GRAPH_REVISION = 2
 
 _TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers")
 

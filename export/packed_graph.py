@@ -10,7 +10,8 @@ two index maps (see app/packing.py, which builds them from the padded batch):
 
 Embeddings, projections, feed-forward and LayerNorms run on `[T, hidden]`. Attention alone
 is per sequence: the layer's query, key and value rows are gathered into `[B, L, 3 x hidden]`
-(padding gathers a zero row and is masked out), attended, and gathered back to `[T, hidden]`.
+(a padded slot gathers the first token's row, which the attention bias masks out as a key and
+`flat_index` drops as a query), attended, and gathered back to `[T, hidden]`.
 Attention is about `L / (6 x hidden)` of a padded token's work (0.09 at roberta-base's 768 and
 400 tokens), so paying it padded costs little. The graph is traced with `torch.onnx.export`
 from the checkpoint's own modules; it uses Gather, MatMul, Softmax and elementwise operators
@@ -55,16 +56,18 @@ class PackedEncoder(torch.nn.Module):
             + embeddings.token_type_embeddings.weight[0]  # RoBERTa has one token type; the service sends none
         )
         hidden = embeddings.LayerNorm(hidden)
-        padding = token_index >= input_ids.shape[0]  # [B, L]: the slots that gather the zero row
+        padding = token_index >= input_ids.shape[0]  # [B, L]: token_index gives padded slots the index T
         bias = padding.to(hidden.dtype)[:, None, None, :] * torch.finfo(hidden.dtype).min
+        # Padded slots gather token 0, a real row: finite, masked as a key, dropped as a query. Gathering a zero
+        # row instead meant a Concat copying the layer's [T, 3 x hidden] projection in every layer.
+        gather_index = torch.where(padding, torch.zeros_like(token_index), token_index)
         for layer, qkv in zip(self.layers, self.qkv):
-            hidden = self._layer(layer, qkv, hidden, token_index, flat_index, bias)
+            hidden = self._layer(layer, qkv, hidden, gather_index, flat_index, bias)
         return hidden  # [T, hidden]
 
-    def _layer(self, layer, qkv, hidden, token_index, flat_index, bias) -> torch.Tensor:
-        qkv = qkv(hidden)
-        qkv = torch.cat([qkv, qkv.new_zeros(1, qkv.shape[-1])])[token_index]  # [B, L, 3 x hidden]
-        rows, width = token_index.shape[0], token_index.shape[1]
+    def _layer(self, layer, qkv, hidden, gather_index, flat_index, bias) -> torch.Tensor:
+        qkv = qkv(hidden)[gather_index]  # [B, L, 3 x hidden]
+        rows, width = gather_index.shape[0], gather_index.shape[1]
         qkv = qkv.reshape(rows, width, 3, self.heads, self.head_size).permute(2, 0, 3, 1, 4)
         query, key, value = qkv[0], qkv[1], qkv[2]  # [B, heads, L, head_size]
         scores = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_size)) + bias

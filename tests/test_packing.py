@@ -17,6 +17,7 @@ from app.model_folder import ModelFolderError, load_model_folder
 from app.packing import pack
 from app.runtime import ModelRuntime, SessionConfig
 from app.settings import Settings
+from export.manifest import PACKED_GRAPH_REVISION
 from server import ServerThread
 
 
@@ -57,7 +58,7 @@ def test_pack_keeps_the_real_tokens_and_maps_both_ways():
 @pytest.mark.parametrize("task", ["text-classification", "fill-mask", "token-classification"])
 def test_the_export_verifies_the_packed_graph_of_every_task(packed, task):
     manifest = json.loads((packed[task] / "manifest.json").read_text())
-    assert manifest["options"]["packed"] is True
+    assert manifest["options"]["packed"] == PACKED_GRAPH_REVISION
     checked = manifest["verification"]["packed-fp32"]
     assert checked["passed"] and checked["max_abs_diff"] <= 1e-4 and checked["top1_agreement"] == 1.0
     assert "packed-int8" in manifest["verification"]  # recorded, not gated
@@ -66,13 +67,15 @@ def test_the_export_verifies_the_packed_graph_of_every_task(packed, task):
     assert set(folder.packed_files) == {"fp32", "int8"}
 
 
-def test_exports_made_before_packed_existed_stay_reusable():
+def test_exports_made_before_packed_existed_stay_reusable_and_an_older_packed_graph_does_not():
     from pathlib import Path
 
     from export.build import ExportOptions
 
     assert "packed" not in ExportOptions(model="m", output=Path("o")).recipe()  # as their manifests recorded it
-    assert ExportOptions(model="m", output=Path("o"), packed=True).recipe()["packed"] is True
+    packed = ExportOptions(model="m", output=Path("o"), packed=True).recipe()
+    assert packed["packed"] == PACKED_GRAPH_REVISION
+    assert packed != packed | {"packed": True}  # the first graph's manifests (a Concat a layer): rebuilt by --reuse
 
 
 @pytest.mark.parametrize("task", ["text-classification", "fill-mask", "token-classification"])
