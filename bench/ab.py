@@ -3,6 +3,7 @@
     python -m bench.ab ../other-checkout                      # embedded INT8 classifier, c=32 and 64, 20 s each
     python -m bench.ab ../other-checkout --seconds 10 --concurrency 8
     python -m bench.ab . --other-env ROBERTA_ONNX_SESSION_CONFIG=session.intra_op.allow_spinning=0   # a setting
+    python -m bench.ab . --folder NEW_EXPORT --other-folder OLD_EXPORT   # two exports of one model
 
 For a change to the serving path (the HTTP layer, the batcher) whose cost must be seen beside the
 code before it: both servers run `python -m app` with the same flags on the same exported folder,
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("other", type=Path, help="another checkout of this repository (e.g. a git worktree)")
     parser.add_argument("--folder", type=Path, default=REPO / "build" / "onnx" / "roberta-mini-sst2",
                         help="exported classifier both serve (default: the embedded one, as serve-default.sh exports it)")
+    parser.add_argument("--other-folder", type=Path, default=None,
+                        help="the other's exported classifier, to compare two exports of one model (default: --folder)")
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rounds", type=int, default=4)
@@ -59,8 +62,9 @@ def main() -> None:
     envs = {"this": dict(e.split("=", 1) for e in args.this_env), "other": dict(e.split("=", 1) for e in args.other_env)}
     with contextlib.ExitStack() as stack:
         systems = []
+        folders = {"this": args.folder, "other": args.other_folder or args.folder}
         for name, checkout in (("this", REPO), ("other", args.other)):
-            server = stack.enter_context(checkout_server(name, checkout, args.folder, args.precision, envs[name]))
+            server = stack.enter_context(checkout_server(name, checkout, folders[name], args.precision, envs[name]))
             system = System(name, server, itertools.cycle(requests), is_service=True, bodies=bodies)
             asyncio.run(closed_loop("127.0.0.1", server.port, system.source, 1, 2.0))  # warm the path
             server.pause()
