@@ -248,14 +248,9 @@ class ModelRuntime:
                 break
             shapes.append((batch, length))
         shapes = shapes or [(1, max(1, min(width, limits_tokens)))]  # a budget under 16 tokens
-        times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
-        for _ in range(repeats):
-            for batch, length in shapes:
-                ids = np.full((batch, length), pad_id, dtype=np.int64)
-                started = time.perf_counter()
-                await self.run(ids, np.ones_like(ids))
-                times[(batch, length)].append(time.perf_counter() - started)
-        return RunCost.from_timings([(b * n, sorted(times[(b, n)])[repeats // 2]) for b, n in shapes])
+        full = {batch * length: np.full((batch, length), pad_id, dtype=np.int64) for batch, length in shapes}
+        seconds = await self._median_seconds({tokens: (ids, np.ones_like(ids)) for tokens, ids in full.items()}, repeats)
+        return RunCost.from_timings(list(seconds.items()))
 
     async def measure_packed_costs(self, pad_id: int, max_batch_tokens: int, repeats: int = 3) -> tuple[float, float]:
         """For a packed graph: (a run's fixed cost in tokens, the row length at which a padded slot's attention
@@ -270,16 +265,23 @@ class ModelRuntime:
         rows, short = 4, min(16, width)
         cases = {"small": (1, short, [short]), "full": (rows, width, [width] * rows),
                  "sparse": (rows, width, [width] + [short] * (rows - 1))}
-        times: dict[str, list[float]] = {name: [] for name in cases}
+        batches = {
+            name: (np.full((batch, length), pad_id, dtype=np.int64),
+                   (np.arange(length)[None, :] < np.array(lengths)[:, None]).astype(np.int64))
+            for name, (batch, length, lengths) in cases.items()
+        }
+        median = await self._median_seconds(batches, repeats)
+        return packed_costs(median, rows=rows, width=width, short=short, cap=max_batch_tokens)
+
+    async def _median_seconds(self, batches: dict, repeats: int) -> dict:
+        """Each (input_ids, attention_mask) run `repeats` times, in turn: its median seconds, by the same key."""
+        times: dict = {key: [] for key in batches}
         for _ in range(repeats):
-            for name, (batch, length, lengths) in cases.items():
-                ids = np.full((batch, length), pad_id, dtype=np.int64)
-                mask = (np.arange(length)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+            for key, (ids, mask) in batches.items():
                 started = time.perf_counter()
                 await self.run(ids, mask)
-                times[name].append(time.perf_counter() - started)
-        median = {name: sorted(values)[repeats // 2] for name, values in times.items()}
-        return packed_costs(median, rows=rows, width=width, short=short, cap=max_batch_tokens)
+                times[key].append(time.perf_counter() - started)
+        return {key: sorted(values)[repeats // 2] for key, values in times.items()}
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
