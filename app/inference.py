@@ -28,6 +28,7 @@ from app.errors import (
     ClientClosedRequest,
     InvalidInput,
     InvalidJSON,
+    PayloadTooLarge,
     ServiceError,
     TooManyInputs,
     Unauthorized,
@@ -109,11 +110,19 @@ class InferenceEndpoints:
 
 async def run_task(state: AppState, scope: Scope, receive: Receive, task: Task, model: ServedModel, body: BaseModel,
                    deadline: float) -> Response:
-    count = task.count(body)
-    if count == 0:
+    # What the request will cost, counted before anything of it is built, against the ceilings.
+    cost = task.cost(body, model)
+    settings = state.settings
+    if cost.sequences == 0:
         raise InvalidInput("inputs is an empty list; send at least one text")
-    if count > state.settings.max_inputs:
-        raise TooManyInputs(f"{count} {task.counted} in one request; at most {state.settings.max_inputs} are allowed")
+    if cost.sequences > settings.max_inputs:
+        raise TooManyInputs(f"{cost.sequences} {task.counted} in one request; at most {settings.max_inputs} are allowed")
+    if cost.characters > settings.max_body_bytes:
+        raise PayloadTooLarge(
+            f"this request makes {cost.characters} characters of text to tokenize (each hypothesis counted); at most "
+            f"{settings.max_body_bytes} are allowed: shorten the hypothesis_template or the labels"
+        )
+    model.batcher.check_room(cost.sequences)  # refuse before tokenizing: overload should cost little
     scope.setdefault("state", {})["model"] = model.name  # for RequestMetrics' model label
     with state.admit():
         answer = await unless_disconnected(scope, receive, task(model, body, deadline))

@@ -11,22 +11,24 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from app.batcher import Batcher, BatchLimits, RunCost
-from app.errors import DeadlineExceeded, InputTooLong
+from app.errors import DeadlineExceeded, InputTooLong, ServiceError
 from app.metrics import ModelMetrics
 from app.model_folder import ModelFolder
 from app.runtime import ModelRuntime, warm_up_shapes
-from app.tokenize import Encoded, TextEncoder, TextInput
+from app.tokenize import Encoded, TextEncoder, TextInput, Tokens
 from app.workers import Workers
 
 log = logging.getLogger("app.model")
 
 SHORTEN = 'Shorten it or pass "truncation": true'
+PIECE_CHARS = 8192  # characters of text per job on the tokenizer threads: a few milliseconds of work
 
 
 class ServedModel:
@@ -60,22 +62,85 @@ class ServedModel:
     def task(self) -> str:
         return self.folder.task
 
-    async def encode(self, inputs: list[TextInput], truncation: bool | str, shorten: str = SHORTEN) -> list[Encoded]:
-        """Token ids of every input, refused (413) when one is longer than the model takes and `truncation` is off
-        (or cannot make it fit: see TextEncoder.encode)."""
-        self.batcher.check_room(len(inputs))  # refuse before tokenizing: overload should cost little
+    async def encode(self, inputs: list[TextInput], truncation: bool, deadline: float, shorten: str = SHORTEN) -> list[Encoded]:
+        """Token ids of every input with its special tokens, refused (413) when one is longer than the model takes
+        and `truncation` is off. A text is tokenized only as far as it needs to be (see `tokens`)."""
         limit = self.encoder.max_seq_len
         if not truncation:
             for index, item in enumerate(inputs):
                 if self.encoder.surely_too_long(item):
                     raise InputTooLong(f"inputs[{index}] is longer than {limit} tokens, the most the model takes. {shorten}")
+        singles = [index for index, item in enumerate(inputs) if isinstance(item, str)]
+        pairs = [index for index, item in enumerate(inputs) if not isinstance(item, str)]
+        encoded: list[Encoded | None] = [None] * len(inputs)
+
+        def too_long(at: int) -> InputTooLong:
+            return InputTooLong(f"inputs[{singles[at]}] is longer than {limit} tokens, the most the model takes. {shorten}")
+
+        room = self.encoder.room
+        texts = await self.tokens([inputs[index] for index in singles], deadline, most=room, too_long=None if truncation else too_long)
+        for index, text in zip(singles, texts):
+            encoded[index] = Encoded(self.encoder.single(text.ids[:room]))
+        # A pair is tokenized whole, by the tokenizer's own pair truncation (the longer text is cut first, which
+        # depends on the whole length of both): in jobs of a bounded size, like the pieces of a text.
         started = time.perf_counter()
-        encoded = await self.off_loop(self.encoder.encode, inputs, truncate=truncation)
-        self.metrics.tokenize.observe(time.perf_counter() - started)
-        for index, item in enumerate(encoded):
-            if len(item) > limit:
-                raise InputTooLong(f"inputs[{index}] is {len(item)} tokens; the model takes at most {limit}. {shorten}")
+        for job in _jobs([inputs[index] for index in pairs], PIECE_CHARS):
+            done = await self.off_loop(self.encoder.encode, [inputs[pairs[at]] for at in job], truncate=truncation)
+            for at, item in zip(job, done):
+                if len(item) > limit:
+                    raise InputTooLong(f"inputs[{pairs[at]}] is {len(item)} tokens; the model takes at most {limit}. {shorten}")
+                encoded[pairs[at]] = item
+            _check(deadline)
+        if pairs:
+            self.metrics.tokenize.observe(time.perf_counter() - started)
         return encoded
+
+    async def tokens(
+        self,
+        texts: Sequence[str],
+        deadline: float,
+        *,
+        most: int,
+        offsets: bool = False,
+        too_long: Callable[[int], ServiceError] | None = None,
+    ) -> list[Tokens]:
+        """Each text's tokens, at most `most` of them: a text with more comes back cut (complete False), or with
+        `too_long`, the request is refused with `too_long(index)` as soon as one is found.
+
+        The work goes to the tokenizer threads in jobs of about PIECE_CHARS characters (short texts
+        together, a long one piece by piece; see TextEncoder.next_cut), and a text's pieces stop once
+        it has more than `most` tokens: a megabyte of text that will be truncated costs the tokens
+        kept, not the megabyte. Between jobs the request's deadline is checked, and a request whose
+        client has gone (its task cancelled) hands over no more; the other requests' jobs, other
+        models' included, take their turn on the threads in between.
+        """
+        found: list[list[Tokens]] = [[] for _ in texts]
+        counts, starts = [0] * len(texts), [0] * len(texts)
+        pending = list(range(len(texts)))
+        started = time.perf_counter()
+        while pending:
+            job, size = [], 0
+            for index in pending:
+                end = self.encoder.next_cut(texts[index], starts[index], PIECE_CHARS)
+                if job and size + end - starts[index] > PIECE_CHARS:
+                    break
+                job.append((index, starts[index], end))
+                size += end - starts[index]
+            done = await self.off_loop(self.encoder.content, [texts[index][a:b] for index, a, b in job], offsets=offsets)
+            for (index, start, end), piece in zip(job, done):
+                if offsets and start:
+                    piece = Tokens(piece.ids, piece.offsets + start)
+                found[index].append(piece)
+                counts[index] += len(piece)
+                starts[index] = end
+                if counts[index] > most and too_long is not None:
+                    raise too_long(index)
+            pending = [index for index in pending if starts[index] < len(texts[index]) and counts[index] <= most]
+            if pending:
+                _check(deadline)
+        if texts:
+            self.metrics.tokenize.observe(time.perf_counter() - started)
+        return [_joined(pieces, most, offsets) for pieces in found]
 
     async def off_loop(self, function, *args, **kwargs):
         return await self._executor.run(function, *args, **kwargs)
@@ -164,6 +229,36 @@ class ServedModel:
                 "format_version": self.folder.manifest.get("format_version"),
             },
         }
+
+
+def _check(deadline: float) -> None:
+    if time.monotonic() >= deadline:
+        raise DeadlineExceeded("the request did not finish before its deadline")
+
+
+def _jobs(inputs: Sequence[TextInput], size: int) -> list[list[int]]:
+    """Indexes of `inputs` in consecutive groups of about `size` characters (one input alone may be more)."""
+    jobs: list[list[int]] = []
+    total = size
+    for index, item in enumerate(inputs):
+        length = sum(map(len, item)) if isinstance(item, tuple) else len(item)
+        if total + length > size:
+            jobs.append([])
+            total = 0
+        jobs[-1].append(index)
+        total += length
+    return jobs
+
+
+def _joined(pieces: list[Tokens], most: int, offsets: bool) -> Tokens:
+    """One text's pieces as one Tokens, cut to `most` tokens (complete False where it had more)."""
+    ids = pieces[0].ids if len(pieces) == 1 else np.concatenate([piece.ids for piece in pieces])
+    where = None
+    if offsets:
+        where = pieces[0].offsets if len(pieces) == 1 else np.concatenate([piece.offsets for piece in pieces])
+    if len(ids) <= most:
+        return Tokens(ids, where)
+    return Tokens(ids[:most], where[:most] if offsets else None, complete=False)
 
 
 def source_name(source: dict) -> str | None:

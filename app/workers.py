@@ -37,7 +37,8 @@ class Workers(Executor):
     def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """`function(*args, **kwargs)` on a worker thread; the future resolves on the calling event loop.
 
-        Cancelling the future does not stop a call that has started: its result is dropped.
+        Cancelling the future before the call starts skips it; a call that has started runs on, and its result
+        is dropped.
         """
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -81,6 +82,8 @@ class Workers(Executor):
                         future.set_result(function(*args, **kwargs))
                     except BaseException as exc:
                         future.set_exception(exc)
+                continue
+            if future.done():  # cancelled while it waited: its caller has gone, and nobody reads the result
                 continue
             try:
                 outcome, failed = function(*args, **kwargs), False

@@ -89,6 +89,43 @@ def test_what_the_pipeline_refuses_is_a_clear_4xx(served):
     assert many.status_code == 413 and many.json()["error_type"] == "too_many_inputs"
 
 
+def test_a_text_longer_than_a_piece_of_tokenizer_work_equals_the_pipeline(served, pipelines):
+    text = LONG + " the film was good and the acting was brilliant." * 160  # tokenized in two pieces (PIECE_CHARS)
+    assert 8192 < len(text) and len(pipelines["none"].tokenizer(text)["input_ids"]) < 62 * 64  # within 64 windows
+    body = {"inputs": text, "parameters": {"aggregation_strategy": "first", "stride": 0}}
+    response = httpx.post(f"{served.url}/models/ner", json=body)
+    assert response.status_code == 200, response.text
+    assert_same_entities(response.json(), pipelines["first"](text, stride=0))
+
+
+@pytest.fixture
+def handed(served, monkeypatch) -> list[int]:
+    """The characters of every text the tokenizer is handed, in calls."""
+    encoder = served.state.models.get("ner").encoder
+    calls: list[int] = []
+    content = encoder.content
+
+    def counting(texts, **options):
+        calls.append(sum(map(len, texts)))
+        return content(texts, **options)
+
+    monkeypatch.setattr(encoder, "content", counting)
+    return calls
+
+
+def test_windows_are_counted_before_any_is_built_and_tokenizing_stops_at_the_first_text_over(served, handed):
+    # 64 texts that the arithmetic allows a window each but make several: the first job of texts tells.
+    many = {"inputs": ["a " * 300] * 64, "parameters": {"aggregation_strategy": "simple", "stride": 0}}
+    refused = httpx.post(f"{served.url}/models/ner", json=many)
+    assert refused.status_code == 413 and "more than 64 windows" in refused.json()["error"]
+    assert len(handed) == 1 and handed[0] <= 8192
+    # One 300 KB text: arithmetic alone says it makes more windows than allowed; nothing is tokenized.
+    handed.clear()
+    parameters = {"aggregation_strategy": "simple", "stride": 61}  # a window per token past the first 62
+    huge = httpx.post(f"{served.url}/models/ner", json={"inputs": "supercalifragilistic " * 15_000, "parameters": parameters})
+    assert huge.status_code == 413 and "at least" in huge.json()["error"] and handed == []
+
+
 def test_one_small_model_alone_does_not_spin(served):
     # The tiny test models are far narrower than app.model_folder.WIDE_HIDDEN_SIZE: like the embedded model, they
     # run faster with ONNX Runtime's threads waiting instead of spinning.

@@ -86,3 +86,22 @@ def test_a_failing_initializer_leaves_the_thread_serving():
         assert workers.submit(lambda: "served").result(timeout=5) == "served"
     finally:
         workers.shutdown()
+
+
+def test_a_call_whose_caller_has_gone_before_it_starts_is_skipped():
+    workers = Workers(1, "w")
+    release, ran = threading.Event(), []
+    try:
+        async def main():
+            busy = workers.run(release.wait, 30)
+            gone = workers.run(ran.append, "gone")
+            gone.cancel()  # its request was cancelled while the thread was busy with another's
+            release.set()
+            await busy
+            return await workers.run(ran.append, "next")
+
+        asyncio.run(main())
+        assert ran == ["next"]
+    finally:
+        release.set()
+        workers.shutdown()

@@ -67,13 +67,57 @@ def test_pairs_go_through_the_batcher_and_count_against_max_inputs(served):
 
 
 @pytest.mark.parametrize(
-    ("template", "says"),
-    [("no placeholder", "must hold {}"), ("{:>999999999}", "only {}"), ("{name}", "only {}"), ("{} {", "only {}")],
+    "template", ["no placeholder", "{:>999999999}", "{name}", "{0}", "{} {", "{}{}", "{{}}", "{0}" * 1000, "}{}"]
 )
-def test_a_template_that_cannot_take_the_label_is_a_422(served, template, says):
+def test_a_template_without_exactly_one_field_and_no_other_brace_is_a_422(served, template):
     body = {"inputs": TEXT, "parameters": {"candidate_labels": ["a"], "hypothesis_template": template}}
     response = httpx.post(f"{served.url}/models/nli", json=body)
-    assert response.status_code == 422 and says in response.json()["error"]
+    assert response.status_code == 422 and "exactly one {}" in response.json()["error"]
+
+
+def test_a_long_text_is_tokenized_once_only_as_far_as_a_pair_holds_it(served, oracle, monkeypatch):
+    encoder = served.state.models.get("nli").encoder
+    handed: list[int] = []
+    content = encoder.content
+
+    def counting(texts, **options):
+        handed.extend(len(text) for text in texts)
+        return content(texts, **options)
+
+    monkeypatch.setattr(encoder, "content", counting)
+    long_text = " ".join([TEXT] * 2000)  # about 130,000 characters, 64 tokens long after a few dozen
+    labels = [f"topic {i}" for i in range(8)]
+    answer = httpx.post(f"{served.url}/models/nli", json={"inputs": long_text, "parameters": {"candidate_labels": labels}})
+    assert response_ok(answer)
+    assert_same(answer.json(), oracle(long_text, candidate_labels=labels))
+    hypotheses = sum(len(f"This example is {label}.") for label in labels)
+    assert sum(handed) <= 8192 + hypotheses < len(long_text)  # one piece of the text (app.model.PIECE_CHARS), once
+
+
+def test_a_hypothesis_that_leaves_the_text_one_token_is_served_and_one_more_is_a_413(served, oracle, tiny_nli):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_nli))
+    most = 64 - 4 - 1  # max_seq_len, the pair's special tokens, one token left for the text
+
+    def length(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    words = "the film was good and the acting was brilliant " * 10
+    template = next(words[:n] + "{}" for n in range(len(words), 0, -1) if length(words[:n] + "a") == most)
+    fits = {"candidate_labels": ["a"], "hypothesis_template": template}
+    answer = httpx.post(f"{served.url}/models/nli", json={"inputs": TEXT, "parameters": fits})
+    assert response_ok(answer)
+    assert_same(answer.json(), oracle(TEXT, **fits))
+    assert length(template.replace("{}", "a battery")) > most
+    over = {"candidate_labels": ["a", "a battery"], "hypothesis_template": template}
+    refused = httpx.post(f"{served.url}/models/nli", json={"inputs": TEXT, "parameters": over})
+    assert refused.status_code == 413 and "candidate_labels[1]" in refused.json()["error"]
+
+
+def response_ok(response: httpx.Response) -> bool:
+    assert response.status_code == 200, response.text
+    return True
 
 
 def test_a_long_text_is_cut_beside_its_hypothesis_but_a_hypothesis_too_long_is_a_413(served, oracle):

@@ -9,7 +9,8 @@ is the shared batcher.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,13 +29,31 @@ class Answer:
     large: bool = False  # may be megabytes: render it off the event loop
 
 
-class Task:
+@dataclass(frozen=True)
+class Cost:
+    """What one request will cost, counted from the body's lengths and the model's limits before anything is built.
+
+    The serving core checks it against the ceilings (max_inputs, the queue's room, and
+    max_body_bytes for the text handed to the tokenizer) before the task runs. Each model input
+    then holds at most max_seq_len tokens (longer ones are cut or refused), so a request makes
+    the model run at most sequences x max_seq_len tokens.
+    """
+
+    sequences: int  # model inputs the request will queue, at least: texts, text x label pairs, windows
+    characters: int  # text the tokenizer will be handed, at most: each text once, each hypothesis once
+
+
+def cost_of_texts(texts: Sequence[str]) -> Cost:
+    return Cost(len(texts), sum(map(len, texts)))
+
+
+class Task(ABC):
     """The interface every task implements; the defaults fit a task that is its models' own task."""
 
     name: ClassVar[str]  # transformers' pipeline name: "text-classification"
     route: ClassVar[str]  # the endpoint that serves this task's default model: "/classify"
     summary: ClassVar[str]
-    counted: ClassVar[str] = "inputs"  # what `count` counts, for the 413 message
+    counted: ClassVar[str] = "inputs"  # what Cost.sequences counts, for the 413 message
     request: ClassVar[type[BaseModel]]  # the body, in the Hugging Face Inference API's shape
     response: ClassVar[Any]  # for the OpenAPI document
     expected: ClassVar[Mapping[str, str]]  # what a union field accepts, for validation messages (app.validation)
@@ -54,12 +73,16 @@ class Task:
         """For a model that answers several tasks: is this raw body meant for this one (rather than its own)?"""
         return False
 
-    def count(self, body: BaseModel) -> int:
-        """Sequences the request will queue: what max_inputs and the queue are counted in."""
-        return len(texts_of(body.inputs))
+    @abstractmethod
+    def cost(self, body: BaseModel, model: ServedModel) -> Cost:
+        """Before any encoding, pair or window is made: what the request will cost, by arithmetic on the body's
+        lengths and the model's limits alone. Raise here what that arithmetic already refuses (a text surely
+        longer than the model takes, a template that cannot take the label)."""
 
+    @abstractmethod
     async def __call__(self, model: ServedModel, body: BaseModel, deadline: float) -> Answer:
-        raise NotImplementedError
+        """The answer, once `cost` was within the ceilings: the body's texts tokenized once each, the sequences
+        run through the model's batcher, the rows shaped into the task's answer."""
 
     def info(self, model: ServedModel) -> dict:
         """What this task adds to the model's entry in /models."""

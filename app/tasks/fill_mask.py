@@ -18,7 +18,7 @@ from app.model import ServedModel
 from app.model_folder import ModelFolderError
 from app.schemas import Strict, Text, encodable
 from app.settings import Settings
-from app.tasks.base import Answer, Task, softmax, texts_of
+from app.tasks.base import Answer, Cost, Task, cost_of_texts, softmax, texts_of
 
 log = logging.getLogger("app.tasks.fill_mask")
 
@@ -94,6 +94,9 @@ class FillMask(Task):
                 model.folder.path,
             )
 
+    def cost(self, body: FillMaskRequest, model: ServedModel) -> Cost:
+        return cost_of_texts(texts_of(body.inputs))
+
     async def __call__(self, model: ServedModel, body: FillMaskRequest, deadline: float) -> Answer:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
         for index, text in enumerate(texts):
@@ -105,7 +108,7 @@ class FillMask(Task):
         if options.targets is not None:
             targets = (options.targets,) if isinstance(options.targets, str) else tuple(options.targets)
             target_ids, warning = await model.off_loop(resolve_targets, encoder, targets)
-        encoded = await model.encode(texts, options.truncation)
+        encoded = await model.encode(texts, options.truncation, deadline)
         positions = [np.flatnonzero(e.ids == encoder.mask_id) for e in encoded]
         for index, found in enumerate(positions):
             if len(found) == 0:

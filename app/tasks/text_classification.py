@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from app.errors import InvalidInput
 from app.model import ServedModel
 from app.schemas import Strict, Text
-from app.tasks.base import Answer, Task, softmax
+from app.tasks.base import Answer, Cost, Task, softmax
 from app.tokenize import TextInput
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
@@ -58,15 +58,16 @@ class TextClassification(Task):
         "inputs[]": "a string or a {text, text_pair} object",
     }
 
-    def count(self, body: ClassifyRequest) -> int:
-        return len(body.inputs) if isinstance(body.inputs, list) else 1
+    def cost(self, body: ClassifyRequest, model: ServedModel) -> Cost:
+        inputs = _inputs(body)
+        return Cost(len(inputs), sum(len(item) if isinstance(item, str) else sum(map(len, item)) for item in inputs))
 
     async def __call__(self, model: ServedModel, body: ClassifyRequest, deadline: float) -> Answer:
-        inputs = [_as_text_input(item) for item in (body.inputs if isinstance(body.inputs, list) else [body.inputs])]
+        inputs = _inputs(body)
         for index, item in enumerate(inputs):
             if any(not text.strip() for text in (item if isinstance(item, tuple) else (item,))):
                 raise InvalidInput(f"inputs[{index}] is empty; send some text")
-        encoded = await model.encode(inputs, body.parameters.truncation)
+        encoded = await model.encode(inputs, body.parameters.truncation, deadline)
         rows = await model.infer([e.ids for e in encoded], deadline)
         function = body.parameters.function_to_apply or self.default_activation(model)
         return Answer([classify(row, model.folder.labels, function, body.parameters.top_k) for row in rows])
@@ -77,6 +78,10 @@ class TextClassification(Task):
     @staticmethod
     def default_activation(model: ServedModel) -> str:
         return default_activation(model.folder.problem_type, len(model.folder.labels))
+
+
+def _inputs(body: ClassifyRequest) -> list[TextInput]:
+    return [_as_text_input(item) for item in (body.inputs if isinstance(body.inputs, list) else [body.inputs])]
 
 
 def _as_text_input(item: str | TextPair) -> TextInput:

@@ -17,7 +17,7 @@ from app.errors import InputTooLong, InvalidInput, TooManyInputs
 from app.model import ServedModel
 from app.schemas import Strict, Text
 from app.settings import Settings
-from app.tasks.base import Answer, Task, softmax, texts_of
+from app.tasks.base import Answer, Cost, Task, softmax, texts_of
 from app.tokenize import TextEncoder, Window
 
 Strategy = Literal["none", "simple", "first", "average", "max"]
@@ -71,33 +71,43 @@ class TokenClassification(Task):
     def from_settings(cls, settings: Settings) -> TokenClassification:
         return cls(settings.max_inputs)
 
-    async def __call__(self, model: ServedModel, body: TokenClassificationRequest, deadline: float) -> Answer:
+    def cost(self, body: TokenClassificationRequest, model: ServedModel) -> Cost:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
-        room = encoder.max_seq_len - encoder.special_tokens_per_text
         if options.stride is not None:
             if options.aggregation_strategy == "none":
                 raise InvalidInput('stride needs an aggregation_strategy other than "none" (as transformers\' pipeline)')
-            if options.stride >= room:
-                raise InvalidInput(f"stride must be less than {room}, the tokens of text one window holds")
+            if options.stride >= encoder.room:
+                raise InvalidInput(f"stride must be less than {encoder.room}, the tokens of text one window holds")
+        windows = 0
+        for index, text in enumerate(texts):
+            fewest = encoder.fewest_tokens(text)
+            if options.stride is None and fewest > encoder.room:
+                raise InputTooLong(self._too_long(index, encoder.max_seq_len))
+            windows += encoder.window_count(fewest, options.stride)
+        if windows > self.max_windows:
+            raise TooManyInputs(self._too_many(f"at least {windows}", options.stride))
+        return Cost(windows, sum(map(len, texts)))
+
+    async def __call__(self, model: ServedModel, body: TokenClassificationRequest, deadline: float) -> Answer:
+        texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
         for index, text in enumerate(texts):
             if not text.strip():
                 raise InvalidInput(f"inputs[{index}] is empty; send some text")
-            if options.stride is None and encoder.surely_too_long(text):
-                raise InputTooLong(self._too_long(index, None, encoder.max_seq_len))
-        model.batcher.check_room(len(texts))
-        windows = await model.off_loop(lambda: [encoder.windows(text, stride=options.stride) for text in texts])
-        for index, text_windows in enumerate(windows):
-            if options.stride is None and len(text_windows[0]) > encoder.max_seq_len:
-                raise InputTooLong(self._too_long(index, len(text_windows[0]), encoder.max_seq_len))
-        flat = [window for text_windows in windows for window in text_windows]
-        if len(flat) > self.max_windows:
-            raise TooManyInputs(
-                f"with stride {options.stride} these texts make {len(flat)} windows; at most {self.max_windows} "
-                "are allowed per request: send fewer or shorter texts, or a smaller stride"
-            )
-        rows = await model.infer([window.ids for window in flat], deadline)
+        if options.stride is None:
+            most = encoder.room
+            too_long = lambda index: InputTooLong(self._too_long(index, encoder.max_seq_len))  # noqa: E731
+        else:  # a text with more tokens than this makes more windows than a request may hold
+            most = encoder.most_tokens(self.max_windows - (len(texts) - 1), options.stride)
+            too_long = lambda index: TooManyInputs(self._too_many(f"more than {self.max_windows}", options.stride))  # noqa: E731
+        # Each text tokenized once; its windows are counted from its length, and cut from its ids only then.
+        tokens = await model.tokens(texts, deadline, most=most, offsets=True, too_long=too_long)
+        windows = sum(encoder.window_count(len(text), options.stride) for text in tokens)
+        if windows > self.max_windows:
+            raise TooManyInputs(self._too_many(str(windows), options.stride))
+        cut = [encoder.windows(text, stride=options.stride) for text in tokens]
+        rows = await model.infer([window.ids for text_windows in cut for window in text_windows], deadline)
         answers, first = [], 0
-        for text, text_windows in zip(texts, windows):
+        for text, text_windows in zip(texts, cut):
             outputs = rows[first : first + len(text_windows)]
             first += len(text_windows)
             answers.append(
@@ -110,9 +120,12 @@ class TokenClassification(Task):
         return {"aggregation_strategies": list(Strategy.__args__)}
 
     @staticmethod
-    def _too_long(index: int, length: int | None, limit: int) -> str:
-        size = f"is {length} tokens" if length is not None else f"is longer than {limit} tokens"
-        return f"inputs[{index}] {size}; the model takes at most {limit}. Shorten it or pass a stride"
+    def _too_long(index: int, limit: int) -> str:
+        return f"inputs[{index}] is longer than {limit} tokens, the most the model takes. Shorten it or pass a stride"
+
+    def _too_many(self, windows: str, stride: int | None) -> str:
+        return (f"with stride {stride} these texts make {windows} windows; at most {self.max_windows} are allowed per "
+                "request: send fewer or shorter texts, or a smaller stride")
 
 
 def entities(

@@ -2,23 +2,24 @@
 
 Each text is paired with one hypothesis per candidate label ("This example is {label}.");
 the pairs are ordinary sequences for the model's batcher, one output row each, and count
-against max_inputs and the queue. The entailment logits become the scores.
+against max_inputs and the queue. Each text and each hypothesis is tokenized once; the pairs
+are joined from their ids. The entailment logits become the scores.
 """
 
 from __future__ import annotations
 
-import string
 from collections.abc import Mapping, Sequence
 from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from app.errors import InvalidInput
+from app.errors import InputTooLong, InvalidInput
 from app.model import ServedModel
 from app.model_folder import ModelFolder
 from app.schemas import Strict, Text
-from app.tasks.base import Answer, Task, texts_of
+from app.tasks.base import Answer, Cost, Task, texts_of
+from app.tokenize import TextEncoder, Tokens
 
 DEFAULT_TEMPLATE = "This example is {}."
 
@@ -28,7 +29,10 @@ class ZeroShotParameters(BaseModel):
     candidate_labels: Annotated[list[Text], Field(min_length=1)] | Text = Field(
         description="the labels to choose from: a list, or one string of comma-separated labels"
     )
-    hypothesis_template: Text = Field(DEFAULT_TEMPLATE, description="the hypothesis each label is put into, at {}")
+    hypothesis_template: Text = Field(
+        DEFAULT_TEMPLATE, description="the hypothesis each label is put into: exactly one {} where the label goes, no "
+        "other brace"
+    )
     multi_label: bool = Field(
         False, description="false: scores sum to 1 over the labels; true: each label scored on its own (entailment "
         "against contradiction)"
@@ -69,26 +73,47 @@ class ZeroShotClassification(Task):
         parameters = body.get("parameters")
         return isinstance(parameters, Mapping) and "candidate_labels" in parameters
 
-    def count(self, body: ZeroShotRequest) -> int:
-        return len(texts_of(body.inputs)) * len(candidate_labels(body.parameters.candidate_labels))
-
-    async def __call__(self, model: ServedModel, body: ZeroShotRequest, deadline: float) -> Answer:
+    def cost(self, body: ZeroShotRequest, model: ServedModel) -> Cost:
         texts, options = texts_of(body.inputs), body.parameters
         labels = candidate_labels(options.candidate_labels)
         if not labels:
             raise InvalidInput("candidate_labels names no label; send at least one")
-        hypotheses = hypotheses_of(options.hypothesis_template, labels)
+        before, after = template_parts(options.hypothesis_template)
+        encoder = model.encoder
+        most = encoder.max_seq_len - encoder.special_tokens_per_pair - 1  # a hypothesis leaves the text a token
+        for index, label in enumerate(labels):
+            if encoder.fewest_tokens(before, label, after) > most:
+                raise InputTooLong(self._too_long(index, most))
+        hypotheses = sum(len(before) + len(label) + len(after) for label in labels)
+        return Cost(len(texts) * len(labels), sum(map(len, texts)) + hypotheses)
+
+    async def __call__(self, model: ServedModel, body: ZeroShotRequest, deadline: float) -> Answer:
+        texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
+        labels = candidate_labels(options.candidate_labels)
         for index, text in enumerate(texts):
             if not text.strip():
                 raise InvalidInput(f"inputs[{index}] is empty; send some text")
-        pairs = [(text, hypothesis) for text in texts for hypothesis in hypotheses]
-        # As the pipeline: a text too long is cut to fit beside its hypothesis; a hypothesis too long is refused.
-        encoded = await model.encode(pairs, truncation="only_first", shorten="Shorten the hypothesis_template or the labels")
-        rows = await model.infer([e.ids for e in encoded], deadline)
+        before, after = template_parts(options.hypothesis_template)
+        specials = encoder.special_tokens_per_pair
+        most = encoder.max_seq_len - specials - 1
+        # Each hypothesis is made and tokenized once, each text tokenized once (as far as any pair can hold it);
+        # the pairs are joined from their ids.
+        hypotheses = await model.tokens(
+            [before + label + after for label in labels], deadline, most=most,
+            too_long=lambda index: InputTooLong(self._too_long(index, most)),
+        )
+        tokens = await model.tokens(texts, deadline, most=encoder.max_seq_len - specials)
+        pairs = [pair_ids(encoder, text, hypothesis) for text in tokens for hypothesis in hypotheses]
+        rows = await model.infer(pairs, deadline)
         logits = np.stack(rows).reshape(len(texts), len(labels), -1)
         entail = entailment_id(model.folder.label2id)
         answers = [answer(text, labels, scores(per_text, entail, options.multi_label)) for text, per_text in zip(texts, logits)]
         return Answer(answers[0] if isinstance(body.inputs, str) else answers)
+
+    @staticmethod
+    def _too_long(index: int, most: int) -> str:
+        return (f"the hypothesis for candidate_labels[{index}] is longer than {most} tokens, the most that leaves room "
+                "for the text. Shorten the hypothesis_template or the labels")
 
     def info(self, model: ServedModel) -> dict:
         return {"entailment_label": model.folder.labels[entailment_id(model.folder.label2id)]}
@@ -108,22 +133,23 @@ def candidate_labels(value: str | list[str]) -> list[str]:
     return list(value)
 
 
-def hypotheses_of(template: str, labels: Sequence[str]) -> list[str]:
-    """`template.format(label)`, as the pipeline does, once the template is known to hold only plain `{}` fields
-    (a format spec such as `{:>999999999}` would have one request allocate gigabytes)."""
-    try:
-        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template) if name is not None]
-    except ValueError:
-        fields = [("?", "", None)]
-    if any(name not in ("", "0") or spec or conversion for name, spec, conversion in fields):
-        raise InvalidInput("hypothesis_template may hold only {} where the label goes (no names, indexes or format specs)")
-    try:
-        hypotheses = [template.format(label) for label in labels]
-    except (IndexError, KeyError, ValueError) as exc:
-        raise InvalidInput(f"hypothesis_template must hold one {{}} where the label goes ({type(exc).__name__})") from None
-    if template.format(labels[0]) == template:
-        raise InvalidInput("hypothesis_template must hold {} where the label goes, as in \"This example is {}.\"")
-    return hypotheses
+def template_parts(template: str) -> tuple[str, str]:
+    """The text before and after the template's one `{}`. The pipeline calls `template.format(label)`; here a
+    template holds exactly one `{}` and no other brace, so joining the parts with the label is that, and a
+    template that would repeat the label, name a field, escape a brace or carry a format spec is refused."""
+    before, field, after = template.partition("{}")
+    if not field or any(brace in before or brace in after for brace in "{}"):
+        raise InvalidInput('hypothesis_template must hold exactly one {} where the label goes, and no other brace, '
+                           'as in "This example is {}."')
+    return before, after
+
+
+def pair_ids(encoder: TextEncoder, text: Tokens, hypothesis: Tokens) -> np.ndarray:
+    """The tokenizer's pair of `text` and `hypothesis` truncated "only_first", from their ids: the text is cut
+    so that the pair fits max_seq_len. `text` holds at least the tokens any pair can keep of it; a hypothesis
+    too long to leave the text a token was refused before."""
+    room = encoder.max_seq_len - encoder.special_tokens_per_pair - len(hypothesis)
+    return encoder.pair(text.ids[:room], hypothesis.ids)
 
 
 def scores(logits: np.ndarray, entail: int, multi_label: bool) -> np.ndarray:
