@@ -81,3 +81,43 @@ def test_a_bad_or_too_long_timeout_header_is_422(server, value):
     response = httpx.post(f"{server.url}/classify", json={"inputs": "a"}, headers={"X-Request-Timeout": value}, timeout=10)
     assert response.status_code == 422 and response.json()["error_type"] == "validation"
     assert "X-Request-Timeout" in response.json()["error"]
+
+
+@pytest.fixture
+def slow_tokenizer(exported_classifier, monkeypatch):
+    """A server whose tokenizer takes 0.5 s a job, and the characters of every job it was handed."""
+    from app.settings import Settings
+    from server import ServerThread
+
+    with ServerThread(Settings(classify_model=exported_classifier, max_wait_ms=1)) as served:
+        encoder = served.state.models.get("cls").encoder
+        handed: list[int] = []
+        content = encoder.content
+
+        def slow(texts, **options):
+            handed.append(sum(map(len, texts)))
+            time.sleep(0.5)
+            return content(texts, **options)
+
+        monkeypatch.setattr(encoder, "content", slow)
+        yield served, handed
+
+
+TEXTS = ["the film was good and the acting was brilliant " * 4] * 64  # about 12,000 characters: two jobs
+
+
+def test_tokenizing_stops_at_the_next_job_once_the_deadline_has_passed(slow_tokenizer):
+    served, handed = slow_tokenizer
+    response = httpx.post(f"{served.url}/classify", json={"inputs": TEXTS}, headers={"X-Request-Timeout": "0.3"}, timeout=10)
+    assert response.status_code == 504
+    time.sleep(1.0)  # a second job would have been handed by now
+    assert len(handed) == 1 and handed[0] <= 8192
+
+
+def test_tokenizing_stops_at_the_next_job_once_the_client_has_gone(slow_tokenizer):
+    served, handed = slow_tokenizer
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{served.url}/classify", json={"inputs": TEXTS}, timeout=0.2)
+    time.sleep(1.5)
+    assert len(handed) == 1
+    assert httpx.post(f"{served.url}/classify", json={"inputs": "still serving"}).status_code == 200
