@@ -1,6 +1,7 @@
 """Service errors and the one table that maps them to HTTP.
 
     ServiceError
+    ├── BadRequest         400  bad_request   a request no handler can take as sent (two Authorization headers)
     ├── InvalidJSON        400  invalid_json
     ├── UnsupportedMediaType 415 unsupported_media_type   a POST body not sent as JSON
     ├── InvalidInput       422  validation   a body the schema or the model cannot take
@@ -28,6 +29,10 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+
+
+class BadRequest(ServiceError):
+    error_type = "bad_request"
 
 
 class InvalidJSON(ServiceError):
@@ -87,6 +92,7 @@ class InferenceFailed(ServiceError):
 
 
 HTTP_STATUS: dict[type[ServiceError], int] = {
+    BadRequest: 400,
     InvalidJSON: 400,
     UnsupportedMediaType: 415,
     InvalidInput: 422,

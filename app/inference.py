@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import validation
 from app.errors import (
+    BadRequest,
     ClientClosedRequest,
     InvalidInput,
     InvalidJSON,
@@ -44,7 +45,7 @@ log = logging.getLogger("app.inference")
 
 MODELS_PREFIX = "/models/"
 TIMEOUT_HEADER = b"x-request-timeout"
-WANTED_HEADERS = (b"content-type", b"authorization", TIMEOUT_HEADER)
+WANTED_HEADERS = (b"content-type", TIMEOUT_HEADER)
 
 
 class InferenceEndpoints:
@@ -82,7 +83,7 @@ class InferenceEndpoints:
         headers = request_headers(scope)
         settings = state.settings
         if settings.api_key is not None:
-            check_api_key(headers.get(b"authorization", b""), settings.api_key.get_secret_value())
+            check_api_key([value for key, value in scope["headers"] if key == b"authorization"], settings.api_key.get_secret_value())
         if task is not None:
             raw = await read_json(headers, receive)
             body = self._validate(task.request, raw, self.bodies.get(task.route))
@@ -140,8 +141,12 @@ def request_headers(scope: Scope) -> dict[bytes, bytes]:
     return found
 
 
-def check_api_key(authorization: bytes, key: str) -> None:
-    scheme, _, given = authorization.decode("latin-1").partition(" ")
+def check_api_key(authorizations: Sequence[bytes], key: str) -> None:
+    """401 unless the one Authorization header is `Bearer <key>`. Two of them are a 400: a proxy in front may
+    read the last where this would read the first, so neither can be trusted to be the one meant."""
+    if len(authorizations) > 1:
+        raise BadRequest("send one Authorization header, not several")
+    scheme, _, given = (authorizations[0] if authorizations else b"").decode("latin-1").partition(" ")
     if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode("latin-1"), key.encode()):
         raise Unauthorized("missing or wrong API key; send `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"})
 

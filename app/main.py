@@ -16,7 +16,8 @@ from app.inference import InferenceEndpoints
 from app.metrics import Metrics
 from app.model_folder import ModelFolderError
 from app.routes import body_rules, build_router
-from app.settings import Settings, configure_logging, exit_with, settings_or_exit
+from app.logs import configure_logging
+from app.settings import Settings, exit_with, settings_or_exit
 from app.state import AppState
 from app.tasks import build_tasks
 
@@ -59,6 +60,9 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
         docs_url=None,  # app.docs serves them, offline and behind the same key as /metrics
         redoc_url=None,
         openapi_url=None,
+        # No 307 to the path without its trailing slash: its Location would be built from the client's Host
+        # header, and sent before the key is checked. `/models/x/` is a JSON 404 like any unknown path.
+        redirect_slashes=False,
     )
     bodies = body_rules(tasks)
     fastapi = partial(FastAPI.__call__, app)
@@ -85,6 +89,10 @@ class ServiceApp(FastAPI):
     front: ASGIApp
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            # HEAD is GET without the body: the app answers a GET, and the server, whose scope still says HEAD,
+            # sends only the head (uvicorn drops the body of an answer to HEAD).
+            scope = {**scope, "method": "GET"}
         scope["app"] = self  # as Starlette sets it: app.inference reads the services from it
         await self.front(scope, receive, send)
 

@@ -35,7 +35,7 @@ def get_state(request: Request) -> AppState:
 async def require_api_key_if_protected(request: Request) -> None:
     settings = get_state(request).settings
     if settings.api_key is not None and settings.protect_health_and_metrics:
-        check_api_key(request.headers.get("authorization", "").encode("latin-1"), settings.api_key.get_secret_value())
+        check_api_key([value.encode("latin-1") for value in request.headers.getlist("authorization")], settings.api_key.get_secret_value())
 
 
 def build_router(tasks: Mapping[str, Task]) -> APIRouter:

@@ -7,15 +7,21 @@ reading. `limited_protocol` bounds the first two, `DrainingServer` the third:
 - headers: at most `max_header_bytes`, counted as they arrive (431 and the connection is
   closed; the rest is never read), and complete within `header_timeout_s` of the first byte;
 - body: complete within `body_timeout_s` of the headers (408 and closed);
+- pipelining: at most `max_pipelined` requests wait behind the one being answered; past that
+  the connection is not read until its client reads answers (uvicorn parses whatever arrives,
+  so a client that pipelines megabytes and never reads would have it queue every request);
 - idle connections, a new one included, close after `keep_alive_timeout_s`;
-- a request that is not HTTP gets the service's JSON error body (400), not uvicorn's text;
+- a request that is not HTTP, or not HTTP/1.0 or 1.1, gets the service's JSON error body (400,
+  505), not uvicorn's text or an answer as HTTP/1.1;
 - from SIGTERM on, every answer says `Connection: close`, so clients take their next request elsewhere;
 - an answer's head and body leave in one send (`_OneSendPerStep`), not two.
 
 On SIGTERM the server goes unready, keeps serving for `shutdown_delay_s`, then has
 `shutdown_timeout_s` for everything else: admitted requests, responses still being written,
-uploads still arriving. At that deadline the connections left are closed (an unanswered
-request gets 503), and a second later aborted; then the process exits.
+uploads still arriving. When it stops listening, the connections the kernel has already
+accepted for it are taken and answered (503, `Connection: close`) rather than reset. At the
+deadline the connections left are closed (an unanswered request gets 503), and a second
+later aborted; then the process exits.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +49,11 @@ from app.state import AppState
 log = logging.getLogger("app.server")
 
 ABORT_AFTER_CLOSE_S = 1.0  # after the deadline, how long a closing connection may flush before it is cut
+LATE_REQUEST_S = 1.0  # a connection taken from the backlog at shutdown: how long its request has to arrive
+# Bytes reach the parser this many at a time (a body of known length whole), so that one read of pipelined
+# requests cannot queue thousands of them at once: the line is checked between slices.
+PIPELINED_SLICE = 1024
+SERVED_VERSIONS = ("1.0", "1.1")
 WATCHDOG_GRACE_S = 5.0  # past the deadline, how long the event loop may take to finish before the process is ended
 
 
@@ -51,6 +63,7 @@ class HttpLimits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     keep_alive_timeout_s: float = 5.0
+    max_pipelined: int = 16  # requests of one connection waiting behind the one being answered
 
 
 def raw_response(status: int, error_type: str, message: str, extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -124,6 +137,9 @@ def limited_protocol(
             self._body_timer: asyncio.TimerHandle | None = None
             self._refusal: tuple[int, str, str] | None = None
             self._on_disconnect: Callable[[], None] | None = None
+            self._held: bytes | None = None  # received, not yet parsed: requests already wait in line
+            self._body_left: int | None = None  # of the request being read, when it said its Content-Length
+            self.late = False  # taken from the listen backlog at shutdown (DrainingServer)
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             # Everything writes and closes through it, the response cycles and this protocol alike: a close from
@@ -148,6 +164,29 @@ def limited_protocol(
             self._unset_keepalive_if_required()
             if not self._headers_done:
                 self._header_bytes += len(data)
+            if self._held is not None:  # the line is full: keep the bytes, read no more until it moves
+                self._held += data
+                self.flow.pause_reading()
+                return
+            self._feed(data)
+
+        def _feed(self, data: bytes) -> None:
+            """Parse `data`, a slice at a time while requests wait in line; hold the rest once the line is full."""
+            start, size = 0, len(data)
+            view = memoryview(data)
+            while start < size:
+                if len(self.pipeline) >= limits.max_pipelined:
+                    self._held = bytes(view[start:])
+                    self.flow.pause_reading()
+                    return
+                step = min(size - start, PIPELINED_SLICE + (self._body_left or 0))
+                if not self._parse(view[start : start + step]):
+                    return
+                start += step
+            self._arm_timers()
+
+        def _parse(self, data) -> bool:
+            """Feed the parser; False once the connection was refused or handed over (stop feeding)."""
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
@@ -155,13 +194,16 @@ def limited_protocol(
                     self.handle_websocket_upgrade()
                 else:
                     self._unsupported_upgrade_warning()
-                return
+                return False
             except httptools.HttpParserError:
                 if self._refusal is not None:
                     self._refuse(*self._refusal)
                 else:
                     self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
-                return
+                return False
+            return not self.transport.is_closing()
+
+        def _arm_timers(self) -> None:
             # Timers only for a request that did not arrive whole in this read: most do, and pay nothing.
             if self._begun and not self._headers_done:
                 if self._header_bytes > limits.max_header_bytes:
@@ -170,6 +212,14 @@ def limited_protocol(
                     self._header_timer = self.loop.call_later(limits.header_timeout_s, self._header_timed_out)
             elif self._begun and self._body_timer is None:
                 self._body_timer = self.loop.call_later(limits.body_timeout_s, self._body_timed_out)
+
+        def _feed_held(self) -> None:
+            if self._held is None or self.transport.is_closing() or len(self.pipeline) >= limits.max_pipelined:
+                return
+            data, self._held = self._held, None
+            self._feed(data)
+            if self._held is None and len(self.pipeline) < limits.max_pipelined and not self.transport.is_closing():
+                self.flow.resume_reading()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -183,27 +233,49 @@ def limited_protocol(
             if size > limits.max_header_bytes:
                 self._refusal = self._large_headers()
                 raise _Refused
+            version = self.parser.get_http_version()
+            if version not in SERVED_VERSIONS:
+                self._refusal = (505, "http_version_not_supported", f"HTTP/{version} is not served; send HTTP/1.1 or HTTP/1.0")
+                raise _Refused
+            length = next((value for name, value in self.headers if name == b"content-length"), None)
+            self._body_left = int(length) if length is not None and length.isdigit() else None
             self._headers_done = True
             super().on_headers_complete()
             if is_draining():
                 self.cycle.keep_alive = False  # the answer says `Connection: close`: the next request goes elsewhere
+
+        def on_body(self, body: bytes) -> None:
+            if self._body_left is not None:
+                self._body_left = max(0, self._body_left - len(body))
+            super().on_body(body)
 
         def on_message_complete(self) -> None:
             self._cancel(self._body_timer)
             self._body_timer = None
             self._begun = self._headers_done = False
             self._header_bytes = 0
+            self._body_left = None
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()
+            super().on_response_complete()  # starts the next request in line, and reads on whatever the line holds
             if self._begun and not self._headers_done:
                 self._unset_keepalive_if_required()  # not idle: a next request has begun; its header timer runs
+            if self.transport.is_closing():
+                return
+            if self._held is not None or len(self.pipeline) >= limits.max_pipelined:
+                self.flow.pause_reading()  # not while the line is full or bytes wait for it to move
+            if self._held is not None:
+                self.loop.call_soon(self._feed_held)  # not inside the response's send
 
         def send_400_response(self, msg: str) -> None:
             self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
 
         def shutdown(self) -> None:
+            if self.late and self.cycle is None and not self._begun:
+                # Taken from the backlog a moment ago: its request may still be on its way into our buffer.
+                self.loop.call_later(LATE_REQUEST_S, self._close_if_idle)
+                return
             super().shutdown()
             if self.cycle is None or self.cycle.response_complete:
                 return
@@ -211,6 +283,10 @@ def limited_protocol(
                 return  # whole and being answered, or answered already: that answer will close the connection
             # Still uploading: the answer would come after the body, which may never arrive.
             self._refuse(503, "not_ready", "the server is shutting down; retry on another replica", (("retry-after", "1"),))
+
+        def _close_if_idle(self) -> None:
+            if not self.transport.is_closing() and not self._begun and (self.cycle is None or self.cycle.response_complete):
+                self.transport.close()
 
         def close_after_answer(self) -> None:
             """The drain began: the answer being made, if any, says `Connection: close` (later ones do anyway)."""
@@ -296,6 +372,10 @@ class DrainingServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started and self._on_started is not None:
             self._on_started()
+        elif self.started and sockets is not None:
+            # One process given its socket (bound before its models loaded): uvicorn says where it listens only
+            # when it bound the socket itself.
+            self._log_started_message(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.started and self._on_started is not None:
@@ -329,7 +409,36 @@ class DrainingServer(uvicorn.Server):
         if self._deadline is not None:
             # uvicorn waits this long for connections and handlers, then cancels the handlers.
             self.config.timeout_graceful_shutdown = max(0.0, self._deadline - time.monotonic()) + ABORT_AFTER_CLOSE_S
+        await self._take_backlog()
         await super().shutdown(sockets)
+
+    async def _take_backlog(self) -> None:
+        """Accept what the kernel has accepted for us before the listening sockets close, which would reset it:
+        each such connection is served as any other, and with the server closing, its request gets 503."""
+        loop = asyncio.get_running_loop()
+
+        def late_protocol() -> asyncio.Protocol:
+            protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
+                config=self.config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+            protocol.late = True
+            return protocol
+
+        connections = []
+        for server in self.servers:
+            for listener in server.sockets:
+                with socket.socket(fileno=os.dup(listener.fileno())) as sock:
+                    sock.setblocking(False)
+                    while True:
+                        try:
+                            connection, _ = sock.accept()
+                        except OSError:  # nothing left (BlockingIOError), or the socket is gone
+                            break
+                        connection.setblocking(False)
+                        connections.append(loop.connect_accepted_socket(late_protocol, connection))
+        if connections:
+            log.info("answering %d connections taken from the listen backlog", len(connections))
+            await asyncio.gather(*connections, return_exceptions=True)
 
     def _our_connections(self) -> list:
         return [c for c in self.server_state.connections if hasattr(c, "close_at_deadline")]
@@ -375,4 +484,5 @@ def uvicorn_config(app, state: AppState) -> uvicorn.Config:
         timeout_keep_alive=limits.keep_alive_timeout_s,
         server_header=False,  # what runs here is nobody's business
         lifespan="on",
+        log_config=None,  # uvicorn's lines go through the service's own handler (app.logs), off the event loop
     )

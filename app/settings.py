@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.logs import configure_logging
 
 Precision = Literal["auto", "fp32", "int8", "fp16"]
 Provider = Literal["cuda", "cpu"]
@@ -124,14 +125,31 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to bind (python -m app)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
-    @field_validator("api_key", "model_repository", "models", "classify_model", "fill_mask_model", mode="before")
+    @field_validator("model_repository", "models", "classify_model", "fill_mask_model", mode="before")
     @classmethod
     def _empty_is_unset(cls, value):
-        # `ROBERTA_API_KEY=` (as compose writes an unset variable) means no key, not the empty key; an empty
-        # folder setting means no folder, not the working directory.
+        # An empty folder setting means no folder, not the working directory.
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
         return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _a_key_or_none(cls, value):
+        # `ROBERTA_API_KEY=` (as compose writes an unset variable) means no key. A key read from a secret file
+        # ends with a newline that no client sends: whitespace around it is not part of it. A key of only
+        # whitespace is a mistake, never "no authentication"; a key must also fit in a header as it is.
+        if value is None or value == "":
+            return None
+        key = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(key, str):
+            return value
+        key = key.strip()
+        if not key:
+            raise ValueError("the key is only whitespace; set a key, or leave the setting empty for no authentication")
+        if not all("!" <= character <= "~" for character in key):
+            raise ValueError("the key must be printable ASCII without spaces, as it is sent in the Authorization header")
+        return key
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -252,11 +270,6 @@ def settings_or_exit(*, cli: bool) -> Settings:
         exit_with(describe_settings_error(exc))
     configure_logging(settings.log_level)
     return settings
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("app").setLevel(level.upper())
 
 
 def exit_with(message: str) -> None:

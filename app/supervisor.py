@@ -5,7 +5,8 @@ run threads soon wait for it, and on a model narrower than roberta-base two core
 c=32 (bench/results/NOTES.md). Processes of one core each, dealt connections by the kernel (SO_REUSEPORT),
 keep one pipeline per core, as pods of one core behind a Service do.
 
-- Start: the port checked free first; then one process at a time, each listening only once its models
+- Start: the port claimed (`claim_port`: no other pool of this service may start on it meanwhile) and
+  checked free first, before any model loads; then one process at a time, each listening only once its models
   are warm (so a probe that reaches one process says the truth about it, and each measures its start-up
   alone). `/readyz` answers once the first one listens. A process that fails before it is ready (a bad
   model, a replacement killed while loading) stops the pool: exit 1, its one line on stderr.
@@ -15,7 +16,8 @@ keep one pipeline per core, as pods of one core behind a Service do.
   (app.server), one still starting has accepted nothing and leaves at once; a second signal is handed on
   too and skips the wait. Exit 0 when every process that was ready exited 0.
 - A process that dies after it was ready is replaced, and its live gauges dropped from the scrape.
-- Each process ends with this one (the parent-death signal), so none outlives a killed supervisor.
+- Each process ends with this one (the parent-death signal), so none outlives a killed supervisor; the last
+  of them to leave a killed supervisor's pool removes the metrics folder.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
 
-from app.settings import Settings, configure_logging, exit_with
+from app.logs import configure_logging
+from app.settings import Settings, exit_with
 
 log = logging.getLogger("app.supervisor")
 
@@ -66,10 +69,15 @@ class Supervisor:
     def run(self) -> int:
         """Serves until a signal (then 0 if every process drained cleanly) or a process fails to start (1)."""
         host, port = self.settings.host, self.settings.port
+        claim = claim_port(port)  # held as long as this supervisor: another pool cannot join ours on the port
+        bind_or_exit(host, port, reuse_port=False).close()  # anything listening there: say so before loading
         try:
-            bound_socket(host, port, reuse_port=False).close()  # anything listening there: say so before loading
-        except OSError as exc:
-            exit_with(f"ROBERTA_PORT / --port: cannot bind {host}:{port} ({exc.strerror or exc})")
+            return self._run(host, port)
+        finally:
+            if claim is not None:
+                claim.close()
+
+    def _run(self, host: str, port: int) -> int:
         try:
             self._metrics_dir = Path(tempfile.mkdtemp(prefix="roberta-metrics-"))
         except OSError as exc:
@@ -189,12 +197,48 @@ def serve_one(settings: Settings, metrics_dir: Path, ready, supervisor_pid: int)
 
     configure_logging(settings.log_level)
     state = state_or_exit(settings, Metrics(multiprocess_dir=metrics_dir))
-    try:
-        sock = bound_socket(settings.host, settings.port, reuse_port=True)
-    except OSError as exc:
-        exit_with(f"ROBERTA_PORT / --port: cannot bind {settings.host}:{settings.port} ({exc.strerror or exc})")
+    sock = bind_or_exit(settings.host, settings.port, reuse_port=True)
     app = create_app(state=state)
-    DrainingServer(uvicorn_config(app, state), state, on_started=ready.set).run(sockets=[sock])
+    try:
+        DrainingServer(uvicorn_config(app, state), state, on_started=ready.set).run(sockets=[sock])
+    finally:
+        if os.getppid() != supervisor_pid:
+            leave_metrics(metrics_dir)
+
+
+def leave_metrics(metrics_dir: Path) -> None:
+    """A process of a pool whose supervisor was killed: its metric files go, and the folder with the last of them
+    (rmdir removes only an empty folder, so whichever process leaves last removes it)."""
+    for path in metrics_dir.glob(f"*_{os.getpid()}.db"):
+        path.unlink(missing_ok=True)
+    try:
+        metrics_dir.rmdir()
+    except OSError:  # others still use it, or it is gone already
+        pass
+
+
+def claim_port(port: int) -> socket.socket | None:
+    """A claim on `port` by this service, held while the returned socket is open (the kernel drops it when the
+    process ends, however it ends): a second pool or process started on the port exits with one line, even
+    while this one still loads its models and listens nowhere yet. An abstract Unix socket (Linux; per network
+    namespace, as ports are). None where there is nothing to claim (port 0) or no such socket (not Linux)."""
+    if port == 0 or not sys.platform.startswith("linux"):
+        return None
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(f"\0roberta-serve:port:{port}")
+    except OSError:
+        claim.close()
+        exit_with(f"ROBERTA_PORT / --port: port {port} is taken by another roberta-serve, serving or starting; "
+                  "stop it or choose another port")
+    return claim
+
+
+def bind_or_exit(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    try:
+        return bound_socket(host, port, reuse_port=reuse_port)
+    except OSError as exc:
+        exit_with(f"ROBERTA_PORT / --port: cannot bind {host}:{port} ({exc.strerror or exc})")
 
 
 def bound_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
