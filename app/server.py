@@ -49,7 +49,7 @@ from app.state import AppState
 log = logging.getLogger("app.server")
 
 ABORT_AFTER_CLOSE_S = 1.0  # after the deadline, how long a closing connection may flush before it is cut
-LATE_REQUEST_S = 1.0  # a connection taken from the backlog at shutdown: how long its request has to arrive
+LATE_REQUEST_S = 1.0  # at shutdown, how long a connection between requests has for one to arrive
 # Bytes reach the parser this many at a time (a body of known length whole), so that one read of pipelined
 # requests cannot queue thousands of them at once: the line is checked between slices.
 PIPELINED_SLICE = 1024
@@ -139,7 +139,6 @@ def limited_protocol(
             self._on_disconnect: Callable[[], None] | None = None
             self._held: bytes | None = None  # received, not yet parsed: requests already wait in line
             self._body_left: int | None = None  # of the request being read, when it said its Content-Length
-            self.late = False  # taken from the listen backlog at shutdown (DrainingServer)
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             # Everything writes and closes through it, the response cycles and this protocol alike: a close from
@@ -272,8 +271,10 @@ def limited_protocol(
             self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
 
         def shutdown(self) -> None:
-            if self.late and self.cycle is None and not self._begun:
-                # Taken from the backlog a moment ago: its request may still be on its way into our buffer.
+            if not self._begun and (self.cycle is None or self.cycle.response_complete):
+                # Between requests, or new (accepted a moment ago, or taken from the backlog): a request may be on
+                # its way into our buffer, and closing with it unread would reset the connection. It gets a moment
+                # to arrive, and its answer says `Connection: close`.
                 self.loop.call_later(LATE_REQUEST_S, self._close_if_idle)
                 return
             super().shutdown()
@@ -417,25 +418,26 @@ class DrainingServer(uvicorn.Server):
         each such connection is served as any other, and with the server closing, its request gets 503."""
         loop = asyncio.get_running_loop()
 
-        def late_protocol() -> asyncio.Protocol:
-            protocol = self.config.http_protocol_class(  # type: ignore[call-arg]
+        def protocol() -> asyncio.Protocol:
+            return self.config.http_protocol_class(  # type: ignore[call-arg]
                 config=self.config, server_state=self.server_state, app_state=self.lifespan.state
             )
-            protocol.late = True
-            return protocol
 
-        connections = []
+        accepted = []
         for server in self.servers:
             for listener in server.sockets:
                 with socket.socket(fileno=os.dup(listener.fileno())) as sock:
                     sock.setblocking(False)
                     while True:
                         try:
-                            connection, _ = sock.accept()
+                            accepted.append(sock.accept()[0])
                         except OSError:  # nothing left (BlockingIOError), or the socket is gone
                             break
-                        connection.setblocking(False)
-                        connections.append(loop.connect_accepted_socket(late_protocol, connection))
+            server.close()  # at once, with nothing awaited since the backlog was emptied: no connection is left in it
+        connections = []
+        for connection in accepted:
+            connection.setblocking(False)
+            connections.append(loop.connect_accepted_socket(protocol, connection))
         if connections:
             log.info("answering %d connections taken from the listen backlog", len(connections))
             await asyncio.gather(*connections, return_exceptions=True)

@@ -18,7 +18,7 @@ import uvicorn
 from starlette.responses import JSONResponse
 from uvicorn.server import ServerState
 
-from app.server import HttpLimits, limited_protocol
+from app.server import PIPELINED_SLICE, HttpLimits, limited_protocol
 from server import ServerProcess, metric_value, raw_connection
 
 TIMEOUT_S = 1.0
@@ -183,11 +183,13 @@ class RecordingTransport(asyncio.Transport):
     def close(self) -> None:
         self.closed = True
 
+    paused = False
+
     def pause_reading(self) -> None:
-        pass
+        self.paused = True
 
     def resume_reading(self) -> None:
-        pass
+        self.paused = False
 
 
 async def exchange(app, request: bytes, steps: int = 20) -> RecordingTransport:
@@ -258,8 +260,9 @@ def test_an_answer_waiting_for_its_send_goes_out_when_the_server_closes_the_conn
         transport = RecordingTransport()
         protocol.connection_made(transport)
         protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
-        for _ in range(20):
-            await asyncio.sleep(0)
+        deadline = time.monotonic() + 10  # between requests, a connection has a moment (LATE_REQUEST_S) for another
+        while not transport.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         return transport
 
     transport = asyncio.run(run())
@@ -275,3 +278,35 @@ def test_an_expected_100_continue_and_a_head_request_are_still_answered():
     assert b"".join(sends).startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK") and sends[-1].endswith(b'{"ok":true}')
     sends = asyncio.run(exchange(app, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")).sends
     assert len(sends) == 1 and sends[0].startswith(b"HTTP/1.1 200 OK") and sends[0].endswith(b"\r\n\r\n")
+
+
+def test_a_client_that_pipelines_without_reading_has_a_bounded_line_and_every_request_is_answered_in_the_end():
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    answering = asyncio.Event()
+
+    async def app(scope, receive, send):
+        await answering.wait()  # a client that does not read: no answer completes meanwhile
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    async def run() -> tuple[int, bool, int, RecordingTransport]:
+        config = uvicorn.Config(app, lifespan="off", log_level="warning")
+        limits = HttpLimits()
+        protocol = limited_protocol(limits)(config=config, server_state=ServerState(), app_state={})
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        burst = request * 2000  # 70 KB in one read: 2,000 requests
+        protocol.data_received(burst)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        queued, paused = len(protocol.pipeline), transport.paused
+        most = limits.max_pipelined + PIPELINED_SLICE // len(request) + 1  # the line, and one slice's worth past it
+        answering.set()
+        deadline = time.monotonic() + 30
+        while sum(send.count(b"HTTP/1.1 200") for send in transport.sends) < 2000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        protocol.connection_lost(None)
+        return queued, paused, most, transport
+
+    queued, paused, most, transport = asyncio.run(run())
+    assert queued <= most and paused  # not 2,000 requests parsed and queued, and no more is read
+    assert sum(send.count(b"HTTP/1.1 200") for send in transport.sends) == 2000  # nothing accepted is lost
