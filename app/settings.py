@@ -63,7 +63,10 @@ class Settings(BaseSettings):
     max_request_timeout_s: float = Field(
         120.0, gt=0, description="the longest deadline a request may ask for with the X-Request-Timeout header"
     )
-    max_body_bytes: int = Field(1_048_576, ge=1, description="request bodies larger than this get 413 before they are read")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1, description="request bodies larger than this get 413 before they are read; also the most "
+        "characters of text one request hands the tokenizer (zero-shot hypotheses included)"
+    )
     max_header_bytes: int = Field(
         65536, ge=1024, description="request line and headers together; beyond it 431 and the connection is closed"
     )
