@@ -40,6 +40,7 @@ from types import FrameType
 
 import httptools
 import uvicorn
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.errors import error_body
@@ -115,6 +116,19 @@ class _OneSendPerStep:
         return getattr(self._transport, name)
 
 
+class _GatedFlow(FlowControl):
+    """uvicorn's flow control, which reads on whenever a response completes or a handler asks for its body; here
+    only while `may_read()` (no request-line full, no bytes held back from the parser)."""
+
+    def __init__(self, transport: asyncio.Transport, may_read: Callable[[], bool]) -> None:
+        super().__init__(transport)
+        self._may_read = may_read
+
+    def resume_reading(self) -> None:
+        if self._may_read():
+            super().resume_reading()
+
+
 class _Refused(Exception):
     """Raised inside a parser callback to stop parsing; the protocol has already decided the answer."""
 
@@ -144,6 +158,7 @@ def limited_protocol(
             # Everything writes and closes through it, the response cycles and this protocol alike: a close from
             # outside a cycle (the server's shutdown, a timeout, a refusal) sends what a cycle left waiting first.
             super().connection_made(_OneSendPerStep(transport, self.loop))
+            self.flow = _GatedFlow(self.transport, self._may_read)
             # uvicorn arms its idle timer only after a response; a connection that never sends would stay open.
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
@@ -169,8 +184,11 @@ def limited_protocol(
                 return
             self._feed(data)
 
+        def _may_read(self) -> bool:
+            return self._held is None and len(self.pipeline) < limits.max_pipelined
+
         def _feed(self, data: bytes) -> None:
-            """Parse `data`, a slice at a time while requests wait in line; hold the rest once the line is full."""
+            """Parse `data` a slice at a time; once the line of waiting requests is full, hold the rest back."""
             start, size = 0, len(data)
             view = memoryview(data)
             while start < size:
@@ -217,8 +235,8 @@ def limited_protocol(
                 return
             data, self._held = self._held, None
             self._feed(data)
-            if self._held is None and len(self.pipeline) < limits.max_pipelined and not self.transport.is_closing():
-                self.flow.resume_reading()
+            if not self.transport.is_closing():
+                self.flow.resume_reading()  # if the line has room left
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
@@ -257,14 +275,10 @@ def limited_protocol(
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()  # starts the next request in line, and reads on whatever the line holds
+            super().on_response_complete()  # starts the next request in line; reads on if the line has room
             if self._begun and not self._headers_done:
                 self._unset_keepalive_if_required()  # not idle: a next request has begun; its header timer runs
-            if self.transport.is_closing():
-                return
-            if self._held is not None or len(self.pipeline) >= limits.max_pipelined:
-                self.flow.pause_reading()  # not while the line is full or bytes wait for it to move
-            if self._held is not None:
+            if self._held is not None and not self.transport.is_closing():
                 self.loop.call_soon(self._feed_held)  # not inside the response's send
 
         def send_400_response(self, msg: str) -> None:
