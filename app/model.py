@@ -85,7 +85,9 @@ class ServedModel:
         # depends on the whole length of both): in jobs of a bounded size, like the pieces of a text.
         started = time.perf_counter()
         for job in _jobs([inputs[index] for index in pairs], PIECE_CHARS):
-            done = await self.off_loop(self.encoder.encode, [inputs[pairs[at]] for at in job], truncate=truncation)
+            items = [inputs[pairs[at]] for at in job]
+            run = self._executor.run_long if sum(len(a) + len(b) for a, b in items) > PIECE_CHARS else self._executor.run
+            done = await run(self.encoder.encode, items, truncate=truncation)
             for at, item in zip(job, done):
                 if len(item) > limit:
                     raise InputTooLong(f"inputs[{pairs[at]}] is {len(item)} tokens; the model takes at most {limit}. {shorten}")
@@ -112,7 +114,9 @@ class ServedModel:
         it has more than `most` tokens: a megabyte of text that will be truncated costs the tokens
         kept, not the megabyte. Between jobs the request's deadline is checked, and a request whose
         client has gone (its task cancelled) hands over no more; the other requests' jobs, other
-        models' included, take their turn on the threads in between.
+        models' included, take their turn on the threads in between. A piece that cannot be cut to
+        that size (a long unbroken word; a tokenizer that cannot be cut) goes to the lane for long
+        work, so that no one else's job waits behind it.
         """
         found: list[list[Tokens]] = [[] for _ in texts]
         counts, starts = [0] * len(texts), [0] * len(texts)
@@ -126,7 +130,8 @@ class ServedModel:
                     break
                 job.append((index, starts[index], end))
                 size += end - starts[index]
-            done = await self.off_loop(self.encoder.content, [texts[index][a:b] for index, a, b in job], offsets=offsets)
+            run = self._executor.run_long if size > PIECE_CHARS else self._executor.run
+            done = await run(self.encoder.content, [texts[index][a:b] for index, a, b in job], offsets=offsets, most=most + 1)
             for (index, start, end), piece in zip(job, done):
                 if offsets and start:
                     piece = Tokens(piece.ids, piece.offsets + start)

@@ -51,7 +51,9 @@ class AppState:
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics, tasks: dict[str, Task] | None = None) -> AppState:
-        executor = Workers(settings.tokenizer_threads, "tokenize", initializer=name_native_thread)
+        # A lane of its own for tokenizing that cannot be cut into pieces (app.model.ServedModel.tokens): a long
+        # unbroken text, or any long one for a tokenizer with a normalizer. Other requests never queue behind it.
+        executor = Workers(settings.tokenizer_threads, "tokenize", initializer=name_native_thread, long_threads=1)
         tasks = tasks if tasks is not None else build_tasks(settings)
         try:
             models = ModelRepository.build(settings, metrics, executor, tasks)

@@ -131,13 +131,18 @@ class TextEncoder:
         encodings = (self._truncating if truncate else self._whole).encode_batch(list(inputs))
         return [Encoded(np.asarray(e.ids, dtype=np.int64)) for e in encodings]
 
-    def content(self, texts: Sequence[str], *, offsets: bool = False) -> list[Tokens]:
-        """Each text's own tokens, whole; with `offsets`, where each token is in its text."""
+    def content(self, texts: Sequence[str], *, offsets: bool = False, most: int | None = None) -> list[Tokens]:
+        """Each text's own tokens (its first `most`, complete False where it has more); with `offsets`, where each
+        token is in its text. What is cut off never becomes Python objects: for a megabyte, a million of them."""
         encodings = self._whole.encode_batch(list(texts), add_special_tokens=False)
-        return [
-            Tokens(np.asarray(e.ids, dtype=np.int64), np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) if offsets else None)
-            for e in encodings
-        ]
+        found = []
+        for e in encodings:
+            complete = most is None or len(e) <= most
+            if not complete:
+                e.truncate(most)
+            where = np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) if offsets else None
+            found.append(Tokens(np.asarray(e.ids, dtype=np.int64), where, complete))
+        return found
 
     def next_cut(self, text: str, start: int, size: int) -> int:
         """Where the piece of `text` that starts at `start` ends: about `size` characters on, at a place where

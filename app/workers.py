@@ -23,14 +23,24 @@ log = logging.getLogger("app.workers")
 
 
 class Workers(Executor):
-    def __init__(self, threads: int, name: str, initializer: Callable[..., None] | None = None, initargs: tuple = ()) -> None:
+    """`threads` threads for calls, and with `long_threads` a lane of its own for calls known to be long
+    (`run_long`), so that the others never wait behind one of those."""
+
+    def __init__(
+        self, threads: int, name: str, initializer: Callable[..., None] | None = None, initargs: tuple = (),
+        *, long_threads: int = 0,
+    ) -> None:
         self._jobs: SimpleQueue = SimpleQueue()
+        self._long_jobs: SimpleQueue = SimpleQueue() if long_threads else self._jobs
         self._lock = threading.Lock()
         self._closed = False
+        lanes = [(self._jobs, f"{name}_{index}") for index in range(max(1, threads))]
+        lanes += [(self._long_jobs, f"{name}-long_{index}") for index in range(long_threads)]
         self._threads = [
-            threading.Thread(target=self._work, args=(initializer, initargs), name=f"{name}_{index}", daemon=True)
-            for index in range(max(1, threads))
+            threading.Thread(target=self._work, args=(jobs, initializer, initargs), name=thread_name, daemon=True)
+            for jobs, thread_name in lanes
         ]
+        self._lanes = [jobs for jobs, _ in lanes]
         for thread in self._threads:
             thread.start()
 
@@ -45,6 +55,13 @@ class Workers(Executor):
         self._put((function, args, kwargs, loop, future))
         return future
 
+    def run_long(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        """As `run`, on the lane for long calls (the same threads where there is none)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._put((function, args, kwargs, loop, future), self._long_jobs)
+        return future
+
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         future: Future[T] = Future()
         self._put((fn, args, kwargs, None, future))
@@ -55,26 +72,26 @@ class Workers(Executor):
         with self._lock:
             if not self._closed:
                 self._closed = True
-                for _ in self._threads:
-                    self._jobs.put(None)
+                for jobs in self._lanes:
+                    jobs.put(None)
         if wait:
             for thread in self._threads:
                 if thread is not threading.current_thread():
                     thread.join()
 
-    def _put(self, job: tuple) -> None:
+    def _put(self, job: tuple, jobs: SimpleQueue | None = None) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker threads have been shut down")
-            self._jobs.put(job)
+            (jobs or self._jobs).put(job)
 
-    def _work(self, initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    def _work(self, jobs: SimpleQueue, initializer: Callable[..., None] | None, initargs: tuple) -> None:
         if initializer is not None:
             try:
                 initializer(*initargs)
             except Exception:  # a thread's name or priority is never worth the calls waiting for it
                 log.exception("worker thread initializer failed; the thread serves without it")
-        while (job := self._jobs.get()) is not None:
+        while (job := jobs.get()) is not None:
             function, args, kwargs, loop, future = job
             if loop is None:  # submit's concurrent Future
                 if future.set_running_or_notify_cancel():

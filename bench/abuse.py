@@ -12,17 +12,35 @@ What it measures (case letters as in `--cases`):
   H  contract: UTF-16/32 bodies, text/json, empty body, a protocol error, error messages, a 1 MB key
   I  start-up errors: exit codes, stderr lines, tracebacks; WARNING lines of a normal start
 
+On the model repository (below), every request and server under a memory watchdog (SIGKILL past 6,000 MB):
+
+  J  zero-shot templates: a 100,000-field template, a ~600 KB template of 1,000-character labels, "{{}}"
+  K  zero-shot with a 900 KB text x 64 labels: time and RSS; CPU spent after the client left; another model's latency
+  L  token classification with stride 509: one 300 KB text, 64 texts of 4 KB
+  M  pipelined GET /healthz (2 MB per connection) never read, on 1, 10, 30 connections: RSS, a new client's wait
+  N  RSS ratchet: J1, L1, K1, M2 one after another on one server
+  O  two pools (--processes 2) started on one port at once
+  P  small ones: API keys with a newline / blank / two headers, a trailing-slash redirect, HEAD, HTTP/2.0 and
+     HTTP/0.9 request lines, a port already taken, SIGTERM under load on a pool, a SIGKILLed pool's metrics
+     folder, access logs into a pipe nobody reads
+
 The code under test is the repository in the current directory (`python -m app` is started with
-that directory first on sys.path). Models are exported on first use into build/abuse/ and reused:
+that directory first on sys.path). Models are exported on first use into build/abuse/ and reused
+(only those the chosen cases need):
 
   models/roberta-mini-sst2, models/roberta-mini-mlm   -> build/abuse/<name> (fp32 + INT8)
   a RobertaForMaskedLM with roberta-base's vocabulary (50,265) and length (512) but a 2-layer,
   64-wide encoder, random weights, the real roberta-base tokenizer  -> build/abuse/bigvocab-onnx (fp32)
+  cases J-P: build/abuse/repository/{sentiment,mlm,ner,nli}, the same shape (sentiment: negative/positive,
+  mlm: bigvocab-onnx, ner: O and B-/I- PER ORG LOC MISC, nli: contradiction/neutral/entailment), fp32,
+  served with --model-repository build/abuse/repository --processes 1
 
-Data from ../shared/data (SST-2 dev sentences, the roberta-base tokenizer files). Run from a repo root:
+Data from ../shared/data (SST-2 dev sentences, the roberta-base tokenizer files, books/books_clean.txt).
+Run from a repo root:
 
-    python -m bench.abuse --out /tmp/abuse.json            # every case, ~10 min on two cores
+    python -m bench.abuse --out /tmp/abuse.json            # every case, ~10 min on two cores (A-I) + ~7 min (J-P)
     python -m bench.abuse --cases B H --out /tmp/bh.json   # a subset
+    python -m bench.abuse --cases K --out /tmp/k.json      # one case
 
 stdout is a Markdown table (case, what was sent, what was observed); --out gets the same figures as
 JSON, case id -> dict. A case that fails records its error and the run goes on; every wait has a timeout
@@ -98,7 +116,10 @@ def memory_mb(pid: int) -> dict[str, float]:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return {"rss_mb": float("nan"), "peak_mb": float("nan")}
-    values = {key: int(re.search(rf"{key}:\s+(\d+) kB", status).group(1)) / 1024 for key in ("VmRSS", "VmHWM")}
+    found = {key: re.search(rf"{key}:\s+(\d+) kB", status) for key in ("VmRSS", "VmHWM")}
+    if not all(found.values()):  # a zombie: exited, not yet reaped
+        return {"rss_mb": float("nan"), "peak_mb": float("nan")}
+    values = {key: int(match.group(1)) / 1024 for key, match in found.items()}
     return {"rss_mb": round(values["VmRSS"], 1), "peak_mb": round(values["VmHWM"], 1)}
 
 
@@ -120,11 +141,23 @@ class StartFailed(RuntimeError):
         self.first_line = next((line for line in lines if line.strip()), "")
 
 
-class Server:
-    """`python -m app --host 127.0.0.1 --port 0 --log-level info FLAGS`, its URL parsed from uvicorn's log."""
+READY_LINE = re.compile(r"(?:Uvicorn running on|processes ready on) (http://127\.0\.0\.1:\d+)")
+POOL_READY_LINE = re.compile(r"processes ready on (http://127\.0\.0\.1:\d+)")  # the supervisor's, once all listen
 
-    def __init__(self, *flags: str, env: dict[str, str] | None = None, auth: str | None = None) -> None:
-        self.command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", "0", "--log-level", "info", *flags]
+
+def processes_flag(flags: tuple[str, ...] | list[str]) -> int:
+    """The value of --processes among `flags` (1 when absent)."""
+    return next((int(value) for flag, value in zip(flags, flags[1:]) if flag == "--processes"), 1)
+
+
+class Server:
+    """`python -m app --host 127.0.0.1 --port PORT --log-level info FLAGS`, its URL parsed from the log: uvicorn's
+    "Uvicorn running on", or for a pool (--processes N > 1, which needs a fixed port) the supervisor's
+    "all N processes ready on"."""
+
+    def __init__(self, *flags: str, env: dict[str, str] | None = None, auth: str | None = None, port: int = 0) -> None:
+        self.command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", *flags]
+        self.ready_line = POOL_READY_LINE if processes_flag(flags) > 1 else READY_LINE
         self.env = server_env(env)
         self.auth_headers = {"Authorization": f"Bearer {auth}"} if auth else {}
         self.process: subprocess.Popen | None = None
@@ -167,7 +200,7 @@ class Server:
     def _read_output(self, bound: threading.Event) -> None:
         for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
-            found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+            found = self.ready_line.search(line)
             if found and not bound.is_set():
                 self.url = found.group(1)
                 bound.set()
@@ -260,6 +293,10 @@ class Models:
     classify: Path
     fill_mask: Path
     bigvocab: Path
+    repository: Path = BUILD / "repository"  # cases J-P: sentiment, mlm, ner, nli
+
+    def repository_flags(self, processes: int = 1) -> list[str]:
+        return ["--model-repository", str(self.repository), "--processes", str(processes)]
 
     def tiny_flags(self) -> list[str]:
         return ["--classify-model", str(self.classify), "--fill-mask-model", str(self.fill_mask)]
@@ -275,37 +312,81 @@ def run_export(source: Path, output: Path, *flags: str) -> None:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
 
 
-def write_bigvocab_checkpoint(output: Path, tokenizer_dir: Path) -> None:
-    """roberta-base's vocabulary and positions on a 2-layer, 64-wide encoder with random weights."""
+def write_bigvocab_checkpoint(output: Path, tokenizer_dir: Path, architecture: str = "RobertaForMaskedLM",
+                              labels: tuple[str, ...] = ()) -> None:
+    """roberta-base's vocabulary and positions on a 2-layer, 64-wide encoder with random weights: a masked LM, or
+    `architecture` (RobertaForSequenceClassification, ...) with `labels` as its id2label."""
+    import shutil
+
     import torch
-    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
+    import transformers
+    from transformers import RobertaConfig, RobertaTokenizerFast
 
     torch.manual_seed(0)
+    named = {"id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}} if labels else {}
     config = RobertaConfig(
         vocab_size=50265, max_position_embeddings=514, hidden_size=64, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=128,
+        num_attention_heads=2, intermediate_size=128, architectures=[architecture], **named,
     )
     tokenizer = RobertaTokenizerFast(
         vocab_file=str(tokenizer_dir / "vocab.json"), merges_file=str(tokenizer_dir / "merges.txt"), model_max_length=512
     )
     staging = output.with_name(output.name + ".partial")
-    RobertaForMaskedLM(config).save_pretrained(staging)
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
+    getattr(transformers, architecture)(config).save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     staging.rename(output)
 
 
-def prepare_models(shared: Path) -> Models:
+NER_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+REPOSITORY_MODELS = {  # name -> (architecture, labels); "mlm" is the big-vocab fill-mask export
+    "sentiment": ("RobertaForSequenceClassification", ("negative", "positive")),
+    "ner": ("RobertaForTokenClassification", NER_LABELS),
+    "nli": ("RobertaForSequenceClassification", ("contradiction", "neutral", "entailment")),
+}
+TINY_CASES = set("ABCDEFGHI")  # the cases on the tiny models and the big-vocab one; J-P use the repository
+
+
+def prepare_models(shared: Path, cases: list[str] | None = None) -> Models:
+    """The exports the chosen cases need (every case's when `cases` is None), each reused when up to date."""
     BUILD.mkdir(parents=True, exist_ok=True)
-    for name in ("roberta-mini-sst2", "roberta-mini-mlm"):
-        log(f"export models/{name} -> build/abuse/{name} (reused when up to date)")
-        run_export(REPO / "models" / name, BUILD / name, "--quantize", "int8")
+    cases = list(CASES) if cases is None else cases
+    models = Models(BUILD / "roberta-mini-sst2", BUILD / "roberta-mini-mlm", BUILD / "bigvocab-onnx")
+    if TINY_CASES & set(cases):
+        for name in ("roberta-mini-sst2", "roberta-mini-mlm"):
+            log(f"export models/{name} -> build/abuse/{name} (reused when up to date)")
+            run_export(REPO / "models" / name, BUILD / name, "--quantize", "int8")
     checkpoint = BUILD / "bigvocab-ckpt"
     if not (checkpoint / "config.json").is_file():
         log("writing the big-vocab fill-mask checkpoint (random weights, roberta-base tokenizer)")
         write_bigvocab_checkpoint(checkpoint, shared / "roberta-base-tokenizer")
     log("export build/abuse/bigvocab-ckpt -> build/abuse/bigvocab-onnx (fp32)")
-    run_export(checkpoint, BUILD / "bigvocab-onnx")
-    return Models(BUILD / "roberta-mini-sst2", BUILD / "roberta-mini-mlm", BUILD / "bigvocab-onnx")
+    run_export(checkpoint, models.bigvocab)
+    if set(cases) - TINY_CASES:
+        prepare_repository(shared, models)
+    return models
+
+
+def prepare_repository(shared: Path, models: Models) -> None:
+    """build/abuse/repository: one symlink per model to its fp32 export (written and exported when missing)."""
+    exports = {"mlm": models.bigvocab}
+    for name, (architecture, labels) in REPOSITORY_MODELS.items():
+        checkpoint = BUILD / f"{name}-ckpt"
+        if not (checkpoint / "config.json").is_file():
+            log(f"writing the {name} checkpoint ({architecture}, labels {', '.join(labels)}; random weights)")
+            write_bigvocab_checkpoint(checkpoint, shared / "roberta-base-tokenizer", architecture, labels)
+        log(f"export build/abuse/{name}-ckpt -> build/abuse/{name}-onnx (fp32)")
+        run_export(checkpoint, BUILD / f"{name}-onnx")
+        exports[name] = BUILD / f"{name}-onnx"
+    models.repository.mkdir(parents=True, exist_ok=True)
+    for name, target in exports.items():
+        link = models.repository / name
+        relative = Path("..") / target.name
+        if link.is_symlink() and os.readlink(link) == str(relative):
+            continue
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(relative, target_is_directory=True)
 
 
 # --------------------------------------------------------------------------------------------- request bodies
@@ -1157,19 +1238,24 @@ def case_i(ctx: Context) -> None:
             lambda: startup_warnings(ctx.models))
 
 
-def startup_failure(arguments: list[str], env: dict[str, str], timeout: float = 60) -> Outcome:
-    process = subprocess.Popen([sys.executable, *arguments], cwd=REPO, env=server_env(env), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+def communicate_within(process: subprocess.Popen, timeout: float) -> tuple[str, str, int | None]:
+    """A started process's stdout, stderr and exit code; killed after `timeout` seconds (code None)."""
     _CHILDREN.add(process)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
-        code = process.returncode
+        return stdout, stderr, process.returncode
     except subprocess.TimeoutExpired:
         process.kill()
         stdout, stderr = process.communicate(timeout=10)
-        code = None
+        return stdout, stderr, None
     finally:
         _CHILDREN.discard(process)
+
+
+def startup_failure(arguments: list[str], env: dict[str, str], timeout: float = 60) -> Outcome:
+    process = subprocess.Popen([sys.executable, *arguments], cwd=REPO, env=server_env(env), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    stdout, stderr, code = communicate_within(process, timeout)
     lines = stderr.splitlines()
     last = next((line for line in reversed(lines) if line.strip()), "")
     observed = (f"exit {code if code is not None else f'none (still running after {timeout:.0f} s)'}; "
@@ -1186,10 +1272,941 @@ def startup_warnings(models: Models) -> Outcome:
     return observed, {"warnings": warnings, "startup_lines": lines}
 
 
+# --------------------------------------------------------------------------------------------- J-P: shared helpers
+
+WATCHDOG_MB = 6000.0  # a server (or pool) past this is SIGKILLed: the machine must never run out of memory
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process descending from it, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        tree.append(current)
+        stack += children.get(current, [])
+    return tree
+
+
+def rss_mb(pids: list[int]) -> float:
+    """The summed VmRSS of `pids` in MB; nan when none of them is left."""
+    values = [memory_mb(pid)["rss_mb"] for pid in pids]
+    values = [value for value in values if value == value]
+    return round(sum(values), 1) if values else float("nan")
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None when gone): with the pid, who it is."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def identities(pids: list[int]) -> dict[int, int | None]:
+    return {pid: start_time(pid) for pid in pids}
+
+
+def kill_tree(pids: list[int] | dict[int, int | None]) -> None:
+    """SIGKILL to each of `pids`; given identities (pid -> start time), only to those that are still the same process."""
+    for pid in pids:
+        if isinstance(pids, dict) and (pids[pid] is None or start_time(pid) != pids[pid]):
+            continue  # gone, or the pid now names another process
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Watchdog:
+    """A thread polling a server's VmRSS (with its descendants' for a pool) every 0.1 s; once it passes `limit_mb`,
+    or `limit_s` pass, the whole tree gets SIGKILL and `killed` says "killed at N MB after T s"."""
+
+    def __init__(self, process: subprocess.Popen, limit_s: float = 60, limit_mb: float = WATCHDOG_MB,
+                 tree: bool = False, interval_s: float = 0.1) -> None:
+        self.process = process
+        self.limit_s = limit_s
+        self.limit_mb = limit_mb
+        self.tree = tree
+        self.interval_s = interval_s
+        self.killed: str | None = None
+        self.peak_mb = 0.0  # the largest sampled RSS (of the tree)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        pids, listed = [self.process.pid], 0.0
+        while not self._stop.wait(self.interval_s):
+            if self.process.poll() is not None:
+                return
+            if self.tree and time.monotonic() - listed > 1:
+                pids, listed = process_tree(self.process.pid), time.monotonic()
+            rss = rss_mb(pids)
+            if rss == rss:
+                self.peak_mb = max(self.peak_mb, rss)
+            elapsed = time.monotonic() - started
+            if rss > self.limit_mb or elapsed > self.limit_s:
+                kill_tree(process_tree(self.process.pid) if self.tree else pids)
+                why = "over the memory limit" if rss > self.limit_mb else "out of time"
+                self.killed = f"killed at {rss:.0f} MB after {elapsed:.1f} s ({why})"
+                log(f"watchdog: pid {self.process.pid} {self.killed}")
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+                return
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def figures(self) -> dict:
+        return {"watchdog_killed": self.killed, "watchdog_peak_mb": round(self.peak_mb, 1),
+                "watchdog_limits": f"{self.limit_mb:.0f} MB / {self.limit_s:.0f} s"}
+
+
+def watched(server: Server, limit_s: float = 150, **kwargs) -> Watchdog:
+    return Watchdog(server.process, limit_s=limit_s, tree=processes_flag(server.command) > 1, **kwargs)
+
+
+class Servers:
+    """The repository servers of one case: `get()` the running one (a new one if it died, e.g. by the watchdog),
+    `fresh()` a new one in its place. Each is ended on exit."""
+
+    def __init__(self, *flags: str, env: dict[str, str] | None = None) -> None:
+        self.flags = flags
+        self.env = env
+        self.current: Server | None = None
+
+    def fresh(self) -> Server:
+        self.close()
+        self.current = Server(*self.flags, env=self.env).__enter__()
+        return self.current
+
+    def get(self) -> Server:
+        if self.current is None or not self.current.alive():
+            return self.fresh()
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.__exit__(None, None, None)
+            self.current = None
+
+    def __enter__(self) -> Servers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dumps_utf8(value) -> bytes:
+    """JSON as UTF-8 (not \\u escapes), so that a text of N bytes makes a body of about N bytes."""
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+class Book:
+    """The shared public-domain book text, whitespace collapsed to single spaces."""
+
+    def __init__(self, shared: Path) -> None:
+        self.text = " ".join((shared / "books" / "books_clean.txt").read_text(encoding="utf-8").split())
+
+    def piece(self, size_bytes: int, start: int = 0) -> str:
+        """Text from character `start` on, at most `size_bytes` bytes of UTF-8."""
+        chunk = self.text[start : start + size_bytes]
+        return chunk.encode()[:size_bytes].decode("utf-8", "ignore")
+
+
+def mb(value: float) -> str:
+    return "?" if value != value else f"{value:,.0f}"
+
+
+def heavy_post(server: Server, path: str, body: bytes, headers: dict[str, str] | None = None,
+               limit_s: float = 150, hold_s: float = 2) -> Outcome:
+    """One request under the watchdog: status, wall time, server CPU (send -> `hold_s` after the answer),
+    RSS before / peak (VmHWM) / `hold_s` after."""
+    before = server.rss()
+    cpu_before = cpu_seconds(server.pid)
+    with watched(server, limit_s) as dog:
+        answer = post(server.url, path, body, headers, timeout=limit_s + 10, keep_body=False)
+        after = server.memory()
+        if server.alive():
+            time.sleep(hold_s)
+        held = server.rss()
+        cpu = round(cpu_seconds(server.pid) - cpu_before, 1) if server.alive() else float("nan")
+    error_type, message = answer.json_error() if answer.status != 200 else (None, None)
+    peak = after["peak_mb"] if after["peak_mb"] == after["peak_mb"] else dog.peak_mb
+    figures = {"status": answer.status, "short": answer.short(), "error_type": error_type, "message": (message or "")[:300],
+               "seconds": answer.seconds, "body_kb": round(len(body) / 1024, 1), "server_cpu_s": cpu,
+               "rss_before_mb": before, "rss_peak_mb": peak, "rss_held_mb": held, "rss_after_mb": held, **dog.figures()}
+    if dog.killed:
+        observed = f"{dog.killed}; client got {answer.short()} after {answer.seconds:.1f} s; RSS {mb(before)} MB before"
+    else:
+        observed = (f"{answer.short()} after {answer.seconds:.1f} s; server CPU {cpu} s; "
+                    f"RSS {mb(before)} -> peak {mb(peak)} MB, {mb(held)} held {hold_s:.0f} s after")
+    if message:
+        observed += f" ({message[:120]})"
+    return observed, figures
+
+
+def latency_summary(latencies: list[float]) -> dict:
+    ordered = sorted(latencies)
+    if not ordered:
+        return {"count": 0, "p50_ms": None, "max_ms": None}
+    return {"count": len(ordered), "p50_ms": round(ordered[len(ordered) // 2] * 1000, 1),
+            "max_ms": round(ordered[-1] * 1000, 1)}
+
+
+def tail_line(lines: list[str]) -> str:
+    return next((line for line in reversed(lines) if line.strip()), "")
+
+
+# --------------------------------------------------------------------------------------------- J: zero-shot templates
+
+
+ZERO_SHOT = "/models/nli"
+
+
+def j1_body() -> bytes:
+    return dumps({"inputs": "hi", "parameters": {"candidate_labels": ["y" * 100], "hypothesis_template": "{0}" * 100_000}})
+
+
+def j2_body(size: int = 600 * 1024) -> bytes:
+    words = "alpha beta gamma delta epsilon zeta theta kappa lambda sigma "
+    labels = [(words * 20)[:1000], (words[::-1] * 20)[:1000]]
+    overhead = len(dumps({"inputs": "hi", "parameters": {"candidate_labels": labels, "hypothesis_template": ""}}))
+    return dumps({"inputs": "hi", "parameters": {"candidate_labels": labels,
+                                                 "hypothesis_template": "{0}" * ((size - overhead) // 3)}})
+
+
+def case_j(ctx: Context) -> None:
+    with Servers(*ctx.models.repository_flags()) as servers:
+        j1, j2 = j1_body(), j2_body()
+        attempt(ctx.report, "J1", f"POST {ZERO_SHOT} (X-Request-Timeout 120): 1 label of 100 chars, hypothesis_template "
+                f"'{{0}}' x 100,000 ({len(j1) / 1024:.0f} KB body)",
+                lambda: heavy_post(servers.fresh(), ZERO_SHOT, j1, LONG_WAIT))
+        attempt(ctx.report, "J2", f"POST {ZERO_SHOT} (X-Request-Timeout 120): 2 labels of 1,000 chars (words), template "
+                f"'{{0}}' x {j2.count(b'{0}'):,} ({len(j2) / 1024:.0f} KB body); watchdog 6,000 MB / 60 s, fresh server",
+                lambda: heavy_post(servers.fresh(), ZERO_SHOT, j2, LONG_WAIT, limit_s=60))
+        attempt(ctx.report, "J3", f"POST {ZERO_SHOT}: hypothesis_template '{{{{}}}}', labels [a, b]",
+                lambda: braces_template(servers.get()))
+
+
+def braces_template(server: Server) -> Outcome:
+    body = dumps({"inputs": "a fine film", "parameters": {"candidate_labels": ["a", "b"], "hypothesis_template": "{{}}"}})
+    with watched(server, 60) as dog:
+        answer = post(server.url, ZERO_SHOT, body, LONG_WAIT, timeout=70)
+    scores = None
+    if answer.status == 200:
+        value = json.loads(answer.body)
+        scores = dict(zip(value["labels"], (round(s, 4) for s in value["scores"])))
+    error_type, message = answer.json_error() if answer.status != 200 else (None, None)
+    observed = f"{answer.short()} in {answer.seconds:.2f} s; " + (f"scores {scores}" if scores is not None else (message or "")[:200])
+    if dog.killed:
+        observed = f"{dog.killed}; {observed}"
+    return observed, {"status": answer.status, "scores": scores, "error_type": error_type, "message": message,
+                      "seconds": answer.seconds, **dog.figures()}
+
+
+# --------------------------------------------------------------------------------------------- K: zero-shot, long text
+
+LABEL_WORDS = (
+    "sports politics business science health music film travel food fashion history art law crime weather war "
+    "peace money love family school nature animals technology religion education economy energy space ocean city "
+    "village farm forest river mountain desert winter summer spring autumn child king queen ship train car horse "
+    "garden house church army navy court market bank factory hospital theatre library museum poetry dance adventure"
+).split()
+
+
+def k_body(book: Book) -> bytes:
+    return dumps_utf8({"inputs": book.piece(900 * 1024), "parameters": {"candidate_labels": LABEL_WORDS[:64]}})
+
+
+def case_k(ctx: Context) -> None:
+    body = k_body(Book(ctx.shared))
+    sent = f"POST {ZERO_SHOT}: a 900 KB book text x 64 one-word labels, default template ({len(body) / 1024:.0f} KB body)"
+    with Servers(*ctx.models.repository_flags()) as servers:
+        attempt(ctx.report, "K1", f"{sent}, default deadline", lambda: heavy_post(servers.fresh(), ZERO_SHOT, body))
+        attempt(ctx.report, "K2", f"K1 with X-Request-Timeout: 1, the client closing its connection at 2 s: server CPU "
+                "from sending until idle (no growth for 2 s, up to 60 s)", lambda: abandoned(servers.fresh(), body))
+        attempt(ctx.report, "K3", "POST /models/sentiment 'a fine film' back to back, one at a time, while K1 runs "
+                "(and for 3 s with nothing else running)", lambda: neighbour_latency(servers.fresh(), body))
+        # The heaviest zero-shot request a 1 MB body can make the tokenizer do: a text with no whitespace to cut
+        # it at, tokenized whole (as the pipeline tokenizes it), beside 64 labels.
+        word = dumps_utf8({"inputs": "x1" * 500_000, "parameters": {"candidate_labels": [f"topic {i}" for i in range(64)]}})
+        attempt(ctx.report, "K4", f"as K3, the zero-shot text one unbroken 1,000,000-character word ('x1' repeated; "
+                f"{len(word) / 1024:.0f} KB body) x 64 labels", lambda: neighbour_latency(servers.fresh(), word))
+
+
+def abandoned(server: Server, body: bytes, leave_at_s: float = 2, idle_s: float = 2, up_to_s: float = 60) -> Outcome:
+    before = server.rss()
+    with watched(server, up_to_s + 30) as dog:
+        cpu_start = cpu_seconds(server.pid)
+        started = time.monotonic()
+        with raw_connect(server, timeout=10) as sock:
+            sock.sendall(
+                f"POST {ZERO_SHOT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"X-Request-Timeout: 1\r\n\r\n".encode() + body
+            )
+            reply, reply_s = await_reply(sock, max(0.0, leave_at_s - (time.monotonic() - started)))
+            left_at = time.monotonic() - started
+            if left_at < leave_at_s:  # answered (or closed) early: stay until the client would have left
+                time.sleep(leave_at_s - left_at)
+        cpu_at_leave = cpu_seconds(server.pid)
+        left = time.monotonic()
+        last_cpu, last_growth = cpu_at_leave, left
+        while time.monotonic() - left < up_to_s and server.alive():
+            time.sleep(0.25)
+            now = cpu_seconds(server.pid)
+            if now - last_cpu > 0.02:
+                last_growth = time.monotonic()
+            last_cpu = now
+            if time.monotonic() - last_growth >= idle_s:
+                break
+        idle_after_s = round(last_growth - left, 1)
+        cpu_end = cpu_seconds(server.pid)
+        rss = server.memory()
+    total = round(cpu_end - cpu_start, 1)
+    after_leave = round(cpu_end - cpu_at_leave, 1)
+    figures = {"reply_before_leaving": reply, "reply_s": reply_s, "server_cpu_total_s": total,
+               "server_cpu_after_client_left_s": after_leave, "busy_until_s_after_leaving": idle_after_s,
+               "rss_before_mb": before, "rss_peak_mb": rss["peak_mb"], "rss_after_mb": rss["rss_mb"], **dog.figures()}
+    observed = (f"the client saw: {reply} (within {leave_at_s:.0f} s); server CPU {total} s from sending, "
+                f"{after_leave} s of it after the client left (busy until {idle_after_s} s after); RSS {mb(before)} -> "
+                f"peak {mb(rss['peak_mb'])} MB")
+    if dog.killed:
+        observed = f"{dog.killed}; {observed}"
+    return observed, figures
+
+
+class Neighbour:
+    """POST /models/sentiment back to back on one keep-alive connection, in a thread: each latency."""
+
+    BODY = dumps({"inputs": "a fine film"})
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.latencies: list[float] = []
+        self.statuses: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=150) as client:
+            while not self._stop.is_set():
+                answer = post(self.url, "/models/sentiment", self.BODY, client=client)
+                self.latencies.append(answer.seconds)
+                self.statuses.append(answer.short())
+
+    def __enter__(self) -> Neighbour:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.latencies and time.monotonic() < deadline:  # one answer before the load starts
+            time.sleep(0.005)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(160)
+
+
+def neighbour_latency(server: Server, body: bytes) -> Outcome:
+    with Neighbour(server.url) as idle:
+        time.sleep(3)
+    with watched(server, 150) as dog, Neighbour(server.url) as busy:
+        busy.latencies.clear()  # the ones before K1 was sent
+        busy.statuses.clear()
+        answer = post(server.url, ZERO_SHOT, body, timeout=160, keep_body=False)
+    quiet, loaded = latency_summary(idle.latencies), latency_summary(busy.latencies)
+    figures = {"idle": quiet, "during_k1": loaded, "k1_status": answer.short(), "k1_seconds": answer.seconds,
+               "statuses_during": count_statuses(busy.statuses) if busy.statuses else "none", **dog.figures()}
+    observed = (f"during it ({answer.short()} after {answer.seconds:.1f} s): {loaded['count']} answers, p50 "
+                f"{loaded['p50_ms']} ms, max {loaded['max_ms']} ms ({figures['statuses_during']}); nothing else running: "
+                f"{quiet['count']} in 3 s, p50 {quiet['p50_ms']} ms, max {quiet['max_ms']} ms")
+    if dog.killed:
+        observed = f"{dog.killed}; {observed}"
+    return observed, figures
+
+
+# --------------------------------------------------------------------------------------------- L: token classification
+
+NER = "/models/ner"
+STRIDE = {"aggregation_strategy": "simple", "stride": 509}
+
+
+def l1_body(book: Book) -> bytes:
+    return dumps_utf8({"inputs": book.piece(300 * 1024, start=1_000_000), "parameters": STRIDE})
+
+
+def l2_body(book: Book) -> bytes:
+    return dumps_utf8({"inputs": [book.piece(4 * 1024, start=2_000_000 + i * 5000) for i in range(64)], "parameters": STRIDE})
+
+
+def case_l(ctx: Context) -> None:
+    book = Book(ctx.shared)
+    l1, l2 = l1_body(book), l2_body(book)
+    with Servers(*ctx.models.repository_flags()) as servers:
+        attempt(ctx.report, "L1", f"POST {NER} (X-Request-Timeout 120): one 300 KB book text, aggregation_strategy "
+                f"simple, stride 509 ({len(l1) / 1024:.0f} KB body)", lambda: heavy_post(servers.fresh(), NER, l1, LONG_WAIT))
+        attempt(ctx.report, "L2", f"POST {NER} (X-Request-Timeout 120): 64 texts of 4 KB, the same parameters "
+                f"({len(l2) / 1024:.0f} KB body)", lambda: heavy_post(servers.fresh(), NER, l2, LONG_WAIT))
+
+
+# --------------------------------------------------------------------------------------------- M: pipelining, unread
+
+PIPELINED = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def case_m(ctx: Context) -> None:
+    with Servers(*ctx.models.repository_flags()) as servers:
+        for case_id, connections in (("M1", 1), ("M2", 10), ("M3", 30)):
+            attempt(ctx.report, case_id, f"{connections} connection(s) (SO_RCVBUF 4 KB), each 2 MB of pipelined "
+                    "GET /healthz (whatever is accepted in 20 s), never read; fresh server",
+                    lambda connections=connections: pipelined_unread(servers.fresh(), connections))
+
+
+def pipelined_unread(server: Server, connections: int, total: int = 2 * MIB, send_s: float = 20,
+                     probe_s: float = 15) -> Outcome:
+    payload = PIPELINED * (total // len(PIPELINED))
+    before = server.rss()
+    cpu_before = cpu_seconds(server.pid)
+    sent = [0] * connections
+    ends = [""] * connections
+    sockets: list[socket.socket] = []
+
+    def feed(index: int) -> None:
+        try:
+            sock = raw_connect(server, timeout=10, rcvbuf=4096)
+        except OSError as exc:
+            ends[index] = f"connect failed: {type(exc).__name__}"
+            return
+        sockets.append(sock)
+        view, started = memoryview(payload), time.monotonic()
+        ends[index] = "sent all"
+        while sent[index] < len(payload):
+            left = send_s - (time.monotonic() - started)
+            if left <= 0:
+                ends[index] = f"{send_s:.0f} s over"
+                break
+            sock.settimeout(left)
+            try:
+                sent[index] += sock.send(view[sent[index] : sent[index] + 65536])
+            except TimeoutError:
+                ends[index] = f"{send_s:.0f} s over"
+                break
+            except OSError as exc:
+                ends[index] = f"closed by server ({type(exc).__name__})"
+                break
+
+    with watched(server, send_s + probe_s + 60) as dog:
+        try:
+            threads = [threading.Thread(target=feed, args=(i,), daemon=True) for i in range(connections)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(send_s + 15)
+            time.sleep(2)
+            with_open = server.memory()
+            started = time.perf_counter()
+            try:
+                status = str(httpx.get(server.url + "/healthz", timeout=probe_s).status_code)
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            probe_ms = round((time.perf_counter() - started) * 1000, 1)
+            after_probe = server.memory()
+        finally:
+            for sock in sockets:
+                sock.close()
+        time.sleep(3)
+        end = server.memory()
+        after_close = end["rss_mb"]
+        cpu = round(cpu_seconds(server.pid) - cpu_before, 1)
+    open_rss = max(with_open["rss_mb"], after_probe["rss_mb"])
+    accepted_mb = round(sum(sent) / MIB, 1)
+    end_counts = count_statuses(ends)
+    figures = {"connections": connections, "accepted_mb": accepted_mb, "sent_mb_each": [round(s / MIB, 2) for s in sent],
+               "ends": end_counts, "rss_before_mb": before, "rss_with_open_mb": open_rss,
+               "rss_peak_open_mb": after_probe["peak_mb"], "rss_peak_mb": end["peak_mb"], "new_client_healthz": status,
+               "new_client_ms": probe_ms,
+               "rss_after_close_mb": after_close, "rss_after_mb": after_close, "server_cpu_s": cpu, **dog.figures()}
+    observed = (f"server took {accepted_mb} MB ({end_counts}); RSS {mb(before)} -> {mb(open_rss)} MB with them open, "
+                f"{mb(after_close)} 3 s after closing (peak {mb(end['peak_mb'])}); a new GET /healthz: {status} "
+                f"after {probe_ms:.0f} ms; server CPU {cpu} s")
+    if dog.killed:
+        observed = f"{dog.killed}; {observed}"
+    return observed, figures
+
+
+# --------------------------------------------------------------------------------------------- N: RSS ratchet
+
+
+def case_n(ctx: Context) -> None:
+    attempt(ctx.report, "N1", "one fresh server: J1, L1, K1, M2 one after another; RSS 2 s after each (3 s after "
+            "closing for M2)", lambda: ratchet(ctx))
+
+
+def ratchet(ctx: Context) -> Outcome:
+    book = Book(ctx.shared)
+    steps = [
+        ("J1", lambda server: heavy_post(server, ZERO_SHOT, j1_body(), LONG_WAIT)),
+        ("L1", lambda server: heavy_post(server, NER, l1_body(book), LONG_WAIT)),
+        ("K1", lambda server: heavy_post(server, ZERO_SHOT, k_body(book))),
+        ("M2", lambda server: pipelined_unread(server, 10)),
+    ]
+    chain, results = [], {}
+    with Server(*ctx.models.repository_flags()) as server:
+        chain.append(("before", server.rss()))
+        for name, step in steps:
+            log(f"N1: {name}")
+            observed, figures = step(server)
+            results[name] = {"observed": observed, "rss_after_mb": figures.get("rss_after_mb"),
+                             "killed": figures.get("watchdog_killed")}
+            if figures.get("watchdog_killed") or not server.alive():
+                chain.append((name, f"{figures.get('watchdog_killed') or 'server died'}"))
+                break
+            chain.append((name, figures["rss_after_mb"]))
+    text = " -> ".join(f"{name} {mb(value) if isinstance(value, float) else value}" for name, value in chain)
+    return f"RSS MB: {text}", {"chain": chain, "steps": results}
+
+
+# --------------------------------------------------------------------------------------------- O: two pools, one port
+
+
+def listeners(port: int) -> int:
+    """Listening TCP sockets on `port` (ss -ltnH), any address."""
+    try:
+        done = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=10)
+        return len([line for line in done.stdout.splitlines() if line.strip()])
+    except (OSError, subprocess.TimeoutExpired):  # no ss: /proc/net/tcp{,6}, state 0A is LISTEN
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                rows = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            count += sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
+        return count
+
+
+class Launched:
+    """A `python -m app` process started by hand (not waited for): its output lines read in a thread."""
+
+    def __init__(self, arguments: list[str], env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "app", *arguments], cwd=REPO, env=server_env(env),
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _CHILDREN.add(self.process)
+        self.started = time.monotonic()
+        self.lines: list[str] = []
+        self.ready_at: float | None = None
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if POOL_READY_LINE.search(line) and self.ready_at is None:
+                self.ready_at = time.monotonic() - self.started
+
+    def settled(self) -> bool:
+        return self.ready_at is not None or self.process.poll() is not None
+
+    def state(self) -> str:
+        if self.ready_at is not None:
+            code = self.process.poll()
+            return f"ready after {self.ready_at:.1f} s" + ("" if code is None else f", then exit {code}")
+        if self.process.poll() is not None:
+            return f"exit {self.process.returncode}: {tail_line(self.lines)[:160]}"
+        return "neither ready nor exited"
+
+    def stop(self) -> None:
+        pids = identities(process_tree(self.process.pid))
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_tree(pids)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        _CHILDREN.discard(self.process)
+
+
+def case_o(ctx: Context) -> None:
+    attempt(ctx.report, "O1", "two `python -m app --processes 2 --port P` (repository) started within 0.5 s; wait up to 120 s",
+            lambda: two_pools(ctx.models))
+
+
+def two_pools(models: Models, wait_s: float = 120) -> Outcome:
+    port = free_port()
+    arguments = [*models.repository_flags(2), "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
+    pools: list[Launched] = []
+    try:
+        pools.append(Launched(arguments))
+        time.sleep(0.3)
+        pools.append(Launched(arguments))
+        dogs = [Watchdog(pool.process, limit_s=wait_s + 60, tree=True).__enter__() for pool in pools]
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not all(pool.settled() for pool in pools):
+            time.sleep(0.5)
+        time.sleep(1)
+        count = listeners(port)
+        for dog in dogs:
+            dog.__exit__(None, None, None)
+        states = [pool.state() for pool in pools]
+    finally:
+        for pool in pools:
+            pool.stop()
+    killed = [dog.killed for dog in dogs if dog.killed]
+    observed = f"first: {states[0]}; second: {states[1]}; {count} listening sockets on port P" + (
+        f"; {'; '.join(killed)}" if killed else "")
+    return observed, {"port": port, "first": states[0], "second": states[1], "listening_sockets": count,
+                      "first_lines": pools[0].lines[-20:], "second_lines": pools[1].lines[-20:],
+                      "watchdog_killed": killed or None}
+
+
+# --------------------------------------------------------------------------------------------- P: the small ones
+
+SENTIMENT_BODY = dumps({"inputs": "a fine film"})
+
+
+def case_p(ctx: Context) -> None:
+    models = ctx.models
+    attempt(ctx.report, "P1", 'ROBERTA_API_KEY="secret\\n" (as read from a secret file): POST /models/sentiment with '
+            "Authorization: Bearer secret", lambda: keyed_post(models, "secret\n", {"Authorization": "Bearer secret"}))
+    attempt(ctx.report, "P2", 'ROBERTA_API_KEY="   ": does it start; POST /models/sentiment without Authorization',
+            lambda: keyed_post(models, "   ", {}))
+    attempt(ctx.report, "P3", "ROBERTA_API_KEY=secret: raw POST /models/sentiment with two Authorization headers "
+            "(Bearer wrong, Bearer secret), then the reverse order", lambda: two_authorizations(models))
+    with Servers(*models.repository_flags()) as servers:
+        attempt(ctx.report, "P4", f"POST {ZERO_SHOT}/ (trailing slash), a valid zero-shot body, Host: evil.example",
+                lambda: trailing_slash(servers.get()))
+        attempt(ctx.report, "P5", "HEAD /healthz, HEAD /readyz, HEAD /metrics", lambda: heads(servers.get()))
+        attempt(ctx.report, "P6", "raw: 'GET /healthz HTTP/2.0' + Host, and 'GET /healthz' with no version (HTTP/0.9)",
+                lambda: odd_versions(servers.get()))
+    attempt(ctx.report, "P7", "port held by a plain listening socket: python -m app --model-repository R --processes 1 "
+            "--port P", lambda: port_taken(models))
+    attempt(ctx.report, "P8", "pool --processes 2: 16 threads POST /models/sentiment, a new connection each "
+            "(http.client, Connection: close); SIGTERM to the supervisor after 3 s; until each sees refused for 2 s",
+            lambda: sigterm_under_load(models))
+    attempt(ctx.report, "P9", "pool --processes 2 (TMPDIR a fresh folder): SIGKILL the supervisor, wait 10 s: "
+            "roberta-metrics-* left?", lambda: killed_pool_leftovers(models))
+    attempt(ctx.report, "P10", "stdout/stderr a pipe never read, --log-level info: 2,000 sequential POST "
+            "/models/sentiment, 5 s timeout each", lambda: blocked_logs(models))
+
+
+def started_or_refused(flags: list[str], env: dict[str, str] | None = None) -> tuple[Server | None, str | None, dict]:
+    try:
+        return Server(*flags, env=env).__enter__(), None, {}
+    except StartFailed as exc:
+        return None, f"refused to start: exit {exc.exit_code}: {exc.first_line[:160]}", {
+            "started": False, "exit_code": exc.exit_code, "line": exc.first_line}
+
+
+def keyed_post(models: Models, key: str, headers: dict[str, str]) -> Outcome:
+    server, refused, figures = started_or_refused(models.repository_flags(), {"ROBERTA_API_KEY": key})
+    if server is None:
+        return refused, figures
+    try:
+        with watched(server, 60) as dog:
+            answer = post(server.url, "/models/sentiment", SENTIMENT_BODY, headers, timeout=30)
+    finally:
+        server.__exit__(None, None, None)
+    observed = f"started; {answer.short()}" + (f" (WWW-Authenticate: {answer.headers['www-authenticate']})"
+                                               if "www-authenticate" in answer.headers else "")
+    return observed, {"started": True, "status": answer.status, "short": answer.short(), **dog.figures()}
+
+
+def raw_exchange(server: Server, request: bytes, timeout: float = 30) -> tuple[str, list[tuple[str, str]], bytes]:
+    with raw_connect(server, timeout=timeout) as sock:
+        sock.sendall(request)
+        return read_response(sock, timeout)
+
+
+def two_authorizations(models: Models) -> Outcome:
+    server, refused, figures = started_or_refused(models.repository_flags(), {"ROBERTA_API_KEY": "secret"})
+    if server is None:
+        return refused, figures
+    statuses = {}
+    try:
+        with watched(server, 60) as dog:
+            for order in (("wrong", "secret"), ("secret", "wrong")):
+                request = (f"POST /models/sentiment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           f"Authorization: Bearer {order[0]}\r\nAuthorization: Bearer {order[1]}\r\n"
+                           f"Content-Length: {len(SENTIMENT_BODY)}\r\nConnection: close\r\n\r\n").encode() + SENTIMENT_BODY
+                statuses[" then ".join(order)] = raw_exchange(server, request)[0]
+    finally:
+        server.__exit__(None, None, None)
+    observed = "; ".join(f"{order}: {status}" for order, status in statuses.items())
+    return observed, {"statuses": statuses, **dog.figures()}
+
+
+def trailing_slash(server: Server) -> Outcome:
+    body = dumps({"inputs": "a fine film", "parameters": {"candidate_labels": ["good", "bad"]}})
+    request = (f"POST {ZERO_SHOT}/ HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    with watched(server, 60) as dog:
+        status_line, headers, response = raw_exchange(server, request)
+    location, content_type = header(headers, "location"), header(headers, "content-type")
+    head = response[:100].decode("latin-1")
+    observed = f"{status_line}; Location: {location}; Content-Type: {content_type}; body: {head!r}"
+    return observed, {"status_line": status_line, "location": location, "content_type": content_type, "body_head": head,
+                      **dog.figures()}
+
+
+def heads(server: Server) -> Outcome:
+    statuses = {}
+    with watched(server, 60) as dog:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            try:
+                statuses[path] = httpx.head(server.url + path, timeout=10).status_code
+            except httpx.HTTPError as exc:
+                statuses[path] = type(exc).__name__
+    return ", ".join(f"HEAD {path} {status}" for path, status in statuses.items()), {"statuses": statuses, **dog.figures()}
+
+
+def odd_versions(server: Server) -> Outcome:
+    replies = {}
+    with watched(server, 60) as dog:
+        for name, request in (("HTTP/2.0", b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n"), ("HTTP/0.9", b"GET /healthz\r\n\r\n")):
+            with raw_connect(server) as sock:
+                sock.sendall(request)
+                reply, seconds = await_reply(sock, 10)
+            replies[name] = "timeout (nothing in 10 s)" if reply == "nothing, still open" else reply
+    return "; ".join(f"{name}: {reply}" for name, reply in replies.items()), {"replies": replies, **dog.figures()}
+
+
+LOADING_LINE = re.compile(r"(\S+) warm in |(\S+): (?:text-classification|fill-mask|token-classification), ")
+
+
+def port_taken(models: Models, timeout: float = 180) -> Outcome:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", *models.repository_flags(), "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "info"], cwd=REPO, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started = time.monotonic()
+        with Watchdog(process, limit_s=timeout + 30):
+            stdout, stderr, code = communicate_within(process, timeout)
+        seconds = round(time.monotonic() - started, 1)
+    lines = stderr.splitlines() + stdout.splitlines()
+    loaded = sorted({next(g for g in m.groups() if g) for line in lines for m in [LOADING_LINE.search(line)] if m})
+    last = tail_line(stderr.splitlines()) or tail_line(stdout.splitlines())
+    error = next((line for line in lines if re.search(r"\berror\b", line, re.I)), None)
+    observed = (f"exit {code if code is not None else f'none in {timeout:.0f} s'} after {seconds} s; "
+                f"{len(stderr.splitlines())} stderr + {len(stdout.splitlines())} stdout lines; Traceback: "
+                f"{'yes' if 'Traceback' in stderr + stdout else 'no'}; models loaded first: {', '.join(loaded) or 'none'}; "
+                f"error line: {(error or 'none')[:160]}; last: {last[:160]}")
+    return observed, {"exit_code": code, "seconds": seconds, "stderr_lines": len(stderr.splitlines()),
+                      "stdout_lines": len(stdout.splitlines()), "traceback": "Traceback" in stderr + stdout,
+                      "loaded_first": loaded, "error_line": error, "last_line": last, "stderr_head": stderr[:1500],
+                      "stderr_tail": stderr[-1500:]}
+
+
+def outcome_of(exc: Exception) -> str:
+    """refused, reset (a reset, or closed without an answer: http.client's RemoteDisconnected, httpx's
+    RemoteProtocolError), or other."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if isinstance(exc, ConnectionRefusedError) or (isinstance(exc, httpx.ConnectError) and "refused" in text):
+        return "refused"
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, httpx.RemoteProtocolError)) or "reset" in text:
+        return "reset"
+    return "other"
+
+
+def post_new_connection(host: str, port: int, path: str, body: bytes, timeout: float = 30) -> int:
+    """One POST on a connection of its own (Connection: close), with http.client: light enough that 16 threads
+    keep a pool busy."""
+    import http.client
+
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("POST", path, body, {**JSON_HEADERS, "Connection": "close"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def sigterm_under_load(models: Models, clients: int = 16, load_s: float = 3, refused_for_s: float = 2,
+                       give_up_s: float = 90) -> Outcome:
+    port = free_port()
+    counts = {"before": {}, "after": {}}
+    others: list[str] = []
+    lock = threading.Lock()
+    signalled = threading.Event()
+    stop = threading.Event()
+
+    def client(host: str, port: int) -> None:
+        refused_since = None
+        while not stop.is_set():
+            try:
+                status = post_new_connection(host, port, "/models/sentiment", SENTIMENT_BODY)
+                outcome = str(status) if status in (200, 503) else f"status {status}"
+            except Exception as exc:
+                outcome = outcome_of(exc)
+                if outcome == "other":
+                    with lock:
+                        others.append(f"{type(exc).__name__}: {str(exc)[:80]}")
+            phase = "after" if signalled.is_set() else "before"
+            with lock:
+                counts[phase][outcome] = counts[phase].get(outcome, 0) + 1
+            if outcome == "refused":
+                refused_since = refused_since or time.monotonic()
+                if signalled.is_set() and time.monotonic() - refused_since >= refused_for_s:
+                    return
+                time.sleep(0.01)
+            else:
+                refused_since = None
+
+    with Server(*models.repository_flags(2), port=port) as server, watched(server, give_up_s + 60) as dog:
+        threads = [threading.Thread(target=client, args=server.host_port, daemon=True) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        time.sleep(load_s)
+        signalled.set()
+        server.sigterm()
+        sent_at = time.monotonic()
+        for thread in threads:
+            thread.join(max(0.0, give_up_s - (time.monotonic() - sent_at)))
+        stop.set()
+        for thread in threads:
+            thread.join(35)
+        exit_s, code = server.wait_exit(max(1.0, 45 - (time.monotonic() - sent_at)))
+        if exit_s is not None:
+            exit_s = round(server.exited_at - sent_at, 1)
+    total: dict[str, int] = {}
+    for phase in counts.values():
+        for outcome, n in phase.items():
+            total[outcome] = total.get(outcome, 0) + n
+    order = ["200", "503", "reset", "refused", "other"]
+    keys = order + sorted(k for k in total if k not in order)
+    text = ", ".join(f"{total.get(k, 0)} {k}" for k in keys if k in order or total.get(k))
+    after = ", ".join(f"{n} {k}" for k, n in sorted(counts["after"].items()))
+    observed = (f"{text} (after SIGTERM: {after or 'none'}); supervisor "
+                + (f"exit {code} {exit_s} s after SIGTERM" if exit_s is not None else "still running 45 s after SIGTERM"))
+    if others:
+        observed += f"; other: {others[0]}"
+    if dog.killed:
+        observed = f"{dog.killed}; {observed}"
+    return observed, {"total": total, "by_phase": counts, "others": others[:20], "exit_code": code, "exit_s": exit_s,
+                      **dog.figures()}
+
+
+def killed_pool_leftovers(models: Models, wait_s: float = 10) -> Outcome:
+    import shutil
+    import tempfile
+
+    private = Path(tempfile.mkdtemp(prefix="abuse-p9-"))
+    try:
+        before = sorted(p.name for p in private.glob("roberta-metrics-*"))
+        with Server(*models.repository_flags(2), port=free_port(), env={"TMPDIR": str(private)}) as server:
+            during = sorted(p.name for p in private.glob("roberta-metrics-*"))
+            pids = identities(process_tree(server.pid))
+            with watched(server, wait_s + 30):
+                server.process.kill()
+                server.process.wait(timeout=10)
+                time.sleep(wait_s)
+            after = sorted(p.name for p in private.glob("roberta-metrics-*"))
+            alive = [pid for pid in list(pids)[1:]
+                     if start_time(pid) == pids[pid] and memory_mb(pid)["rss_mb"] == memory_mb(pid)["rss_mb"]]  # no zombie
+            kill_tree(pids)
+        left = [name for name in after if name not in before]
+        files = sum(1 for name in left for _ in (private / name).rglob("*"))
+        observed = (f"roberta-metrics-* while running: {len(during)}; {wait_s:.0f} s after SIGKILL: "
+                    f"{', '.join(left) + f' left ({files} files)' if left else 'none left'}; "
+                    f"pool processes still alive: {len(alive)}")
+        return observed, {"before": before, "during": during, "after": after, "left": left, "children_alive": alive}
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def blocked_logs(models: Models, requests: int = 2000, timeout: float = 5, start_s: float = 180) -> Outcome:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", *models.repository_flags(), "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "info"], cwd=REPO, env=server_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _CHILDREN.add(process)  # its output is never read
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_s
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                return f"did not become ready (exit {process.poll()})", {"ready": False, "exit_code": process.poll()}
+            time.sleep(0.2)
+        ok, first_timeout, outcomes = 0, None, {}
+        started = time.monotonic()
+        with Watchdog(process, limit_s=requests * 0.5 + 60) as dog, httpx.Client(timeout=timeout) as client:
+            for index in range(requests):
+                answer = post(url, "/models/sentiment", SENTIMENT_BODY, client=client, timeout=timeout)
+                outcome = answer.short() if answer.error is None else answer.error.split(":")[0]
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                if answer.status == 200:
+                    ok += 1
+                elif answer.error and "Timeout" in answer.error:
+                    first_timeout = {"request": index + 1, "s_after_start": round(time.monotonic() - started, 1)}
+                    break
+            health = healthz_status_url(url, timeout)
+        seconds = round(time.monotonic() - started, 1)
+    finally:
+        process.kill()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        _CHILDREN.discard(process)
+    if first_timeout:
+        observed = (f"{ok} answered 200, then request {first_timeout['request']} timed out ({timeout:.0f} s), "
+                    f"{first_timeout['s_after_start']} s after the first; then GET /healthz: {health}")
+    else:
+        observed = (f"{ok} of {requests} answered 200 in {seconds} s, no timeout ("
+                    + ", ".join(f"{n} x {outcome}" for outcome, n in outcomes.items()) + ")")
+    if dog.killed:
+        observed = f"{dog.killed}; {observed}"
+    return observed, {"ok": ok, "first_timeout": first_timeout, "outcomes": outcomes, "seconds": seconds,
+                      "healthz_after": health, **dog.figures()}
+
+
+def healthz_status_url(url: str, timeout: float) -> str:
+    try:
+        return str(httpx.get(url + "/healthz", timeout=timeout).status_code)
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+
+
 # --------------------------------------------------------------------------------------------- main
 
 CASES: dict[str, Callable[[Context], None]] = {
     "A": case_a, "B": case_b, "C": case_c, "D": case_d, "E": case_e, "F": case_f, "G": case_g, "H": case_h, "I": case_i,
+    "J": case_j, "K": case_k, "L": case_l, "M": case_m, "N": case_n, "O": case_o, "P": case_p,
 }
 
 
@@ -1208,7 +2225,7 @@ def main(argv: list[str] | None = None) -> int:
     import app
 
     log(f"code under test: {Path(app.__file__).resolve().parent} (python {sys.executable})")
-    models = prepare_models(args.shared)
+    models = prepare_models(args.shared, args.cases)
     report = Report(args.out)
     context = Context(models, args.shared, report)
     report.print_header()

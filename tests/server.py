@@ -144,3 +144,14 @@ def raw_connection(url: str, receive_buffer: int | None = None) -> socket.socket
     sock.settimeout(15)
     sock.connect((host, int(port)))
     return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or the socket's timeout passes)."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 from uvicorn.server import ServerState
 
 from app.server import PIPELINED_SLICE, HttpLimits, limited_protocol
-from server import ServerProcess, metric_value, raw_connection
+from server import ServerProcess, metric_value, raw_connection, read_all
 
 TIMEOUT_S = 1.0
 
@@ -32,17 +32,6 @@ def server(exported_classifier):
     ]
     with ServerProcess(*flags) as process:
         yield process
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (or 15 s pass)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
 
 
 def parse(raw: bytes) -> tuple[int, dict[str, str], dict]:

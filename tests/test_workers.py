@@ -105,3 +105,20 @@ def test_a_call_whose_caller_has_gone_before_it_starts_is_skipped():
     finally:
         release.set()
         workers.shutdown()
+
+
+def test_a_long_call_has_a_lane_of_its_own_and_others_do_not_wait_behind_it():
+    workers = Workers(1, "w", long_threads=1)
+    release = threading.Event()
+    try:
+        async def main():
+            long = workers.run_long(release.wait, 30)
+            short = await asyncio.wait_for(workers.run(lambda: threading.current_thread().name), timeout=10)
+            release.set()
+            return short, await long
+
+        short, released = asyncio.run(main())
+        assert short == "w_0" and released
+    finally:
+        release.set()
+        workers.shutdown()
