@@ -16,6 +16,7 @@ On the model repository (below), every request and server under a memory watchdo
 
   J  zero-shot templates: a 100,000-field template, a ~600 KB template of 1,000-character labels, "{{}}"
   K  zero-shot with a 900 KB text x 64 labels: time and RSS; CPU spent after the client left; another model's latency
+     beside it, and beside one unbroken 1 MB word x 64 labels (K4)
   L  token classification with stride 509: one 300 KB text, 64 texts of 4 KB
   M  pipelined GET /healthz (2 MB per connection) never read, on 1, 10, 30 connections: RSS, a new client's wait
   N  RSS ratchet: J1, L1, K1, M2 one after another on one server
