@@ -1547,7 +1547,7 @@ def case_k(ctx: Context) -> None:
     sent = f"POST {ZERO_SHOT}: a 900 KB book text x 64 one-word labels, default template ({len(body) / 1024:.0f} KB body)"
     with Servers(*ctx.models.repository_flags()) as servers:
         attempt(ctx.report, "K1", f"{sent}, default deadline", lambda: heavy_post(servers.fresh(), ZERO_SHOT, body))
-        attempt(ctx.report, "K2", f"K1 with X-Request-Timeout: 1, the client closing its connection at 2 s: server CPU "
+        attempt(ctx.report, "K2", "K1 with X-Request-Timeout: 1, the client closing its connection at 2 s: server CPU "
                 "from sending until idle (no growth for 2 s, up to 60 s)", lambda: abandoned(servers.fresh(), body))
         attempt(ctx.report, "K3", "POST /models/sentiment 'a fine film' back to back, one at a time, while K1 runs "
                 "(and for 3 s with nothing else running)", lambda: neighbour_latency(servers.fresh(), body))
