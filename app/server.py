@@ -285,19 +285,15 @@ def limited_protocol(
             self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
 
         def shutdown(self) -> None:
-            if not self._begun and (self.cycle is None or self.cycle.response_complete):
-                # Between requests, or new (accepted a moment ago, or taken from the backlog): a request may be on
-                # its way into our buffer, and closing with it unread would reset the connection. It gets a moment
-                # to arrive, and its answer says `Connection: close`.
+            if self.cycle is None or self.cycle.response_complete:
+                # No request being handled: between requests, new (accepted a moment ago, or taken from the
+                # backlog), or a request's head on its way. Closing now would reset a request already sent; it gets
+                # a moment to arrive, and its answer says `Connection: close`.
                 self.loop.call_later(LATE_REQUEST_S, self._close_if_idle)
                 return
+            # Being handled, its body perhaps still arriving (until the shutdown deadline, close_at_deadline): its
+            # answer says `Connection: close`. Refusing it now would reset the connection under a body in flight.
             super().shutdown()
-            if self.cycle is None or self.cycle.response_complete:
-                return
-            if not self.cycle.more_body or self.cycle.response_started:
-                return  # whole and being answered, or answered already: that answer will close the connection
-            # Still uploading: the answer would come after the body, which may never arrive.
-            self._refuse(503, "not_ready", "the server is shutting down; retry on another replica", (("retry-after", "1"),))
 
         def _close_if_idle(self) -> None:
             if not self.transport.is_closing() and not self._begun and (self.cycle is None or self.cycle.response_complete):
@@ -437,17 +433,28 @@ class DrainingServer(uvicorn.Server):
                 config=self.config, server_state=self.server_state, app_state=self.lifespan.state
             )
 
-        accepted = []
+        # asyncio stops accepting first, and the connections it has begun to accept attach to their server (a
+        # step of a task each) before it closes: closed, it would refuse them, and drop them with their request.
         for server in self.servers:
             for listener in server.sockets:
-                with socket.socket(fileno=os.dup(listener.fileno())) as sock:
+                loop.remove_reader(listener.fileno())
+        for _ in range(2):
+            await asyncio.sleep(0)
+        accepted: list[socket.socket] = []
+        for server in self.servers:
+            # Copies of the listening sockets keep them listening while the server closes; each is then emptied
+            # and closed at once, which leaves only the microseconds between the two for a connection to arrive
+            # in the backlog and be reset by the close.
+            listening = [socket.socket(fileno=os.dup(listener.fileno())) for listener in server.sockets]
+            server.close()
+            for sock in listening:
+                with sock:
                     sock.setblocking(False)
                     while True:
                         try:
                             accepted.append(sock.accept()[0])
                         except OSError:  # nothing left (BlockingIOError), or the socket is gone
                             break
-            server.close()  # at once, with nothing awaited since the backlog was emptied: no connection is left in it
         connections = []
         for connection in accepted:
             connection.setblocking(False)

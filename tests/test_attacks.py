@@ -337,14 +337,17 @@ def test_a_drain_under_load_resets_no_connection(exported_classifier):
             while not stop.is_set():
                 connection = http.client.HTTPConnection(host, int(port), timeout=30)
                 try:
-                    connection.request("POST", "/classify", body=b'{"inputs": "a fine film"}',
-                                       headers={"Content-Type": "application/json", "Connection": "close"})
-                    outcome = str(connection.getresponse().status)
-                except ConnectionRefusedError:
+                    connection.connect()
+                except (ConnectionRefusedError, ConnectionResetError):  # the kernel did not accept it: nothing sent
                     outcome = "refused"
                     stop.wait(0.05)
-                except (ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError) as exc:
-                    outcome = f"reset ({type(exc).__name__})"
+                else:
+                    try:
+                        connection.request("POST", "/classify", body=b'{"inputs": "a fine film"}',
+                                           headers={"Content-Type": "application/json", "Connection": "close"})
+                        outcome = str(connection.getresponse().status)
+                    except (ConnectionResetError, http.client.RemoteDisconnected, BrokenPipeError) as exc:
+                        outcome = f"reset ({type(exc).__name__})"  # accepted, its request sent, and lost
                 finally:
                     connection.close()
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
