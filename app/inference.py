@@ -119,10 +119,8 @@ async def run_task(state: AppState, scope: Scope, receive: Receive, task: Task, 
     if cost.sequences > settings.max_inputs:
         raise TooManyInputs(f"{cost.sequences} {task.counted} in one request; at most {settings.max_inputs} are allowed")
     if cost.characters > settings.max_body_bytes:
-        raise PayloadTooLarge(
-            f"this request makes {cost.characters} characters of text to tokenize (each hypothesis counted); at most "
-            f"{settings.max_body_bytes} are allowed: shorten the hypothesis_template or the labels"
-        )
+        raise PayloadTooLarge(f"this request makes {cost.characters} characters of text to tokenize (all its task builds "
+                              f"from the body); at most {settings.max_body_bytes} are allowed: send less text")
     model.batcher.check_room(cost.sequences)  # refuse before tokenizing: overload should cost little
     scope.setdefault("state", {})["model"] = model.name  # for RequestMetrics' model label
     with state.admit():

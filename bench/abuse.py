@@ -510,11 +510,14 @@ class HealthPoller:
             while not self._stop.is_set():
                 started = time.perf_counter()
                 try:
-                    client.get(f"{self.url}/healthz").raise_for_status()
+                    self._probe(client)
                 except Exception as exc:
                     self.failures.append(type(exc).__name__)
                 self.latencies.append(time.perf_counter() - started)
                 self._stop.wait(self.interval_s)
+
+    def _probe(self, client: httpx.Client) -> None:
+        client.get(f"{self.url}/healthz").raise_for_status()
 
     def __enter__(self) -> HealthPoller:
         self._thread.start()
@@ -1599,35 +1602,17 @@ def abandoned(server: Server, body: bytes, leave_at_s: float = 2, idle_s: float 
     return observed, figures
 
 
-class Neighbour:
-    """POST /models/sentiment back to back on one keep-alive connection, in a thread: each latency."""
+class Neighbour(HealthPoller):
+    """POST /models/sentiment back to back on one keep-alive connection, in a thread: each latency and status."""
 
     BODY = dumps({"inputs": "a fine film"})
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.latencies: list[float] = []
+        super().__init__(url, interval_s=0, timeout_s=150)
         self.statuses: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        with httpx.Client(timeout=150) as client:
-            while not self._stop.is_set():
-                answer = post(self.url, "/models/sentiment", self.BODY, client=client)
-                self.latencies.append(answer.seconds)
-                self.statuses.append(answer.short())
-
-    def __enter__(self) -> Neighbour:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self.latencies and time.monotonic() < deadline:  # one answer before the load starts
-            time.sleep(0.005)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(160)
+    def _probe(self, client: httpx.Client) -> None:
+        self.statuses.append(post(self.url, "/models/sentiment", self.BODY, client=client).short())
 
 
 def neighbour_latency(server: Server, body: bytes) -> Outcome:
