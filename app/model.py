@@ -65,24 +65,32 @@ class ServedModel:
     async def encode(self, inputs: list[TextInput], truncation: bool, deadline: float, shorten: str = SHORTEN) -> list[Encoded]:
         """Token ids of every input with its special tokens, refused (413) when one is longer than the model takes
         and `truncation` is off. A text is tokenized only as far as it needs to be (see `tokens`)."""
-        limit = self.encoder.max_seq_len
+        limit, room = self.encoder.max_seq_len, self.encoder.room
         if not truncation:
             for index, item in enumerate(inputs):
                 if self.encoder.surely_too_long(item):
                     raise InputTooLong(f"inputs[{index}] is longer than {limit} tokens, the most the model takes. {shorten}")
         singles = [index for index, item in enumerate(inputs) if isinstance(item, str)]
-        pairs = [index for index, item in enumerate(inputs) if not isinstance(item, str)]
         encoded: list[Encoded | None] = [None] * len(inputs)
+        too_long = None
+        if not truncation:
+            def too_long(at: int) -> InputTooLong:
+                return InputTooLong(f"inputs[{singles[at]}] is longer than {limit} tokens, the most the model takes. {shorten}")
 
-        def too_long(at: int) -> InputTooLong:
-            return InputTooLong(f"inputs[{singles[at]}] is longer than {limit} tokens, the most the model takes. {shorten}")
-
-        room = self.encoder.room
-        texts = await self.tokens([inputs[index] for index in singles], deadline, most=room, too_long=None if truncation else too_long)
+        texts = await self.tokens(inputs if len(singles) == len(inputs) else [inputs[i] for i in singles], deadline,
+                                  most=room, too_long=too_long)
         for index, text in zip(singles, texts):
             encoded[index] = Encoded(self.encoder.single(text.ids[:room]))
-        # A pair is tokenized whole, by the tokenizer's own pair truncation (the longer text is cut first, which
-        # depends on the whole length of both): in jobs of a bounded size, like the pieces of a text.
+        if len(singles) < len(inputs):
+            await self._encode_pairs(inputs, encoded, truncation, deadline, shorten)
+        return encoded
+
+    async def _encode_pairs(self, inputs: list[TextInput], encoded: list[Encoded | None], truncation: bool,
+                            deadline: float, shorten: str) -> None:
+        """A pair is tokenized whole, by the tokenizer's own pair truncation (the longer text is cut first, which
+        depends on the whole length of both): in jobs of a bounded size, like the pieces of a text."""
+        pairs = [index for index, item in enumerate(inputs) if not isinstance(item, str)]
+        limit = self.encoder.max_seq_len
         started = time.perf_counter()
         for job in _jobs([inputs[index] for index in pairs], PIECE_CHARS):
             items = [inputs[pairs[at]] for at in job]
@@ -93,9 +101,7 @@ class ServedModel:
                     raise InputTooLong(f"inputs[{pairs[at]}] is {len(item)} tokens; the model takes at most {limit}. {shorten}")
                 encoded[pairs[at]] = item
             _check(deadline)
-        if pairs:
-            self.metrics.tokenize.observe(time.perf_counter() - started)
-        return encoded
+        self.metrics.tokenize.observe(time.perf_counter() - started)
 
     async def tokens(
         self,
@@ -118,10 +124,19 @@ class ServedModel:
         that size (a long unbroken word; a tokenizer that cannot be cut) goes to the lane for long
         work, so that no one else's job waits behind it.
         """
+        if not texts:
+            return []
+        started = time.perf_counter()
+        if sum(map(len, texts)) <= PIECE_CHARS:  # most requests: one job, every text whole (no cut needed)
+            done = await self._executor.run(self.encoder.content, texts, offsets=offsets, most=most + 1)
+            self.metrics.tokenize.observe(time.perf_counter() - started)
+            for index, text in enumerate(done):
+                if len(text) > most and too_long is not None:
+                    raise too_long(index)
+            return [_joined([text], most, offsets) for text in done]
         found: list[list[Tokens]] = [[] for _ in texts]
         counts, starts = [0] * len(texts), [0] * len(texts)
         pending = list(range(len(texts)))
-        started = time.perf_counter()
         while pending:
             job, size = [], 0
             for index in pending:
@@ -143,8 +158,7 @@ class ServedModel:
             pending = [index for index in pending if starts[index] < len(texts[index]) and counts[index] <= most]
             if pending:
                 _check(deadline)
-        if texts:
-            self.metrics.tokenize.observe(time.perf_counter() - started)
+        self.metrics.tokenize.observe(time.perf_counter() - started)
         return [_joined(pieces, most, offsets) for pieces in found]
 
     async def off_loop(self, function, *args, **kwargs):

@@ -190,6 +190,10 @@ def limited_protocol(
         def _feed(self, data: bytes) -> None:
             """Parse `data` a slice at a time; once the line of waiting requests is full, hold the rest back."""
             start, size = 0, len(data)
+            if size <= PIPELINED_SLICE and len(self.pipeline) < limits.max_pipelined:  # most reads: one request
+                if self._parse(data):
+                    self._arm_timers()
+                return
             view = memoryview(data)
             while start < size:
                 if len(self.pipeline) >= limits.max_pipelined:
@@ -246,7 +250,11 @@ def limited_protocol(
         def on_headers_complete(self) -> None:
             self._cancel(self._header_timer)
             self._header_timer = None
-            size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+            size, length = len(self.url), None
+            for name, value in self.headers:
+                size += len(name) + len(value) + 4
+                if name == b"content-length":
+                    length = value
             if size > limits.max_header_bytes:
                 self._refusal = self._large_headers()
                 raise _Refused
@@ -254,7 +262,6 @@ def limited_protocol(
             if version not in SERVED_VERSIONS:
                 self._refusal = (505, "http_version_not_supported", f"HTTP/{version} is not served; send HTTP/1.1 or HTTP/1.0")
                 raise _Refused
-            length = next((value for name, value in self.headers if name == b"content-length"), None)
             self._body_left = int(length) if length is not None and length.isdigit() else None
             self._headers_done = True
             super().on_headers_complete()

@@ -95,6 +95,7 @@ class TextEncoder:
             and not any(token.rstrip or token.single_word or any(c.isspace() for c in token.content) for token in added)
         )
         self._prefix, self._suffix = self._special_ends()
+        self._ends = np.asarray(self._prefix, dtype=np.int64), np.asarray(self._suffix, dtype=np.int64)
         self._pair_ends = self._pair_layout()
         self.unk_id = self._truncating.token_to_id(_token_name(config.get("unk_token"), "<unk>"))
         # transformers' token-classification rule for telling a word's first token from the rest: a BPE model
@@ -157,7 +158,7 @@ class TextEncoder:
 
     def single(self, ids: np.ndarray) -> np.ndarray:
         """A text's tokens as one model input: special tokens around them."""
-        return np.concatenate([np.asarray(self._prefix, dtype=np.int64), ids, np.asarray(self._suffix, dtype=np.int64)])
+        return np.concatenate([self._ends[0], ids, self._ends[1]])
 
     def pair(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """Two texts' tokens as one model input, as the tokenizer's pair template joins them."""

@@ -225,3 +225,20 @@ def test_unknown_paths_wrong_methods_and_unloaded_models_are_json_too(server, ex
     assert_error(httpx.get(f"{server.url}/classify"), 405, "method_not_allowed")
     with ServerProcess("--classify-model", str(exported_classifier)) as classify_only:
         assert_error(send(classify_only, "/fill-mask", {"inputs": "the <mask>"}), 404, "not_found")
+
+
+def test_a_text_of_exactly_the_models_length_is_served_and_one_token_more_is_a_413(server, exported_classifier):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(exported_classifier))
+    room = 64 - 2  # max_seq_len less <s> and </s>
+
+    def length(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    base = "the film was good and the acting was brilliant " * 20
+    text = next(base[:n] for n in range(len(base), 0, -1) if length(base[:n]) == room)
+    over = next(base[:n] for n in range(len(text), len(base)) if length(base[:n]) == room + 1)
+    assert send(server, "/classify", {"inputs": text}).status_code == 200
+    assert_error(send(server, "/classify", {"inputs": over}), 413, "input_too_long")
+    assert send(server, "/classify", {"inputs": over, "parameters": {"truncation": True}}).status_code == 200
