@@ -125,19 +125,13 @@ class BodySizeLimit:
         return f"the request body is larger than {self.max_bytes} bytes"
 
 
-# The ASGI extension app.server's protocol puts in each request's scope: `watch(callback)` has `callback` called
-# once when the connection is lost, `watch(None)` takes it back. Where a server has none, a task watches receive().
-DISCONNECT_EXTENSION = "roberta.disconnect"
-
-
 async def unless_disconnected(scope: Scope, receive: Receive, work: Awaitable[T]) -> T:
     """Await `work`, or cancel it when the client hangs up first.
 
     Starlette does not cancel a handler whose client left; without this, queued
     sequences would still reach the model and compute answers nobody reads.
-    `work` runs in the caller's task, which a hang-up cancels. The hang-up is told by the
-    server's `roberta.disconnect` extension where there is one (no task, nothing awaited
-    per request), else by a watcher task reading `receive()`.
+    `work` runs in the caller's task, which a hang-up cancels; a watcher task reading
+    `receive()` tells the hang-up (the body has been read, so the next message is the disconnect).
     """
     current = asyncio.current_task()
     gone = False
@@ -147,11 +141,7 @@ async def unless_disconnected(scope: Scope, receive: Receive, work: Awaitable[T]
         gone = True
         current.cancel()
 
-    watch = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
-    if watch is not None:
-        watch(hang_up)
-    else:
-        watcher = asyncio.ensure_future(_disconnected(receive, then=hang_up))
+    watcher = asyncio.ensure_future(_disconnected(receive, then=hang_up))
     try:
         return await work
     except (asyncio.CancelledError, ServiceError):
@@ -160,10 +150,7 @@ async def unless_disconnected(scope: Scope, receive: Receive, work: Awaitable[T]
             raise
         raise ClientClosedRequest("the client closed the connection before the answer") from None
     finally:
-        if watch is not None:
-            watch(None)
-        else:
-            watcher.cancel()
+        watcher.cancel()
 
 
 async def _disconnected(receive: Receive, then: Callable[[], None]) -> None:

@@ -13,8 +13,7 @@ reading. `limited_protocol` bounds the first two, `DrainingServer` the third:
 - idle connections, a new one included, close after `keep_alive_timeout_s`;
 - a request that is not HTTP, or not HTTP/1.0 or 1.1, gets the service's JSON error body (400,
   505), not uvicorn's text or an answer as HTTP/1.1;
-- from SIGTERM on, every answer says `Connection: close`, so clients take their next request elsewhere;
-- an answer's head and body leave in one send (`_OneSendPerStep`), not two.
+- from SIGTERM on, every answer says `Connection: close`, so clients take their next request elsewhere.
 
 On SIGTERM the server goes unready, keeps serving for `shutdown_delay_s`, then has
 `shutdown_timeout_s` for everything else: admitted requests, responses still being written,
@@ -44,7 +43,6 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.errors import error_body
-from app.http import DISCONNECT_EXTENSION
 from app.state import AppState
 
 log = logging.getLogger("app.server")
@@ -73,47 +71,6 @@ def raw_response(status: int, error_type: str, message: str, extra_headers: tupl
     headers = [("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")]
     lines = [f"{name}: {value}\r\n".encode("latin-1") for name, value in (*headers, *extra_headers)]
     return b"".join([STATUS_LINE[status], *lines, b"\r\n", body])
-
-
-class _OneSendPerStep:
-    """A connection's transport as uvicorn's protocol sees it: what is written in one step of the event loop
-    leaves in one send.
-
-    uvicorn writes the status line and headers, then the body: two sends, two segments and
-    two wake-ups of the client for an answer of a few hundred bytes. Starlette's responses
-    send both messages in one step, so here they go out together, at the end of the step,
-    in one `writelines` (one writev; a large body is not copied). A close sends what waits
-    first, as uvicorn would have.
-    """
-
-    __slots__ = ("_transport", "_loop", "_waiting")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._waiting: list[bytes] | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._waiting is None:
-            self._waiting = [data]
-            self._loop.call_soon(self._send)
-        else:
-            self._waiting.append(data)
-
-    def _send(self) -> None:
-        waiting, self._waiting = self._waiting, None
-        if waiting and not self._transport.is_closing():  # lost or aborted meanwhile: dropped, as asyncio does
-            self._transport.writelines(waiting)
-
-    def close(self) -> None:
-        self._send()
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def __getattr__(self, name: str):
-        return getattr(self._transport, name)
 
 
 class _GatedFlow(FlowControl):
@@ -150,29 +107,18 @@ def limited_protocol(
             self._header_timer: asyncio.TimerHandle | None = None
             self._body_timer: asyncio.TimerHandle | None = None
             self._refusal: tuple[int, str, str] | None = None
-            self._on_disconnect: Callable[[], None] | None = None
             self._held: bytes | None = None  # received, not yet parsed: requests already wait in line
             self._body_left: int | None = None  # of the request being read, when it said its Content-Length
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
-            # Everything writes and closes through it, the response cycles and this protocol alike: a close from
-            # outside a cycle (the server's shutdown, a timeout, a refusal) sends what a cycle left waiting first.
-            super().connection_made(_OneSendPerStep(transport, self.loop))
+            super().connection_made(transport)
             self.flow = _GatedFlow(self.transport, self._may_read)
             # uvicorn arms its idle timer only after a response; a connection that never sends would stay open.
             self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
         def connection_lost(self, exc) -> None:
             self._cancel_timers()
-            on_disconnect, self._on_disconnect = self._on_disconnect, None
             super().connection_lost(exc)
-            if on_disconnect is not None:
-                on_disconnect()
-
-        def _watch_disconnect(self, callback: Callable[[], None] | None) -> None:
-            """The `roberta.disconnect` extension (app.http.unless_disconnected): one callback, for the request
-            being handled, called once if the connection is lost before it is taken back (None)."""
-            self._on_disconnect = callback
 
         def data_received(self, data: bytes) -> None:
             self._unset_keepalive_if_required()
@@ -245,7 +191,6 @@ def limited_protocol(
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._begun = True
-            self.scope["extensions"] = {DISCONNECT_EXTENSION: self._watch_disconnect}
 
         def on_headers_complete(self) -> None:
             self._cancel(self._header_timer)

@@ -291,32 +291,25 @@ def _work_until_cancelled(log: list):
     return work()
 
 
-@pytest.mark.parametrize("told_by", ["extension", "receive"])
-def test_a_hang_up_cancels_the_work_and_raises_499(told_by):
+def test_a_hang_up_cancels_the_work_and_raises_499():
     from app.errors import ClientClosedRequest
-    from app.http import DISCONNECT_EXTENSION, unless_disconnected
+    from app.http import unless_disconnected
 
     async def main():
-        log, registered = [], []
+        log = []
         hung_up = asyncio.Event()
-        scope = {"extensions": {DISCONNECT_EXTENSION: registered.append}} if told_by == "extension" else {}
 
         async def receive():
-            await hung_up.wait()  # never returns with the extension: it is not read
+            await hung_up.wait()
             return {"type": "http.disconnect"}
 
-        waiting = asyncio.ensure_future(unless_disconnected(scope, receive, _work_until_cancelled(log)))
+        waiting = asyncio.ensure_future(unless_disconnected({}, receive, _work_until_cancelled(log)))
         await asyncio.sleep(0.01)
         assert not waiting.done()
-        if told_by == "extension":
-            registered[0]()  # what the protocol's connection_lost does
-        else:
-            hung_up.set()
+        hung_up.set()
         with pytest.raises(ClientClosedRequest):
             await waiting
         assert log == ["cancelled"]
-        if told_by == "extension":
-            assert registered[-1] is None  # taken back
         return asyncio.all_tasks()
 
     left = asyncio.run(main())
@@ -324,24 +317,24 @@ def test_a_hang_up_cancels_the_work_and_raises_499(told_by):
 
 
 def test_an_answer_passes_and_a_cancel_from_elsewhere_stays_a_cancel():
-    from app.http import DISCONNECT_EXTENSION, unless_disconnected
+    from app.http import unless_disconnected
 
     async def main():
-        registered = []
-        scope = {"extensions": {DISCONNECT_EXTENSION: registered.append}}
+        async def receive():
+            await asyncio.Event().wait()  # the client stays
 
         async def answer():
             await asyncio.sleep(0)
             return 42
 
-        assert await unless_disconnected(scope, None, answer()) == 42
-        assert registered[-1] is None and len(registered) == 2
+        assert await unless_disconnected({}, receive, answer()) == 42
         log = []
-        outer = asyncio.ensure_future(unless_disconnected(scope, None, _work_until_cancelled(log)))
+        outer = asyncio.ensure_future(unless_disconnected({}, receive, _work_until_cancelled(log)))
         await asyncio.sleep(0.01)
         outer.cancel()  # a shutdown, not the client
         with pytest.raises(asyncio.CancelledError):
             await outer
-        assert log == ["cancelled"] and registered[-1] is None
+        assert log == ["cancelled"]
+        assert len(asyncio.all_tasks()) == 1  # no watcher left behind
 
     asyncio.run(main())
