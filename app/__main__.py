@@ -3,21 +3,19 @@
 Settings, then the port, then the models are checked before the service listens: a bad setting,
 a taken port, a missing or corrupt model exits with status 1 and one line saying what to change. SIGTERM (or Ctrl-C)
 drains (see app.server): readiness goes 503, new requests get 503, every accepted request
-is answered, then the process exits 0. A second signal skips the wait. With `--processes N`,
-or by default for models narrower than roberta-base (app.layout), a supervisor runs N such
-processes on the port (see app.supervisor).
+is answered, then the process exits 0. A second signal skips the wait. With `--processes N`
+a supervisor runs N such processes on the port (see app.supervisor).
 """
 
 from __future__ import annotations
 
 import sys
 
-from app.layout import with_processes
 from app.settings import settings_or_exit
 
 
 def main() -> None:
-    settings = with_processes(settings_or_exit(cli=True))
+    settings = settings_or_exit(cli=True)
     if settings.processes > 1:
         from app.supervisor import Supervisor  # imports no model runtime: the supervisor only watches
 

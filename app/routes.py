@@ -129,7 +129,7 @@ async def info(request: Request) -> dict:
         "version": __version__,
         "onnxruntime": onnxruntime.__version__,
         "ready": state.readiness()[0],
-        "processes": max(1, state.settings.processes),  # 0 (auto) where no supervisor decided: one
+        "processes": state.settings.processes,
         "max_inputs": state.settings.max_inputs,
         "request_timeout_s": state.settings.request_timeout_s,
         "defaults": state.models.defaults(),

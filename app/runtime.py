@@ -1,7 +1,7 @@
 """One ONNX Runtime session per model, run from its own threads.
 
 The session runs on the model's executor, never on the event loop. On a CPU it runs one
-single-threaded batch per core at a time (see app.layout.run_layout), all on the one session, so the
+single-threaded batch per core at a time (see run_layout), all on the one session, so the
 weights are loaded once; on a GPU one batch at a time. A second, solo session on every core
 can take the batches that run alone (light load), which one thread would run slower.
 """
@@ -17,7 +17,6 @@ import numpy as np
 import onnxruntime as ort
 
 from app.batcher import RunCost
-from app.layout import run_layout
 from app.model_folder import ModelFolder, ModelFolderError, is_wide
 from app.packing import pack
 from app.threads import name_native_thread, usable_cores
@@ -37,9 +36,9 @@ SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
 class SessionConfig:
     precision: str = "auto"
     providers: tuple[str, ...] = ("cuda", "cpu")
-    intra_op_threads: int = 0  # 0: see app.layout.run_layout
+    intra_op_threads: int = 0  # 0: see run_layout
     inter_op_threads: int = 1
-    concurrent_runs: int = 0  # batches of the model that run at once; 0: see app.layout.run_layout
+    concurrent_runs: int = 0  # batches of the model that run at once; 0: see run_layout
     cores: int | None = None  # the cores to lay threads out on; None: usable_cores()
     # A second session on every core for a batch that runs alone (see ModelRuntime.run). It holds its own copy of
     # the weights.
@@ -58,6 +57,23 @@ class SessionConfig:
     idle: bool = False
     # ROBERTA_EXECUTION: the padding-free graph or the padded one (see choose_execution).
     execution: str = "auto"
+
+
+def run_layout(concurrent_runs: int, intra_op_threads: int, cores: int, on_cuda: bool) -> tuple[int, int]:
+    """(batches that run at once, ONNX Runtime threads inside each run; 0: ONNX Runtime's default).
+
+    On a CPU, unless told otherwise: one single-threaded run per core. One run on every core's
+    thread keeps them in step: each operator ends when the slowest thread ends, and a core the
+    event loop or the tokenizer takes stalls the whole run while the partner thread spins. Runs
+    side by side share nothing but the weights. ONNX Runtime alone, batches of 8 x 26 tokens, two
+    cores: roberta-base 1.17x (fp32) and 1.18x (INT8), the embedded model 1.66x (INT8) the
+    throughput of one run on two threads (bench/results/NOTES.md). Naming the threads per run
+    (ROBERTA_INTRA_OP_THREADS) without the runs keeps one run. A GPU runs one batch at a time.
+    """
+    if on_cuda:
+        return concurrent_runs or 1, intra_op_threads
+    runs = concurrent_runs or (1 if intra_op_threads else cores)
+    return runs, intra_op_threads or max(1, cores // runs)
 
 
 def spins(models_loaded: int, hidden_size: int | None) -> bool:

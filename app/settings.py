@@ -118,11 +118,9 @@ class Settings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, the longest wait for accepted requests to finish")
 
     processes: int = Field(
-        0, ge=0, le=64,
+        1, ge=1, le=64,
         description="copies of the service on one port (python -m app), each with its share of the cores and its own "
-        "copy of the models, dealt connections by the kernel (SO_REUSEPORT). 0 (auto): on a CPU, one per run "
-        "(ROBERTA_CONCURRENT_RUNS, else one per core) when every model is narrower than roberta-base (hidden size "
-        "under 512), whose cores one event loop leaves partly idle; else one (app.layout)",
+        "copy of the models, dealt connections by the kernel (SO_REUSEPORT)",
     )
     host: str = Field("127.0.0.1", description="address to bind (python -m app)")
     port: int = Field(8000, ge=0, le=65535, description="port to bind (python -m app)")

@@ -35,8 +35,8 @@ def checkout_server(name: str, checkout: Path, folder: Path, precision: str, env
     launcher = f"import sys; sys.path.insert(0, {str(checkout.resolve())!r}); from app.__main__ import main; main()"
     command = [sys.executable, "-c", launcher, "--classify-model", str(folder), "--precision", precision,
                "--port", str(port), "--log-level", "warning"]
-    # processes=0: a pool's size is read from its /info (app.layout may choose one), so that it is paused and
-    # counted whole; a checkout from before /info said it is one process.
+    # processes=0: a pool's size (ROBERTA_PROCESSES in `env`) is read from its /info, so that it is paused and
+    # counted whole.
     return servers.Server(name, command, port, WORK / "logs" / f"ab-{name}.log", env=env, processes=0)
 
 

@@ -3,7 +3,7 @@
 E batches the sentences in file order (as they would arrive), E* after sorting them by token
 length; the gap between the two is padding, which a batcher can recover and HTTP cannot.
 Both run as the service runs a model on a CPU: one single-threaded run per core, side by side
-on one session (app.layout.run_layout). E* is also taken the way ONNX Runtime runs by default,
+on one session (app.runtime.run_layout). E* is also taken the way ONNX Runtime runs by default,
 one run at a time on every core, and the better of the two is the limit: the service is held to
 the best ONNX Runtime alone does, not to the layout it chose.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.batcher import right_pad
-from app.layout import run_layout
+from app.runtime import run_layout
 from app.model_folder import load_model_folder
 from app.threads import usable_cores
 from app.tokenize import TextEncoder

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.layout import run_layout
+from app.runtime import run_layout
 from app.runtime import choose_precision, requested_providers, spins
 
 
