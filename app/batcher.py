@@ -205,7 +205,6 @@ class Batcher:
         self._depth = 0  # sequences submitted and not yet batched or dropped
         self._task: asyncio.Task | None = None
         self._closing = False
-        self.batches_run = 0
         self.consecutive_failures = 0
 
     @property
@@ -359,7 +358,6 @@ class Batcher:
             return
         finally:
             self._metrics.inference.observe(time.monotonic() - started)
-            self.batches_run += 1
         self.consecutive_failures = 0
         first = 0
         for row, item in enumerate(batch):

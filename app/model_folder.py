@@ -25,6 +25,10 @@ def is_wide(hidden_size: int | None) -> bool:
     return hidden_size is None or hidden_size >= WIDE_HIDDEN_SIZE
 
 
+# The layout of an export this service reads (export.manifest writes it). 2: fill-mask graphs take `mask_positions`.
+MANIFEST_FORMAT = 2
+
+
 class ModelFolderError(Exception):
     """The folder cannot be served; the message says which folder and what to do."""
 
@@ -59,6 +63,10 @@ def load_model_folder(path: Path, expected_task: str | None = None) -> ModelFold
     if not path.is_dir():
         raise ModelFolderError(f"model folder {path} does not exist; export one with `python -m export`")
     manifest = _read_json(path / "manifest.json")
+    if manifest.get("format_version") != MANIFEST_FORMAT:
+        raise ModelFolderError(f"{path} was written by another version of the exporter (manifest format "
+                               f"{manifest.get('format_version')}, this service reads {MANIFEST_FORMAT}); re-export it "
+                               "with `python -m export SOURCE --output FOLDER --reuse`")
     config = _read_json(path / "config.json")
     task = manifest.get("task")
     if not isinstance(task, str) or not task:

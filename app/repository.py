@@ -32,7 +32,6 @@ log = logging.getLogger("app.repository")
 class ModelRepository:
     def __init__(self, models: Mapping[str, ServedModel], tasks: Mapping[str, Task], defaults: Mapping[str, str]) -> None:
         self._models = dict(models)
-        self._tasks = dict(tasks)
         self._defaults = dict(defaults)  # task name -> model name
         # Decided once: which tasks each model answers, its own first (a classifier of NLI labels answers zero-shot too).
         self._answers = {

@@ -227,10 +227,7 @@ class ModelRuntime:
         if self.takes_positions:
             feeds[POSITIONS_INPUT] = positions if positions is not None else _first_of_each_row(len(input_ids))
         session = self._solo if alone and self._solo is not None else self._session
-        outputs = session.run(["logits"], {name: feeds[name] for name in self.input_names})[0]
-        if positions is not None and not self.takes_positions:
-            return outputs[positions[:, 0], positions[:, 1]]
-        return outputs
+        return session.run(["logits"], {name: feeds[name] for name in self.input_names})[0]
 
     async def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray | None = None,
                   alone: bool = False) -> np.ndarray:

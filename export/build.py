@@ -290,7 +290,7 @@ def _reusable(output: Path, checkpoint: Checkpoint, options: ExportOptions) -> d
         return None
     files_present = all((output / entry["path"]).is_file() for entry in manifest.get("files", {}).values())
     same = (
-        manifest.get("format_version") == FORMAT_VERSION  # an older layout (fill-mask logits at every position)
+        manifest.get("format_version") == FORMAT_VERSION  # another exporter's layout is rebuilt
         and manifest.get("options") == options.recipe()
         and manifest.get("source", {}).get("sha256") == fingerprint(checkpoint.path)
     )

@@ -57,14 +57,6 @@ def exported_mlm(tmp_path_factory, tiny_mlm) -> Path:
 
 
 @pytest.fixture(scope="session")
-def legacy_mlm(tmp_path_factory, tiny_mlm, exported_mlm) -> Path:
-    """The tiny fill-mask model as exports before format 2 were: logits at every position."""
-    from bench.fill_mask import legacy_export
-
-    return legacy_export(exported_mlm, tiny_mlm, tmp_path_factory.mktemp("legacy") / "mlm")
-
-
-@pytest.fixture(scope="session")
 def exported_ner(tmp_path_factory, tiny_ner) -> Path:
     return _export(tmp_path_factory, tiny_ner, "ner", quantize="int8")
 

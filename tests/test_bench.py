@@ -56,20 +56,6 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
         assert "A event-loop CPU per request at c=64 (ms)" not in report["targets"]  # no c=64 level in this run
 
 
-def test_quick_fill_mask_benchmark_compares_both_exports(tmp_path):
-    command = [sys.executable, "-m", "bench.fill_mask", "--quick", "--seconds", "1", "--rounds", "1", "--output", str(tmp_path)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    report = json.loads((tmp_path / "fill-mask.json").read_text())
-    for export in ("old", "new"):
-        assert all(case["status"] == 200 for case in report["memory"][export].values()), export
-        levels = report["throughput"][export]["levels"]
-        assert [level["level"] for level in levels] == [1, 32] and all(level["requests_per_s"] > 0 for level in levels)
-    loaded = report["event_loop"]["loaded"]
-    assert loaded["statuses"] == [200] * 4 and loaded["polls"] > 0
-    assert "| 4 x the heaviest accepted fill-mask request" in (tmp_path / "fill-mask.md").read_text()
-
-
 def test_quick_task_benchmark_measures_every_system_for_both_tasks(tmp_path):
     command = [sys.executable, "-m", "bench.tasks", "--quick", "--seconds", "1", "--rounds", "1", "--concurrency", "1", "4",
                "--output", str(tmp_path)]

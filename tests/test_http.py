@@ -120,19 +120,6 @@ def test_fill_mask_rows_are_computed_at_mask_positions_only(exported_mlm):
     assert logits.shape[0] == 3  # one row per asked position, never batch x length
 
 
-def test_an_export_with_logits_at_every_position_still_serves_the_same_answers(served, legacy_mlm, caplog):
-    texts = ["The film was <mask>.", "The <mask> was <mask> and I loved it."]
-    body = {"inputs": texts, "parameters": {"top_k": 3}}
-    with caplog.at_level("WARNING"), ServerThread(Settings(fill_mask_model=legacy_mlm, precision="fp32")) as legacy:
-        old = post(legacy, "/fill-mask", body).json()
-    new = post(served, "/fill-mask", body).json()
-    assert len(old) == len(new) == 2
-    for a, b in zip(mask_answers(old), mask_answers(new), strict=True):
-        assert (a["token"], a["token_str"], a["sequence"]) == (b["token"], b["token_str"], b["sequence"])
-        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
-    assert any("re-export" in record.getMessage() for record in caplog.records)
-
-
 def mask_answers(answers: list) -> list[dict]:
     """Every answer of a list of texts, texts with one mask (a flat list) and several (a list per mask) alike."""
     rows = [row for text in answers for row in (text if isinstance(text[0], list) else [text])]

@@ -43,6 +43,20 @@ def test_a_folder_of_the_wrong_task_is_refused_at_start(exported_mlm):
         AppState.build(Settings(classify_model=exported_mlm), Metrics())
 
 
+def test_an_export_of_another_manifest_format_is_refused_at_start_with_one_line_to_re_export(exported_mlm, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(exported_mlm, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1  # fill-mask logits at every position, before mask_positions
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFolderError, match=r"manifest format 1, this service reads 2\); re-export it with "
+                                               r"`python -m export SOURCE --output FOLDER --reuse`"):
+        AppState.build(Settings(fill_mask_model=old), Metrics())
+
+
 def test_precision_that_was_not_exported_is_refused_at_start(exported_classifier):
     with pytest.raises(ModelFolderError, match="re-export with --fp16"):
         AppState.build(Settings(classify_model=exported_classifier, precision="fp16"), Metrics())

@@ -6,7 +6,6 @@ The model computes vocabulary logits only at the mask positions it is given (the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Annotated
 
@@ -16,11 +15,11 @@ from pydantic import AfterValidator, BaseModel, Field
 from app.errors import InvalidInput, TooManyAnswers
 from app.model import ServedModel
 from app.model_folder import ModelFolderError
+from app.runtime import POSITIONS_INPUT
 from app.schemas import Strict, Text, encodable
 from app.settings import Settings
 from app.tasks.base import Answer, Cost, Task, cost_of_texts, softmax, texts_of
 
-log = logging.getLogger("app.tasks.fill_mask")
 
 MAX_MASKS = 8  # per text: each mask is a full-vocabulary softmax in the response path
 MAX_TOP_K = 100  # answers per mask; the request as a whole is capped too (ROBERTA_MAX_MASK_ANSWERS)
@@ -88,11 +87,8 @@ class FillMask(Task):
         if model.encoder.mask_id is None:
             raise ModelFolderError(f"{model.folder.path}: its tokenizer has no {model.encoder.mask_token} token")
         if not model.runtime.takes_positions:
-            log.warning(
-                "%s is an older fill-mask export that computes logits at every position (memory grows with batch x "
-                "length x vocabulary); re-export it with `python -m export` for logits at mask positions only",
-                model.folder.path,
-            )
+            raise ModelFolderError(f"{model.folder.path}: its graph has no {POSITIONS_INPUT} input; re-export it with "
+                                   "`python -m export`")
 
     def cost(self, body: FillMaskRequest, model: ServedModel) -> Cost:
         return cost_of_texts(texts_of(body.inputs))
