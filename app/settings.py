@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
+import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -270,7 +274,22 @@ def settings_or_exit(*, cli: bool) -> Settings:
     except ValidationError as exc:
         exit_with(describe_settings_error(exc))
     configure_logging(settings.log_level)
+    for line in unknown_variables(os.environ):
+        logging.getLogger("app.settings").warning(line)
     return settings
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line for each ROBERTA_* variable that names no setting (a typo is otherwise silently ignored), with the
+    closest setting's name when one is close."""
+    known = {f"ROBERTA_{name.upper()}" for name in Settings.model_fields}
+    lines = []
+    for name in sorted(environ):
+        if name.startswith("ROBERTA_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            hint = f"; did you mean {close[0]}?" if close else "; python -m app --help lists the settings"
+            lines.append(f"{name} is not a setting and is ignored{hint}")
+    return lines
 
 
 def exit_with(message: str) -> None:

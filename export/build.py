@@ -25,6 +25,7 @@ from export.source import (
     LABELLED_TASKS,
     Checkpoint,
     check_supported,
+    check_tokenizer,
     default_max_seq_len,
     fingerprint,
     resolve_checkpoint,
@@ -95,6 +96,7 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = _stderr) -
     _check_output(output, options.force or options.reuse)
     check_supported(checkpoint)
     task = resolve_task(checkpoint, options.task)
+    check_tokenizer(checkpoint)
     max_seq_len = _max_seq_len(checkpoint, options.max_seq_len)
     if options.eval_file is not None:
         if task != "text-classification":

@@ -30,6 +30,15 @@ SUPPORTED_MODEL_TYPES = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
 
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
 
+# Heads of the family that transformers knows and the service does not serve yet, by class-name suffix.
+UNSUPPORTED_HEADS = {
+    "ForQuestionAnswering": "extractive question answering",
+    "ForMultipleChoice": "multiple choice",
+    "ForCausalLM": "causal language modelling",
+}
+# A fast tokenizer is built from any of these (RoBERTa: vocab.json and merges.txt; XLM-R, CamemBERT: sentencepiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "sentencepiece.bpe.model", "tokenizer.model", "spiece.model")
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -71,9 +80,23 @@ def check_supported(checkpoint: Checkpoint) -> None:
         )
 
 
+def check_tokenizer(checkpoint: Checkpoint) -> None:
+    """The tokenizer must be saved beside the model: the export ships it and the service reads it."""
+    if not any((checkpoint.path / name).is_file() for name in TOKENIZER_FILES):
+        raise UnsupportedModel(
+            f"{checkpoint.source} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
+            "beside the model with tokenizer.save_pretrained(FOLDER) and export again"
+        )
+
+
 def resolve_task(checkpoint: Checkpoint, requested: str | None) -> str:
     """The task the checkpoint's head was trained for; a requested task must agree with it."""
     inferred = _task_from_architectures(checkpoint.architectures)
+    unsupported = _unsupported_head(checkpoint.architectures) if inferred is None else None
+    if unsupported is not None:
+        head, what = unsupported
+        raise TaskMismatch(f"{checkpoint.source} has a {head} head ({what}), which the service does not support yet; "
+                           f"it serves checkpoints with a {', '.join('*' + s for s in _HEAD_SUFFIX.values())} head")
     if requested is None:
         if inferred is None:
             raise TaskMismatch(
@@ -118,6 +141,14 @@ def _task_from_architectures(architectures: list[str]) -> str | None:
     for task, suffix in _HEAD_SUFFIX.items():
         if any(name.endswith(suffix) for name in architectures):
             return task
+    return None
+
+
+def _unsupported_head(architectures: list[str]) -> tuple[str, str] | None:
+    for name in architectures:
+        for suffix, what in UNSUPPORTED_HEADS.items():
+            if name.endswith(suffix):
+                return name, what
     return None
 
 

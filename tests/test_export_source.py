@@ -9,6 +9,7 @@ from export.errors import SourceNotFound, TaskMismatch, UnsupportedModel
 from export.source import (
     Checkpoint,
     check_supported,
+    check_tokenizer,
     default_max_seq_len,
     fingerprint,
     resolve_checkpoint,
@@ -60,6 +61,24 @@ def test_task_comes_from_the_head(architectures, requested, expected):
 def test_task_disagreement_is_refused(architectures, requested, message):
     with pytest.raises(TaskMismatch, match=message):
         resolve_task(checkpoint(architectures=architectures), requested)
+
+
+@pytest.mark.parametrize("requested", [None, "text-classification", "fill-mask", "token-classification"])
+def test_a_question_answering_head_is_said_to_be_unsupported_whatever_the_task_asked(requested):
+    with pytest.raises(TaskMismatch, match=r"has a RobertaForQuestionAnswering head \(extractive question answering\), "
+                                           r"which the service does not support yet"):
+        resolve_task(checkpoint(architectures=["RobertaForQuestionAnswering"]), requested)
+
+
+def test_a_checkpoint_saved_without_its_tokenizer_is_refused_before_the_export_starts(tiny_classifier, tmp_path):
+    check_tokenizer(resolve_checkpoint(str(tiny_classifier)))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for file in tiny_classifier.iterdir():
+        if file.name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+            shutil.copy(file, bare / file.name)
+    with pytest.raises(UnsupportedModel, match=r"has no tokenizer files .*tokenizer.save_pretrained\(FOLDER\)"):
+        check_tokenizer(resolve_checkpoint(str(bare)))
 
 
 def test_only_roberta_family_is_supported():

@@ -74,3 +74,22 @@ def test_a_pool_of_processes_needs_a_named_port(tmp_path):
     with pytest.raises(ValidationError, match="name the port"):
         Settings(classify_model=tmp_path, processes=2, port=0)
     assert Settings(classify_model=tmp_path, processes=2, port=8123).processes == 2
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_setting_and_a_right_one_is_not():
+    from app.settings import unknown_variables
+
+    lines = unknown_variables({"ROBERTA_MAX_BACH_SIZE": "8", "ROBERTA_MAX_QUEUE": "64", "ROBERTA_NOTHING_LIKE_IT": "1",
+                               "HOME": "/root"})
+    assert lines == ["ROBERTA_MAX_BACH_SIZE is not a setting and is ignored; did you mean ROBERTA_MAX_BATCH_SIZE?",
+                     "ROBERTA_NOTHING_LIKE_IT is not a setting and is ignored; python -m app --help lists the settings"]
+
+
+def test_python_m_app_warns_of_a_misspelt_variable_at_start(exported_classifier):
+    from bench.servers import free_port
+    from server import ServerProcess
+
+    with ServerProcess("--classify-model", str(exported_classifier), port=free_port(),
+                       env={"ROBERTA_MAX_BACH_SIZE": "8"}) as server:
+        pass
+    assert "ROBERTA_MAX_BACH_SIZE is not a setting and is ignored; did you mean ROBERTA_MAX_BATCH_SIZE?" in server.output
