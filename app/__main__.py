@@ -21,7 +21,7 @@ def main() -> None:
 
         sys.exit(Supervisor(settings).run())
     from app.main import create_app, state_or_exit
-    from app.server import DrainingServer, uvicorn_config
+    from app.http.server import DrainingServer, uvicorn_config
     from app.supervisor import bind_or_exit, claim_port
 
     # The port first: a taken one is said in one line before any model loads.

@@ -10,7 +10,8 @@
     ├── PayloadTooLarge    413  payload_too_large
     ├── InputTooLong       413  input_too_long   more tokens than the model takes, truncation off
     ├── Unauthorized       401  unauthorized
-    ├── NotFound           404  not_found        an endpoint whose model is not loaded
+    ├── NotFound           404  not_found        no such route, or an endpoint whose model is not loaded
+    ├── MethodNotAllowed   405  method_not_allowed  (Allow)
     ├── QueueFull          429  overloaded       (Retry-After)
     ├── NotReady           503  not_ready        warming up, unhealthy, or shutting down
     ├── DeadlineExceeded   504  timeout
@@ -20,6 +21,8 @@ Clients see `{"error": message, "error_type": type}`; messages never carry trace
 """
 
 from __future__ import annotations
+
+import json
 
 
 class ServiceError(Exception):
@@ -71,6 +74,10 @@ class NotFound(ServiceError):
     error_type = "not_found"
 
 
+class MethodNotAllowed(ServiceError):
+    error_type = "method_not_allowed"
+
+
 class QueueFull(ServiceError):
     error_type = "overloaded"
 
@@ -102,6 +109,7 @@ HTTP_STATUS: dict[type[ServiceError], int] = {
     InputTooLong: 413,
     Unauthorized: 401,
     NotFound: 404,
+    MethodNotAllowed: 405,
     QueueFull: 429,
     NotReady: 503,
     DeadlineExceeded: 504,
@@ -119,3 +127,8 @@ def status_of(error: ServiceError) -> int:
 
 def error_body(message: str, error_type: str) -> dict[str, str]:
     return {"error": message, "error_type": error_type}
+
+
+def error_json(message: str, error_type: str) -> bytes:
+    """The error body as the bytes every answer carries, the HTTP protocol's own refusals included."""
+    return json.dumps(error_body(message, error_type), ensure_ascii=False, separators=(",", ":")).encode("utf-8")

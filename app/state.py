@@ -13,12 +13,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from app.errors import NotReady
+from app.errors import InvalidInput, NotReady, PayloadTooLarge, TooManyInputs
 from app.metrics import Metrics
 from app.model import ServedModel
 from app.repository import ModelRepository
 from app.settings import Settings
 from app.tasks import Task, build_tasks
+from app.tasks.base import Cost
 from app.threads import name_native_thread
 from app.workers import Workers
 
@@ -136,10 +137,22 @@ class AppState:
         return model
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Counts a request as in flight until the block ends, so a drain knows what to wait for."""
+    def admit(self, model: ServedModel, cost: Cost, counted: str = "inputs") -> Iterator[None]:
+        """Whether a request's work may start, decided here for every request: its cost, counted before anything
+        of it is built, against the ceilings; the server not closing; room in the model's queue (refused before
+        tokenizing: overload should cost little). Admitted, it counts as in flight until the block ends, so a
+        drain knows what to wait for. `counted` names what `cost.sequences` counts, for the 413's message."""
+        settings = self.settings
+        if cost.sequences == 0:
+            raise InvalidInput("inputs is an empty list; send at least one text")
+        if cost.sequences > settings.max_inputs:
+            raise TooManyInputs(f"{cost.sequences} {counted} in one request; at most {settings.max_inputs} are allowed")
+        if cost.characters > settings.max_body_bytes:
+            raise PayloadTooLarge(f"this request makes {cost.characters} characters of text to tokenize (all its task "
+                                  f"builds from the body); at most {settings.max_body_bytes} are allowed: send less text")
         if self._closing:
             raise NotReady("the server is shutting down", headers={"Retry-After": "1"})
+        model.batcher.check_room(cost.sequences)
         self._active += 1
         self._idle.clear()
         try:

@@ -193,7 +193,7 @@ def serve_one(settings: Settings, metrics_dir: Path, ready, supervisor_pid: int)
     _end_with(supervisor_pid)
     from app.main import create_app, state_or_exit  # after the variable is set: multiprocess metrics
     from app.metrics import Metrics
-    from app.server import DrainingServer, uvicorn_config
+    from app.http.server import DrainingServer, uvicorn_config
 
     configure_logging(settings.log_level)
     state = state_or_exit(settings, Metrics(multiprocess_dir=metrics_dir))

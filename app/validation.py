@@ -10,6 +10,7 @@ sent (an unknown key included) is never echoed past 40 characters.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,20 @@ class BodyRules:
     model: type[BaseModel] | None = None
     expected: Mapping[str, str] = field(default_factory=dict)
     elsewhere: Mapping[str, str] = field(default_factory=dict)
+    nearby: Mapping[str, str] = field(default_factory=dict)  # every task's parameters, for "did you mean"
+
+
+def parameters_of(tasks: Mapping[str, object], leave_out: set[str]) -> dict[str, str]:
+    """Parameter name -> the first task that takes it (its body's `parameters` model), among `tasks` other than
+    those in `leave_out`: what a message can say of a parameter sent to the wrong task."""
+    found: dict[str, str] = {}
+    for name, task in tasks.items():
+        parameters = task.request.model_fields.get("parameters")  # type: ignore[attr-defined]
+        annotation = parameters.annotation if parameters is not None else None
+        if name not in leave_out and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for field_name in annotation.model_fields:
+                found.setdefault(field_name, name)
+    return found
 
 
 def describe(errors: Sequence[Mapping], rules: BodyRules | None = None, *, model_name: str | None = None) -> str:
@@ -60,7 +75,7 @@ def _describe_one(loc: tuple, errors: list[Mapping], rules: BodyRules, model_nam
         if other is not None:
             who = f"model {model_name!r}" if model_name else "this endpoint"
             return f"{_quoted(str(loc[-1]))} is a {other} parameter, and {who} does not do {other}{listing}"
-        return f"unknown field {_quoted(str(loc[-1]))}{where}{listing}"
+        return f"unknown field {_quoted(str(loc[-1]))}{where}{_closest(str(loc[-1]), accepted, rules, parent)}{listing}"
     if not loc and errors[0].get("type") in ("model_type", "model_attributes_type", "dict_type"):
         return "the body must be a JSON object"
     if any(error.get("type") == "missing" for error in errors):
@@ -72,6 +87,17 @@ def _describe_one(loc: tuple, errors: list[Mapping], rules: BodyRules, model_nam
     if key in rules.expected:
         return f"{name} must be {rules.expected[key]}"
     return f"{name}: {errors[0].get('msg', 'invalid')}"
+
+
+def _closest(key: str, accepted: list[str], rules: BodyRules, parent: tuple) -> str:
+    """`; did you mean 'top_k'?` for a misspelt field, naming the task when the field is another task's parameter."""
+    others = [name for name in rules.nearby if name not in accepted] if parent == ("parameters",) else []
+    close = difflib.get_close_matches(key[:60], accepted + others, n=1, cutoff=0.75)
+    if not close:
+        return ""
+    if close[0] in accepted:
+        return f"; did you mean {close[0]!r}?"
+    return f"; did you mean {close[0]!r}, a {rules.nearby[close[0]]} parameter?"
 
 
 def _fields_only(loc: Sequence, *, keep_last: bool = False) -> tuple:

@@ -51,7 +51,7 @@ class ServerThread:
 
     @property
     def state(self):
-        return self.app.state.services
+        return self.app.services
 
 
 class ServerProcess:

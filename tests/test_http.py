@@ -208,6 +208,26 @@ def test_info_shows_no_paths_and_no_library_versions_but_onnxruntime(served, exp
         assert f'"{library}"' not in text
 
 
+def test_the_document_lists_only_the_routes_a_loaded_model_serves_and_the_services_error_body(served):
+    schema = httpx.get(f"{served.url}/openapi.json").json()
+    assert {"/classify", "/fill-mask", "/models/{name}", "/readyz"} <= set(schema["paths"])
+    assert "/token-classification" not in schema["paths"] and "/zero-shot-classification" not in schema["paths"]
+    bodies = schema["paths"]["/models/{name}"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert {body["$ref"].rsplit("/", 1)[1] for body in bodies} == {"ClassifyRequest", "FillMaskRequest"}
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    error = schema["paths"]["/classify"]["post"]["responses"]["422"]["content"]["application/json"]["schema"]
+    assert error == {"$ref": "#/components/schemas/ErrorBody"}
+
+
+def test_a_misspelt_route_is_a_json_404_that_names_the_routes_there_are(served):
+    response = httpx.post(f"{served.url}/classifiy", json={"inputs": "x"})
+    assert response.status_code == 404 and response.json()["error_type"] == "not_found"
+    message = response.json()["error"]
+    assert message.startswith("no route POST /classifiy; did you mean /classify? the routes are: ")
+    assert "POST /classify" in message and "POST /fill-mask" in message and "GET /healthz" in message
+    assert "/token-classification" not in message  # no loaded model serves it
+
+
 def test_docs_pages_work_offline(served):
     page = httpx.get(f"{served.url}/docs")
     assert page.status_code == 200 and "/docs/assets/swagger-ui-bundle.js" in page.text
@@ -261,7 +281,7 @@ def test_metrics_parse_and_name_what_the_readme_lists(served):
 def test_json_rendered_item_by_item_equals_jsonresponse():
     from fastapi.responses import JSONResponse
 
-    from app.http import render_json
+    from app.http.responses import render_json
 
     for content in ([[{"score": 0.5, "token": 3, "token_str": " café", "sequence": "ü 🙂"}]] * 3, [], {"a": [1, 2]}):
         assert render_json(content) == JSONResponse(content).body
@@ -280,7 +300,7 @@ def _work_until_cancelled(log: list):
 
 def test_a_hang_up_cancels_the_work_and_raises_499():
     from app.errors import ClientClosedRequest
-    from app.http import unless_disconnected
+    from app.http.requests import unless_disconnected
 
     async def main():
         log = []
@@ -290,7 +310,7 @@ def test_a_hang_up_cancels_the_work_and_raises_499():
             await hung_up.wait()
             return {"type": "http.disconnect"}
 
-        waiting = asyncio.ensure_future(unless_disconnected({}, receive, _work_until_cancelled(log)))
+        waiting = asyncio.ensure_future(unless_disconnected(receive, _work_until_cancelled(log)))
         await asyncio.sleep(0.01)
         assert not waiting.done()
         hung_up.set()
@@ -304,7 +324,7 @@ def test_a_hang_up_cancels_the_work_and_raises_499():
 
 
 def test_an_answer_passes_and_a_cancel_from_elsewhere_stays_a_cancel():
-    from app.http import unless_disconnected
+    from app.http.requests import unless_disconnected
 
     async def main():
         async def receive():
@@ -314,9 +334,9 @@ def test_an_answer_passes_and_a_cancel_from_elsewhere_stays_a_cancel():
             await asyncio.sleep(0)
             return 42
 
-        assert await unless_disconnected({}, receive, answer()) == 42
+        assert await unless_disconnected(receive, answer()) == 42
         log = []
-        outer = asyncio.ensure_future(unless_disconnected({}, receive, _work_until_cancelled(log)))
+        outer = asyncio.ensure_future(unless_disconnected(receive, _work_until_cancelled(log)))
         await asyncio.sleep(0.01)
         outer.cancel()  # a shutdown, not the client
         with pytest.raises(asyncio.CancelledError):

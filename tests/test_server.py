@@ -18,7 +18,7 @@ import uvicorn
 from starlette.responses import JSONResponse
 from uvicorn.server import ServerState
 
-from app.server import PIPELINED_SLICE, HttpLimits, limited_protocol
+from app.http.server import PIPELINED_SLICE, HttpLimits, limited_protocol
 from server import ServerProcess, metric_value, raw_connection, read_all
 
 TIMEOUT_S = 1.0

@@ -12,6 +12,7 @@ from app.metrics import Metrics
 from app.model_folder import ModelFolderError
 from app.settings import Settings
 from app.state import FAILURES_BEFORE_UNREADY, AppState
+from app.tasks.base import Cost
 
 
 def test_not_ready_until_warm_then_ready_then_draining(exported_classifier):
@@ -68,11 +69,12 @@ def test_drain_goes_unready_at_once_admits_during_the_delay_then_waits_for_admit
         await state.start()
         await state._warm_up_task
         seen = {}
-        with state.admit():
+        model, one = state.model(task="text-classification"), Cost(1, 4)
+        with state.admit(model, one):
             drain = asyncio.create_task(state.drain(delay_s=0.2, deadline=time.monotonic() + 5))
             await asyncio.sleep(0.05)
             seen["readiness during delay"] = state.readiness()[0]
-            with state.admit():  # still admitted while load balancers catch up
+            with state.admit(model, one):  # still admitted while load balancers catch up
                 seen["in flight"] = state.in_flight
             await asyncio.sleep(0.3)
             with pytest.raises(NotReady, match="shutting down"):

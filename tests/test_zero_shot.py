@@ -128,3 +128,12 @@ def test_a_long_text_is_cut_beside_its_hypothesis_but_a_hypothesis_too_long_is_a
     too_long = {"candidate_labels": ["battery"], "hypothesis_template": TEXT * 3 + " {}"}
     response = httpx.post(f"{served.url}/models/nli", json={"inputs": "short", "parameters": too_long})
     assert response.status_code == 413 and response.json()["error_type"] == "input_too_long"
+
+
+def test_a_misspelt_zero_shot_parameter_gets_a_hint_to_the_one_meant(served):
+    response = httpx.post(f"{served.url}/models/nli", json={"inputs": "a phone", "parameters": {"candidate_label": ["a", "b"]}})
+    assert response.status_code == 422
+    assert "did you mean 'candidate_labels', a zero-shot-classification parameter?" in response.json()["error"]
+    response = httpx.post(f"{served.url}/zero-shot-classification",
+                          json={"inputs": "a phone", "parameters": {"candidate_labels": ["a"], "multilabel": True}})
+    assert response.status_code == 422 and "did you mean 'multi_label'?" in response.json()["error"]

@@ -26,7 +26,6 @@ later aborted; then the process exits.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -42,7 +41,7 @@ import uvicorn
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from app.errors import error_body
+from app.errors import error_json
 from app.state import AppState
 
 log = logging.getLogger("app.server")
@@ -67,7 +66,7 @@ class HttpLimits:
 
 def raw_response(status: int, error_type: str, message: str, extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
     """A complete HTTP/1.1 error response in the service's JSON format, for the protocol to write itself."""
-    body = json.dumps(error_body(message, error_type)).encode()
+    body = error_json(message, error_type)
     headers = [("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")]
     lines = [f"{name}: {value}\r\n".encode("latin-1") for name, value in (*headers, *extra_headers)]
     return b"".join([STATUS_LINE[status], *lines, b"\r\n", body])

@@ -1,0 +1,51 @@
+"""How every answer is made: JSON bodies, and the one function that turns an error into a response.
+
+Every error a client can see is `{"error", "error_type"}` with the status from app.errors'
+table; nothing leaks a traceback or a file path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.responses import Response
+
+from app.errors import ServiceError, error_json, status_of
+from app.workers import Workers
+
+log = logging.getLogger("app.http")
+
+
+def json_response(content, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(render_json(content), status_code=status_code, media_type="application/json", headers=headers)
+
+
+def error_response(error: Exception) -> Response:
+    """The answer to anything a handler raised: a ServiceError as its table says, anything else a logged 500."""
+    if not isinstance(error, ServiceError):
+        log.error("unhandled error", exc_info=error)
+        return Response(error_json("internal error", "internal"), status_code=500, media_type="application/json")
+    return Response(error_json(error.message, error.error_type), status_code=status_of(error),
+                    media_type="application/json", headers=error.headers)
+
+
+async def json_off_loop(content, executor: Workers, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response rendered on `executor`, one list item at a time.
+
+    A fill-mask answer can be megabytes; json.dumps holds the GIL for as long as one call
+    runs, so rendering it whole, even on another thread, would stall the event loop. Item
+    by item, the loop gets its turn between them. The bytes equal json_response's.
+    """
+    body = await executor.run(render_json, content)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def render_json(content) -> bytes:
+    if not isinstance(content, list):
+        return _dumps(content)
+    return b"[" + b",".join(_dumps(item) for item in content) + b"]"
+
+
+def _dumps(content) -> bytes:
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")

@@ -1,0 +1,178 @@
+"""Every route, declared once next to its handler: what it answers, who may call it, and what the OpenAPI
+document says about it.
+
+Every task gets its fixed endpoint (`/classify`, ...), which serves that task's default
+model, and every model answers at `/models/{name}` in the Hugging Face Inference API's
+shape, so `huggingface_hub.InferenceClient(model=".../models/NAME")` works unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+from starlette.types import Receive, Scope
+
+from app import __version__, validation
+from app.errors import InvalidInput, NotReady, error_json
+from app.http.requests import deadline_of, read_json, request_headers, unless_disconnected
+from app.http.responses import json_off_loop, json_response
+from app.model import ServedModel
+from app.state import AppState
+from app.tasks import Task
+
+MODELS_PREFIX = "/models/"
+MODEL_ROUTE = "/models/{name}"
+INFERENCE_ERRORS = (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
+
+
+@dataclass
+class Call:
+    """One request as a handler sees it."""
+
+    state: AppState
+    scope: Scope
+    receive: Receive
+    name: str | None = None  # the `{name}` of /models/{name}
+    arrived: float = field(default_factory=time.monotonic)
+
+
+Handler = Callable[[Call], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    inference: bool  # the API key guards it whenever one is set; else only with protect_health_and_metrics
+    task: Task | None = None  # a task's fixed endpoint
+    body: Any = None  # for the document: the request body's type, or a list of types it may be
+    answer: Any = None  # for the document: the 200 answer's type (None: any JSON)
+    errors: tuple[int, ...] = ()  # statuses it may answer besides 200 (and 401, 413 that the app adds)
+    media_type: str = "application/json"
+    in_schema: bool = True
+
+
+def task_route(task: Task, rules: validation.BodyRules) -> Route:
+    async def answer(call: Call) -> Response:
+        state, settings = call.state, call.state.settings
+        headers = request_headers(call.scope)
+        raw = await read_json(headers, call.receive, settings.max_body_bytes)
+        body = _validate(task.request, raw, rules)
+        deadline = deadline_of(headers, call.arrived, settings.request_timeout_s, settings.max_request_timeout_s)
+        return await run_task(call, task, state.model(task=task.name), body, deadline)
+
+    return Route("POST", task.route, answer, f"{task.summary} ({task.name}, the default model)", inference=True,
+                 task=task, body=task.request, answer=task.response, errors=INFERENCE_ERRORS)
+
+
+async def post_model(call: Call) -> Response:
+    state, settings = call.state, call.state.settings
+    headers = request_headers(call.scope)
+    deadline = deadline_of(headers, call.arrived, settings.request_timeout_s, settings.max_request_timeout_s)
+    model = state.model(call.name)
+    raw = await read_json(headers, call.receive, settings.max_body_bytes)
+    task = state.models.task_for(model, raw if isinstance(raw, dict) else {})
+    try:
+        body = task.request.model_validate(raw)
+    except ValidationError as exc:  # the rules for the message, only when there is one to write
+        elsewhere = validation.parameters_of(state.tasks, {task.name for task in state.models.tasks_of(model)})
+        rules = validation.BodyRules(task.request, task.expected, elsewhere, validation.parameters_of(state.tasks, set()))
+        raise InvalidInput(validation.describe(exc.errors(), rules, model_name=model.name)) from None
+    return await run_task(call, task, model, body, deadline)
+
+
+async def run_task(call: Call, task: Task, model: ServedModel, body: BaseModel, deadline: float) -> Response:
+    """The one path every inference request takes once its body is valid: counted and admitted before anything
+    of it is built, run while the client stays, answered."""
+    state = call.state
+    call.scope.setdefault("state", {})["model"] = model.name  # for the request metrics' model label
+    with state.admit(model, task.cost(body, model), task.counted):
+        answer = await unless_disconnected(call.receive, task(model, body, deadline))
+    if answer.large:  # up to megabytes: rendered off the event loop
+        return await json_off_loop(answer.content, state.executor, headers=answer.headers)
+    return json_response(answer.content, headers=answer.headers)
+
+
+def _validate(schema: type[BaseModel], raw, rules: validation.BodyRules):
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidInput(validation.describe(exc.errors(), rules)) from None
+
+
+def describe_model(state: AppState, model: ServedModel) -> dict:
+    tasks = state.models.tasks_of(model)
+    description = model.info()
+    description["tasks"] = [task.name for task in tasks]
+    description["default_for"] = [task for task, name in state.models.defaults().items() if name == model.name]
+    description["ready"] = model.warm and state.healthy(model) and not state.draining
+    for task in tasks:
+        description.update(task.info(model))
+    return description
+
+
+async def list_models(call: Call) -> Response:
+    return json_response({"models": [describe_model(call.state, model) for model in call.state.models]})
+
+
+async def get_model(call: Call) -> Response:
+    return json_response(describe_model(call.state, call.state.models.get(call.name)))
+
+
+async def healthz(call: Call) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(call: Call) -> Response:
+    ready, reason = call.state.readiness()
+    if not ready:
+        error = NotReady(reason, headers={"Retry-After": "1"})
+        return Response(error_json(reason, error.error_type), status_code=503, media_type="application/json",
+                        headers=error.headers)
+    return json_response({"status": "ready"})
+
+
+async def info(call: Call) -> Response:
+    import onnxruntime
+
+    state = call.state
+    return json_response({
+        "version": __version__,
+        "onnxruntime": onnxruntime.__version__,
+        "ready": state.readiness()[0],
+        "processes": state.settings.processes,
+        "max_inputs": state.settings.max_inputs,
+        "request_timeout_s": state.settings.request_timeout_s,
+        "defaults": state.models.defaults(),
+        "models": {model.name: describe_model(state, model) for model in state.models},
+    })
+
+
+async def metrics(call: Call) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(call.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+def build_routes(tasks: Mapping[str, Task]) -> list[Route]:
+    """Every route but the docs pages (app.http.docs): a POST per task, the model routes, the operational ones."""
+    every = validation.parameters_of(tasks, set())
+    return [
+        *(task_route(task, validation.BodyRules(task.request, task.expected, validation.parameters_of(tasks, {name}), every))
+          for name, task in tasks.items()),
+        Route("POST", MODEL_ROUTE, post_model, "Run the named model on a body of its task", inference=True,
+              body=[task.request for task in tasks.values()], errors=INFERENCE_ERRORS),
+        Route("GET", "/models", list_models, "The models served, with their tasks and state", inference=False),
+        Route("GET", MODEL_ROUTE, get_model, "One model", inference=False, errors=(404,)),
+        Route("GET", "/healthz", healthz, "Liveness: the process answers", inference=False),
+        Route("GET", "/readyz", readyz, "Readiness: models loaded, warm and healthy", inference=False, errors=(503,)),
+        Route("GET", "/info", info, "Version, limits, and every model", inference=False),
+        Route("GET", "/metrics", metrics, "Prometheus metrics", inference=False, media_type="text/plain"),
+    ]
