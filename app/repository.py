@@ -56,8 +56,6 @@ class ModelRepository:
             inter_op_threads=settings.inter_op_threads,
             providers_chosen="providers" in settings.model_fields_set,
             extra=parse_session_config(settings.onnx_session_config),
-            nice=settings.onnx_nice,
-            idle=settings.onnx_scheduler == "idle",
             execution=settings.execution,
             # A process of a pool (app.supervisor) lays its threads out on its share of the cores.
             cores=max(1, usable_cores() // settings.processes) if settings.processes > 1 else None,

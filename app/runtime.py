@@ -51,10 +51,6 @@ class SessionConfig:
     spin: bool = True
     # ROBERTA_ONNX_SESSION_CONFIG: ONNX Runtime's own config entries, applied last (they may override `spin`).
     extra: tuple[tuple[str, str], ...] = ()
-    # ROBERTA_ONNX_NICE: how much lower than the event loop the model's threads run (0: the same).
-    nice: int = 0
-    # ROBERTA_ONNX_SCHEDULER=idle: the model's threads under SCHED_IDLE (see name_native_thread).
-    idle: bool = False
     # ROBERTA_EXECUTION: the padding-free graph or the padded one (see choose_execution).
     execution: str = "auto"
 
@@ -138,10 +134,10 @@ class ModelRuntime:
         self.folder = folder
         self.name = name or folder.path.name
         # The session is created and run on this one thread: ONNX Runtime's pool threads, started when the
-        # session is created, inherit its name and its priority (config.nice, config.idle).
+        # session is created, inherit its name.
         cores = config.cores or usable_cores()
         self._executor = Workers(
-            max(1, config.concurrent_runs or cores), f"onnx-{self.name}", initializer=name_native_thread, initargs=(config.nice, config.idle)
+            max(1, config.concurrent_runs or cores), f"onnx-{self.name}", initializer=name_native_thread
         )
         try:
             self._executor.submit(self._start, folder, config, cores).result()

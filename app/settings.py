@@ -93,17 +93,6 @@ class Settings(BaseSettings):
     )
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
     tokenizer_threads: int = Field(1, ge=1, description="threads that tokenize requests off the event loop")
-    onnx_nice: int = Field(
-        5, ge=0, le=19,
-        description="run the models' ONNX Runtime threads this many nice steps below the event loop and tokenizer, "
-        "so that the loop and the tokenizer get a core as soon as they have work (0: the same priority)",
-    )
-    onnx_scheduler: Literal["normal", "idle"] = Field(
-        "normal",
-        description="idle: run the models' ONNX Runtime threads under Linux's SCHED_IDLE, so that the event loop and "
-        "the tokenizer take a core the moment they wake; they then get only the CPU that no normal thread of the "
-        "service's cgroup wants (see the README before using it beside other busy processes)",
-    )
     onnx_session_config: str | None = Field(
         None,
         description="extra ONNX Runtime session config entries, key=value,... (e.g. session.intra_op.spin_duration_us=200), "

@@ -8,39 +8,24 @@ that runs a model. ONNX Runtime's own pool threads keep the name of the thread t
 from __future__ import annotations
 
 import ctypes
-import logging
 import math
 import os
 import sys
 import threading
 from pathlib import Path
 
-log = logging.getLogger("app.threads")
-
 _PR_SET_NAME = 15  # prctl option; Linux keeps the first 15 bytes
 
 
-def name_native_thread(nice: int = 0, idle: bool = False) -> None:
-    """ThreadPoolExecutor initializer: the OS thread takes the Python thread's name, and runs `nice` steps below
-    normal priority, or under SCHED_IDLE with `idle` (Linux only; else nothing). Threads this one starts inherit
-    all three."""
+def name_native_thread() -> None:
+    """ThreadPoolExecutor initializer: the OS thread takes the Python thread's name (Linux only; else nothing).
+    Threads this one starts (ONNX Runtime's pool) inherit it."""
     if not sys.platform.startswith("linux"):
         return
     try:
         ctypes.CDLL(None).prctl(_PR_SET_NAME, threading.current_thread().name.encode()[:15], 0, 0, 0)
     except (OSError, AttributeError):  # no libc symbol: names are a convenience, never a reason to fail
         pass
-    # On Linux a priority and a policy are per thread: this one only, and whatever it starts (ONNX Runtime's pool).
-    if nice:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
-    if idle:
-        # A SCHED_IDLE thread gives way at once to any normal thread of its cgroup that wakes (the event loop, the
-        # tokenizer), where nice only weighs its share. Lowering a policy needs no privilege; a sandbox may
-        # still refuse it, and then the thread keeps its nice level.
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError as exc:
-            log.warning("could not run %s under SCHED_IDLE (%s); it runs at nice %d", threading.current_thread().name, exc, nice)
 
 
 def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:

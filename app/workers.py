@@ -89,7 +89,7 @@ class Workers(Executor):
         if initializer is not None:
             try:
                 initializer(*initargs)
-            except Exception:  # a thread's name or priority is never worth the calls waiting for it
+            except Exception:  # a thread's name is never worth the calls waiting for it
                 log.exception("worker thread initializer failed; the thread serves without it")
         while (job := jobs.get()) is not None:
             function, args, kwargs, loop, future = job

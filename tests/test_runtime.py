@@ -75,54 +75,6 @@ def native_threads(prefix: str) -> list[int]:
     return [int(task.name) for task in Path("/proc/self/task").iterdir() if (task / "comm").read_text().strip().startswith(prefix)]
 
 
-def test_the_model_threads_run_below_the_event_loop_when_asked(exported_classifier):
-    import os
-
-    from app.model_folder import load_model_folder
-    from app.runtime import ModelRuntime, SessionConfig
-    from app.threads import usable_cores
-
-    base = os.getpriority(os.PRIO_PROCESS, 0)
-    config = SessionConfig(precision="fp32", intra_op_threads=2, nice=5)
-    runtime = ModelRuntime(load_model_folder(exported_classifier), config, name="nice")
-    try:
-        # The threads that run the model (one per core) and ONNX Runtime's pool thread, started by whichever of
-        # them opened the session and named after it: every one 5 steps down.
-        threads = [os.getpriority(os.PRIO_PROCESS, tid) for tid in native_threads("onnx-nice_")]
-        assert len(threads) == usable_cores() + 1 and set(threads) == {base + 5}, threads
-        assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the calling thread (the event loop's) keeps its own
-    finally:
-        runtime.close()
-
-
-def test_the_model_threads_run_under_sched_idle_when_asked(exported_classifier):
-    import asyncio
-    import os
-
-    import numpy as np
-
-    from app.model_folder import load_model_folder
-    from app.runtime import ModelRuntime, SessionConfig
-
-    def policies(prefix: str) -> list[int]:
-        return [os.sched_getscheduler(tid) for tid in native_threads(prefix)]
-
-    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", intra_op_threads=2, cores=2, idle=True), name="idle")
-    normal = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", intra_op_threads=2, cores=2), name="normal")
-    try:
-        # the run threads and the pool thread ONNX Runtime started on the one that created the session
-        idle = policies("onnx-idle_")
-        assert len(idle) >= 2 and set(idle) == {os.SCHED_IDLE}, idle
-        assert set(policies("onnx-normal_")) == {os.SCHED_OTHER}
-        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the calling thread (the event loop's) keeps its own
-        ids = np.array([[0, 5, 6, 2]], dtype=np.int64)
-        # and it still runs the model, on those threads, to the same answer
-        np.testing.assert_allclose(asyncio.run(runtime.run(ids, np.ones_like(ids))), normal.run_sync(ids, np.ones_like(ids)), atol=1e-6)
-    finally:
-        runtime.close()
-        normal.close()
-
-
 def test_a_session_spins_only_alone_and_wide():
     assert spins(1, 768) and spins(1, 1024)  # roberta-base, roberta-large: spinning measured faster
     assert not spins(1, 256)  # the embedded model: waiting measured 18-26% faster
