@@ -1,16 +1,21 @@
-"""The ASGI app: `python -m app`, `uvicorn --factory app.main:create_app`, or `create_app(settings)` in tests."""
+"""Where the pieces are put together: the ASGI app (`uvicorn --factory app.main:create_app`, or `create_app(settings)`
+in tests) and the process that serves it (`python -m app`, alone or as one process of a pool)."""
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from app.http.app import ServiceApp
 from app.http.routes import build_routes
-from app.logs import configure_logging
-from app.metrics import Metrics
-from app.model_folder import ModelFolderError
+from app.http.server import DrainingServer, uvicorn_config
+from app.serving.logs import configure_logging
+from app.serving.metrics import Metrics
+from app.serving.model_folder import ModelFolderError
+from app.serving.supervisor import bind_or_exit, claim_port, leave_metrics, member_started
 from app.settings import Settings, exit_with, settings_or_exit
-from app.state import AppState
+from app.serving.state import AppState
 from app.tasks import build_tasks
 
 log = logging.getLogger("app")
@@ -43,6 +48,29 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
 def state_or_exit(settings: Settings, metrics: Metrics | None = None) -> AppState:
     """Every model loaded; or one line naming the model and what is wrong, and exit 1."""
     try:
-        return AppState.build(settings, metrics or Metrics())
+        return AppState.build(settings, metrics or Metrics(), build_tasks(settings))
     except ModelFolderError as exc:
         exit_with(str(exc))
+
+
+def serve(settings: Settings) -> None:
+    """`python -m app` as one process: the port claimed and bound first (a taken one is said in one line before any
+    model loads), then the models, then serving until a signal has drained it."""
+    claim = claim_port(settings.port)  # noqa: F841 (held until the process ends)
+    sock = bind_or_exit(settings.host, settings.port, reuse_port=False)
+    state = state_or_exit(settings)
+    DrainingServer(uvicorn_config(create_app(state=state), state), state).run(sockets=[sock])
+
+
+def serve_member(settings: Settings, metrics_dir: Path, ready, supervisor_pid: int) -> None:
+    """One process of a pool (app.serving.supervisor): the models, then the shared port, then `ready` set once it
+    listens."""
+    member_started(supervisor_pid)
+    configure_logging(settings.log_level)
+    state = state_or_exit(settings, Metrics(multiprocess_dir=metrics_dir))
+    sock = bind_or_exit(settings.host, settings.port, reuse_port=True)
+    try:
+        DrainingServer(uvicorn_config(create_app(state=state), state), state, on_started=ready.set).run(sockets=[sock])
+    finally:
+        if os.getppid() != supervisor_pid:
+            leave_metrics(metrics_dir)

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.logs import configure_logging
+from app.serving.logs import configure_logging
 
 Precision = Literal["auto", "fp32", "int8", "fp16"]
 Provider = Literal["cuda", "cpu"]
@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per batch")
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per batch (batch size x longest sequence)")
     run_overhead_tokens: float | None = Field(
-        None, ge=0, description="fixed cost of one model run, in tokens of work; unset: a run's cost by its size is "
-        "measured at start-up. Batches are cut by length to minimise what runs cost, padding included"
+        None, ge=0, description="fixed cost of one model run, in tokens of work; unset: measured at start-up from two "
+        "timed runs. Batches are cut by length to minimise what runs cost, padding included"
     )
     max_wait_ms: float = Field(
         0.0, ge=0, le=10_000, description="how long an idle model waits for company for a new request; batches form anyway while it is busy"
@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     )
     inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
     tokenizer_threads: int = Field(1, ge=1, description="threads that tokenize requests off the event loop")
+    onnx_scheduler: Literal["normal", "idle"] = Field(
+        "normal",
+        description="idle: run the models' ONNX Runtime threads under Linux's SCHED_IDLE, so that the event loop and "
+        "the tokenizer take a core the moment they wake; they then get only the CPU that no normal thread of the "
+        "service's cgroup wants (only where the service has its cgroup to itself: a container, a pod)",
+    )
     onnx_session_config: str | None = Field(
         None,
         description="extra ONNX Runtime session config entries, key=value,... (e.g. session.intra_op.spin_duration_us=200), "

@@ -4,7 +4,7 @@
     python -m bench --quick         # the embedded model, short levels: a smoke run of the same report
 
 Systems: A this service fp32 with dynamic batching; B fp32 with batches of one; C INT8 with batching (each in the
-service's default layout: on a model narrower than roberta-base, one process per core, app.layout); C1 (not run
+service's default layout: on a model narrower than roberta-base, one process per core, app.engine.runtime); C1 (not run
 unless named) C in one process (`--processes 1`);
 D FastAPI + transformers.pipeline (PyTorch), one request at a time; F infinity-emb 0.0.78 on its optimum
 (ONNX) engine with the same fp32 file, in its own venv (bench/infinity_shim.py); E / E* ONNX Runtime alone,

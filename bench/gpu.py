@@ -70,8 +70,8 @@ def session(path: Path, providers: list[str]):
 
 
 def encode(folder: Path, texts: list[str]) -> tuple[list[np.ndarray], int]:
-    from app.model_folder import load_model_folder
-    from app.tokenize import TextEncoder
+    from app.serving.model_folder import load_model_folder
+    from app.engine.tokenize import TextEncoder
 
     model = load_model_folder(folder)
     encoder = TextEncoder(model.tokenizer_file, model.max_seq_len, model.tokenizer_config)
@@ -79,7 +79,7 @@ def encode(folder: Path, texts: list[str]) -> tuple[list[np.ndarray], int]:
 
 
 def batches(ids: list[np.ndarray], size: int, pad_id: int) -> list[dict]:
-    from app.batcher import right_pad
+    from app.engine.batcher import right_pad
 
     ordered = sorted(ids, key=len)
     feeds = []
@@ -141,7 +141,7 @@ def service_levels(folder: Path, texts: list[str], levels: list[int], seconds: f
 
 def packed_vs_padded(folder: Path, gpu_file: str, providers: list[str], texts: list[str], levels: list[int],
                      seconds: float, service_providers: str) -> dict | str:
-    from app.model_folder import PACKED_FILES, PRECISION_FILES, load_model_folder
+    from app.serving.model_folder import PACKED_FILES, PRECISION_FILES, load_model_folder
     from bench.packed import alone, describe, mixed_texts
 
     precision = next(name for name, file in PRECISION_FILES.items() if file == gpu_file)

@@ -3,7 +3,7 @@
 E batches the sentences in file order (as they would arrive), E* after sorting them by token
 length; the gap between the two is padding, which a batcher can recover and HTTP cannot.
 Both run as the service runs a model on a CPU: one single-threaded run per core, side by side
-on one session (app.runtime.run_layout). E* is also taken the way ONNX Runtime runs by default,
+on one session (app.engine.runtime.run_layout). E* is also taken the way ONNX Runtime runs by default,
 one run at a time on every core, and the better of the two is the limit: the service is held to
 the best ONNX Runtime alone does, not to the layout it chose.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.batcher import right_pad
-from app.runtime import run_layout
-from app.model_folder import load_model_folder
-from app.threads import usable_cores
-from app.tokenize import TextEncoder
+from app.engine.batcher import right_pad
+from app.engine.runtime import run_layout
+from app.serving.model_folder import load_model_folder
+from app.engine.threads import usable_cores
+from app.engine.tokenize import TextEncoder
 
 
 def _encoder(folder: Path) -> TextEncoder:

@@ -80,10 +80,10 @@ def alone(folder: Path, precision: str, texts: list[str], batch: int = 16, batch
 
     import onnxruntime as ort
 
-    from app.batcher import right_pad
-    from app.model_folder import load_model_folder
-    from app.packing import pack
-    from app.tokenize import TextEncoder
+    from app.engine.batcher import right_pad
+    from app.serving.model_folder import load_model_folder
+    from app.engine.packing import pack
+    from app.engine.tokenize import TextEncoder
 
     model = load_model_folder(folder)
     encoder = TextEncoder(model.tokenizer_file, model.max_seq_len, model.tokenizer_config)

@@ -31,8 +31,8 @@ class Server:
         self.name, self.command, self.port, self.log, self.ready_path = name, command, port, log, ready_path
         self.env = env or {}
         self.process: subprocess.Popen | None = None
-        # Above 1: the service's pool (app.supervisor), ready once every process is; 0: the service's own choice
-        # (app.layout), read from its /info once it answers.
+        # Above 1: the service's pool (app.serving.supervisor), ready once every process is; 0: the service's own choice
+        # (app.engine.runtime), read from its /info once it answers.
         self.processes = processes
         # The pool's processes, each in a process group of its own: paused, resumed, settled and counted with it.
         self.members: list[int] = []
@@ -62,7 +62,7 @@ class Server:
             time.sleep(0.2)
 
     def _ready_processes(self) -> list[int]:
-        """A pool's processes that say they are ready (roberta_ready has a `pid` label there, app.metrics)."""
+        """A pool's processes that say they are ready (roberta_ready has a `pid` label there, app.serving.metrics)."""
         if self.processes == 1:
             return []
         text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from bench import servers, wrk
 from bench.__main__ import REPO, System, export, measure_interleaved, sst2_dev, write_report
-from bench.fill_mask import masked_sentences
 from bench.limits import LimitSlices
 from bench.load import closed_loop, encode_requests
 
@@ -31,6 +30,16 @@ WORK = REPO / "build" / "bench"
 ROUTES = {"fill-mask": "/fill-mask", "token-classification": "/token-classification"}
 NAMES = {"fill-mask": "roberta-base-mlm", "token-classification": "roberta-base-ner"}
 
+
+
+def masked_sentences() -> list[str]:
+    """SST-2 dev with the middle word of each sentence masked: the fill-mask workload."""
+    texts = []
+    for sentence in sst2_dev()[0]:
+        words = sentence.split()
+        words[len(words) // 2] = "<mask>"
+        texts.append(" ".join(words))
+    return texts
 
 def checkpoint(task: str, quick: bool) -> Path:
     name = NAMES[task] + ("-tiny-encoder" if quick else "")

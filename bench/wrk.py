@@ -108,7 +108,7 @@ def closed_loop(port: int, path: str, bodies: Path, concurrency: int, seconds: f
                 account: CpuAccount | None = None, start: int = 0) -> LoadResult:
     """`concurrency` wrk connections for `seconds`, posting the bodies from line `start` on: the answers, the
     latency distribution and (into `account`) the CPU the generator and each thread of the server's processes
-    (one, or a pool's, app.supervisor) took.
+    (one, or a pool's, app.serving.supervisor) took.
 
     The throughput, and the CPU, are counted between two readings inside the run (see COUNTED_FROM_S).
     """

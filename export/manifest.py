@@ -11,11 +11,11 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from app.model_folder import MANIFEST_FORMAT
+from app.serving.model_folder import MANIFEST_FORMAT
 from export.source import file_sha256
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = MANIFEST_FORMAT  # the service refuses any other (app.model_folder)
+FORMAT_VERSION = MANIFEST_FORMAT  # the service refuses any other (app.serving.model_folder)
 # The padding-free graph's revision, recorded in a packed export's options: an export of an older graph is rebuilt
 # by --reuse. The first graph recorded `true`, which equals 1 in a comparison, so revisions start at 2.
 PACKED_GRAPH_REVISION = 2

@@ -106,7 +106,7 @@ def onnx_runner(path: Path, padding_idx: int = 1) -> Runner:
 
     def run(batch: Batch) -> np.ndarray:
         if packed:
-            from app.packing import pack
+            from app.engine.packing import pack
 
             batch = {**batch, **pack(batch["input_ids"], batch["attention_mask"], padding_idx)}
         missing = [name for name in wanted if name not in batch]

@@ -88,7 +88,7 @@ class ServerProcess:
     def _read_output(self, bound: threading.Event) -> None:
         for line in self.process.stdout:
             self.lines.append(line)
-            # One process, or a pool of them (app.supervisor) once every process listens.
+            # One process, or a pool of them (app.serving.supervisor) once every process listens.
             found = re.search(r"(?:Uvicorn running|processes ready) on (http://127\.0\.0\.1:\d+)", line)
             if found:
                 self.url = found.group(1)

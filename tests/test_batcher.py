@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from app.batcher import Batcher, BatchLimits, Item, RunCost, batch_positions, plan_batch, right_pad
+from app.engine.batcher import Batcher, BatchLimits, Item, batch_positions, plan_batch, right_pad
 from app.errors import DeadlineExceeded, InferenceFailed, NotReady, QueueFull
-from app.metrics import Metrics
+from app.serving.metrics import Metrics
 
 
 class RecordingModel:
@@ -305,7 +305,7 @@ def test_while_every_run_is_busy_the_queue_fills_for_the_next_cut():
 
 
 def test_share_out_keeps_neighbouring_lengths_together_in_near_equal_parts():
-    from app.batcher import share_out
+    from app.engine.batcher import share_out
 
     items = pending_items([1, 2, 3, 4, 5])
     assert [[item.length for item in part] for part in share_out(items, 2)] == [[1, 2, 3], [4, 5]]
@@ -349,13 +349,13 @@ def pending_items(lengths: list[int]) -> list[Item]:
     return [Item(ids=np.ones(n, dtype=np.int64), deadline=0, future=None, enqueued_at=now + i) for i, n in enumerate(lengths)]
 
 
-def run_cost(batch: list[Item], cost: RunCost) -> float:
-    return cost(len(batch) * max(item.length for item in batch))
+def run_cost(batch: list[Item], overhead: float) -> float:
+    return overhead + len(batch) * max(item.length for item in batch)
 
 
 def test_plan_cuts_by_length_where_padding_costs_more_than_a_run():
     pending = pending_items([10, 40, 11, 12, 38, 9, 39, 20])  # the oldest is 10 tokens long
-    batch, rest = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_cost=RunCost.linear(14)))
+    batch, rest = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=14))
     # 20 would pad four rows by 8-11 tokens (38) to save one run (14); the long three are a run of their own.
     assert sorted(item.length for item in batch) == [9, 10, 11, 12]
     assert sorted(item.length for item in rest) == [20, 38, 39, 40]
@@ -363,9 +363,9 @@ def test_plan_cuts_by_length_where_padding_costs_more_than_a_run():
 
 def test_plan_takes_everything_that_fits_when_runs_are_dear_and_singletons_when_free():
     pending = pending_items([10, 40, 11, 12, 38, 9, 39, 20])
-    dear, _ = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_cost=RunCost.linear(1e6)))
+    dear, _ = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=1e6))
     assert len(dear) == len(pending)
-    free, rest = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_cost=RunCost.linear(0)))
+    free, rest = plan_batch(pending, BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=0))
     assert [item.length for item in free] == [10] and len(rest) == 7  # any company would add padding
 
 
@@ -378,11 +378,11 @@ def test_plan_is_the_cheapest_cut_by_brute_force():
     for _ in range(30):
         lengths = [generator.randint(3, 60) for _ in range(9)]
         pending = pending_items(lengths)
-        limits = BatchLimits(max_batch_size=4, max_batch_tokens=10_000, run_cost=RunCost.linear(generator.choice([0, 5, 14, 60])))
+        limits = BatchLimits(max_batch_size=4, max_batch_tokens=10_000, run_overhead_tokens=generator.choice([0, 5, 14, 60]))
         batch, rest = plan_batch(pending, limits)
         ordered = sorted(pending, key=lambda item: item.length)
         best = min(
-            sum(run_cost(ordered[a:b], limits.run_cost) for a, b in zip((0, *cuts), (*cuts, 9)))
+            sum(run_cost(ordered[a:b], limits.run_overhead_tokens) for a, b in zip((0, *cuts), (*cuts, 9)))
             for k in range(9)
             for cuts in itertools.combinations(range(1, 9), k)
             if all(b - a <= 4 for a, b in zip((0, *cuts), (*cuts, 9)))
@@ -390,55 +390,19 @@ def test_plan_is_the_cheapest_cut_by_brute_force():
         oldest = pending[0]
         assert oldest in batch and len(batch) <= 4 and set(batch).isdisjoint(rest) and len(batch) + len(rest) == 9
         # Plan the rest the cheapest way: the whole must match the brute-force optimum.
-        total = run_cost(batch, limits.run_cost)
+        total = run_cost(batch, limits.run_overhead_tokens)
         while rest:
             following, rest = plan_batch(rest, limits)
-            total += run_cost(following, limits.run_cost)
+            total += run_cost(following, limits.run_overhead_tokens)
         assert total == pytest.approx(best), lengths
-
-
-# roberta-base fp32 on one thread of this kind of CPU, (tokens, seconds): a token costs 2.3 ms in a run of 16,
-# 0.98 in one of 128 and 0.89 from 256 on.
-ROBERTA_BASE_RUNS = [(16, 0.0366), (32, 0.0488), (64, 0.0735), (128, 0.126), (256, 0.2274), (512, 0.4577)]
-
-
-def test_a_cost_curve_goes_through_its_timings_in_units_of_the_largest_runs_token():
-    cost = RunCost.from_timings(ROBERTA_BASE_RUNS)
-    unit = 0.4577 / 512
-    for tokens, seconds in ROBERTA_BASE_RUNS:
-        assert cost(tokens) == pytest.approx(seconds / unit)
-    assert cost(48) == pytest.approx((0.0488 + 0.0735) / 2 / unit)  # straight between timings
-    assert cost(0) == cost(8) == cost(16)  # no run costs less than the smallest timed
-    assert cost(1024) - cost(512) == pytest.approx((0.4577 - 0.2274) / 256 / unit * 512)  # the last slope goes on
-    # Noise that makes a larger run look cheaper is flattened; a flat end (a GPU) adds nothing past it.
-    noisy = RunCost.from_timings([(16, 0.004), (64, 0.0039), (256, 0.004)])
-    assert noisy(64) == noisy(16) and noisy(10_000) == noisy(256)
-    assert RunCost.linear(14)(0) == 14 and RunCost.linear(14)(100) == 114
-    with pytest.raises(ValueError):
-        RunCost.from_timings([])
-
-
-def test_the_measured_curve_cuts_smaller_batches_than_a_fixed_overhead_fitted_to_its_ends():
-    """Two full length groups: the curve, flat from 256 tokens, keeps them apart; the overhead of a line through 16
-    and 512 tokens (27) pays their padding to save a run."""
-    cost = RunCost.from_timings(ROBERTA_BASE_RUNS)
-    line = RunCost.linear(0.0366 / ((0.4577 - 0.0366) / 496) - 16)
-    assert 25 < line(0) < 30
-    pending = pending_items([24] * 8 + [26] * 8)  # the oldest is 24 tokens long
-    by_curve, _ = plan_batch(pending, BatchLimits(run_cost=cost))
-    by_line, _ = plan_batch(pending, BatchLimits(run_cost=line))
-    assert [item.length for item in by_curve] == [24] * 8
-    assert len(by_line) == 16
-    # What the two plans cost on the curve: the curve's plan is the cheaper one.
-    assert cost(8 * 24) + cost(8 * 26) < cost(16 * 26)
 
 
 def test_a_packed_plan_mixes_lengths_that_a_padded_plan_cuts_apart():
     pending = pending_items([10, 40, 11, 12, 38, 9, 39, 20])
-    padded = BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_cost=RunCost.linear(14))
-    packed = BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_cost=RunCost.linear(14), attention_tokens=1000)
+    padded = BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=14)
+    packed = BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=14, attention_tokens=1000)
     assert len(plan_batch(pending, padded)[0]) == 4  # as above: padding the short ones to 40 costs more than a run
     assert len(plan_batch(pending, packed)[0]) == 8  # real tokens only, and attention over 8 x 40 costs 13 tokens
     # When attention is as dear as the work of a token at rows of 10, padding is paid again: cut as padded.
-    dear = BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_cost=RunCost.linear(14), attention_tokens=10)
+    dear = BatchLimits(max_batch_size=32, max_batch_tokens=10_000, run_overhead_tokens=14, attention_tokens=10)
     assert sorted(item.length for item in plan_batch(pending, dear)[0]) == [9, 10, 11, 12]

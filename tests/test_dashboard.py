@@ -27,7 +27,7 @@ check = _load_checker()
 
 
 def exported_series() -> set[str]:
-    from app.metrics import Metrics
+    from app.serving.metrics import Metrics
 
     names = set()
     for family in Metrics().registry.collect():

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from app.settings import Settings
-from app.tokenize import TextEncoder
+from app.engine.tokenize import TextEncoder
 from conftest import REPO
 from server import ServerThread
 

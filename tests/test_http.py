@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from transformers import pipeline
 
-from app.metrics import HTTP_REFUSALS
+from app.serving.metrics import HTTP_REFUSALS
 from app.settings import Settings
 from server import ServerThread, metric_value
 
@@ -184,12 +184,10 @@ def test_health_readiness_and_info(served):
     assert classify["labels"] == ["negative", "positive"] and classify["precision"] == "fp32"
     assert classify["providers"] == ["cpu"] and classify["max_seq_len"] == 64
     assert classify["batching"]["max_batch_size"] == 16
-    # Measured at start-up, not the batcher's stand-in default (1e9 a run): a run's cost rises with its tokens.
-    run_cost = classify["batching"]["run_cost_tokens"]
-    assert 0 < run_cost["16"] <= run_cost["256"] <= run_cost["1024"] < Settings.model_fields["max_batch_tokens"].default
-    assert run_cost["16"] < run_cost["1024"]
+    # Measured at start-up, not the batcher's stand-in default (1e9 a run): on a CPU a larger run costs more.
+    assert 0 <= classify["batching"]["run_overhead_tokens"] < 1e9
     assert info["models"]["mlm"]["mask_token"] == "<mask>"
-    from app.threads import usable_cores
+    from app.engine.threads import usable_cores
 
     # a single-threaded run per core; two models loaded, so no solo session
     assert (classify["concurrent_runs"], classify["intra_op_threads"]) == (usable_cores(), 1)

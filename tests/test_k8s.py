@@ -240,7 +240,7 @@ def adapter_rule() -> dict:
 
 
 def exported_gauges() -> set[str]:
-    from app.metrics import Metrics
+    from app.serving.metrics import Metrics
 
     return {family.name for family in Metrics().registry.collect() if family.type == "gauge"}
 

@@ -1,4 +1,4 @@
-"""The padding-free graph: its inputs (app.packing), its export and gate, and the service running it.
+"""The padding-free graph: its inputs (app.engine.packing), its export and gate, and the service running it.
 
 Every task's packed graph is exported from the tiny checkpoints and held to the padded
 graph and to PyTorch on batches of mixed lengths; one server answers over HTTP with it.
@@ -12,10 +12,10 @@ import httpx
 import numpy as np
 import pytest
 
-from app.batcher import batch_positions, right_pad
-from app.model_folder import ModelFolderError, load_model_folder
-from app.packing import pack
-from app.runtime import ModelRuntime, SessionConfig
+from app.engine.batcher import batch_positions, right_pad
+from app.serving.model_folder import ModelFolderError, load_model_folder
+from app.engine.packing import pack
+from app.engine.runtime import ModelRuntime, SessionConfig
 from app.settings import Settings
 from export.manifest import PACKED_GRAPH_REVISION
 from server import ServerThread

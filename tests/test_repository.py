@@ -12,10 +12,10 @@ import pytest
 from pydantic import ValidationError
 
 from app.errors import NotFound
-from app.metrics import Metrics
-from app.model_folder import ModelFolderError
-from app.model_sources import model_sources
-from app.repository import ModelRepository
+from app.serving.metrics import Metrics
+from app.serving.model_folder import ModelFolderError
+from app.serving.model_sources import model_sources
+from app.serving.repository import ModelRepository
 from app.settings import Settings
 from app.tasks import build_tasks
 from server import REPO, ServerThread, metric_value

@@ -1,31 +1,36 @@
-"""The run cost the batcher plans with, and choices made when a session opens."""
+"""The run overhead the batcher plans with, and choices made when a session opens."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.runtime import run_layout
-from app.runtime import choose_precision, requested_providers, spins
+from app.engine.runtime import run_layout
+from app.engine.runtime import choose_precision, requested_providers, spins
 
 
-def test_the_run_cost_is_measured_on_the_model_up_to_the_token_budget(exported_classifier):
+def test_a_runs_overhead_is_measured_on_the_model_within_the_token_budget(exported_classifier):
     import asyncio
 
-    from app.model_folder import load_model_folder
-    from app.runtime import ModelRuntime, SessionConfig
+    from app.engine.runtime import NO_RUN_COST_BY_SIZE, ModelRuntime, SessionConfig
+    from app.serving.model_folder import load_model_folder
 
     runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32"), name="cls")
     try:
-        cost = asyncio.run(runtime.measure_run_cost(pad_id=1, limits_tokens=16384, most_rows=32))
-        assert len(cost.table) == 513  # runs of 16 to 512 tokens timed
-        assert all(a <= b for a, b in zip(cost.table, cost.table[1:]))
-        assert cost(512) == pytest.approx(512)  # the unit: the largest run's seconds a token
-        assert cost(16) > 16  # a small run costs more a token than a large one
-        budget = asyncio.run(runtime.measure_run_cost(pad_id=1, limits_tokens=100, most_rows=32))
-        assert len(budget.table) == 65  # no run past the token budget: 16, 32, 64
-        assert len(asyncio.run(runtime.measure_run_cost(pad_id=1, limits_tokens=8, most_rows=32)).table) == 9
+        # A run of 32 x 32 tokens costs more than one of 16 on a CPU: a finite overhead, in tokens of work.
+        assert 0 <= asyncio.run(runtime.measure_run_overhead(pad_id=1, limits_tokens=16384, most_rows=32)) < NO_RUN_COST_BY_SIZE
+        # A budget that leaves no larger run than the small one: nothing to fit a line through, batches fill.
+        assert asyncio.run(runtime.measure_run_overhead(pad_id=1, limits_tokens=8, most_rows=32)) == NO_RUN_COST_BY_SIZE
     finally:
         runtime.close()
+
+
+def test_the_overhead_is_the_line_through_two_timed_runs():
+    from app.engine.runtime import NO_RUN_COST_BY_SIZE, run_overhead
+
+    # t = c x (overhead + tokens): c = 1 ms, overhead 27 tokens.
+    assert run_overhead(16, 0.043, 1024, 1.051) == pytest.approx(27)
+    assert run_overhead(16, 0.010, 1024, 0.010) == NO_RUN_COST_BY_SIZE  # a GPU: the large run costs no more
+    assert run_overhead(16, 0.016, 1024, 1.5) == 0  # never below nothing
 
 
 def test_cpu_is_always_the_fallback_provider():
@@ -43,8 +48,8 @@ def test_auto_precision_prefers_int8_on_cpu_and_fp16_on_cuda():
 
 
 def test_session_config_entries_reach_onnx_runtime(exported_classifier):
-    from app.model_folder import load_model_folder
-    from app.runtime import ModelRuntime, SessionConfig
+    from app.serving.model_folder import load_model_folder
+    from app.engine.runtime import ModelRuntime, SessionConfig
     from app.settings import parse_session_config
 
     extra = parse_session_config("session.intra_op.spin_duration_us=200, session.intra_op.allow_spinning=0")
@@ -83,7 +88,7 @@ def test_a_session_spins_only_alone_and_wide():
 
 
 def test_packed_costs_are_fitted_from_three_timings():
-    from app.runtime import ATTENTION_FREE, packed_costs
+    from app.engine.runtime import ATTENTION_FREE, packed_costs
 
     # 2 ms a run, 10 us a real token, 20 ns per padded slot per row length: a slot of a 500-long row costs a token.
     def seconds(real, rows, width):
@@ -115,8 +120,8 @@ def test_concurrent_runs_on_one_session_answer_as_one_run_at_a_time(exported_cla
 
     import numpy as np
 
-    from app.model_folder import load_model_folder
-    from app.runtime import ModelRuntime, SessionConfig
+    from app.serving.model_folder import load_model_folder
+    from app.engine.runtime import ModelRuntime, SessionConfig
 
     runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", cores=2), name="two")
     try:
@@ -148,8 +153,8 @@ def test_concurrent_runs_on_one_session_answer_as_one_run_at_a_time(exported_cla
 def test_a_lone_batch_runs_on_the_solo_session_on_every_core(exported_classifier, solo):
     import numpy as np
 
-    from app.model_folder import load_model_folder
-    from app.runtime import ModelRuntime, SessionConfig
+    from app.serving.model_folder import load_model_folder
+    from app.engine.runtime import ModelRuntime, SessionConfig
 
     runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", cores=2, solo=solo), name="solo")
     try:
@@ -166,3 +171,31 @@ def test_a_lone_batch_runs_on_the_solo_session_on_every_core(exported_classifier
         assert not one.solo  # one run already has every core
     finally:
         one.close()
+
+
+def test_the_model_threads_run_under_sched_idle_when_asked(exported_classifier):
+    import asyncio
+    import os
+
+    import numpy as np
+
+    from app.serving.model_folder import load_model_folder
+    from app.engine.runtime import ModelRuntime, SessionConfig
+
+    def policies(prefix: str) -> list[int]:
+        return [os.sched_getscheduler(tid) for tid in native_threads(prefix)]
+
+    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", intra_op_threads=2, cores=2, idle=True), name="idle")
+    normal = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", intra_op_threads=2, cores=2), name="normal")
+    try:
+        # the run threads and the pool thread ONNX Runtime started on the one that created the session
+        idle = policies("onnx-idle_")
+        assert len(idle) >= 2 and set(idle) == {os.SCHED_IDLE}, idle
+        assert set(policies("onnx-normal_")) == {os.SCHED_OTHER}
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the calling thread (the event loop's) keeps its own
+        ids = np.array([[0, 5, 6, 2]], dtype=np.int64)
+        # and it still runs the model, on those threads, to the same answer
+        np.testing.assert_allclose(asyncio.run(runtime.run(ids, np.ones_like(ids))), normal.run_sync(ids, np.ones_like(ids)), atol=1e-6)
+    finally:
+        runtime.close()
+        normal.close()

@@ -182,7 +182,7 @@ class RecordingTransport(asyncio.Transport):
 
 
 async def exchange(app, request: bytes, steps: int = 20) -> RecordingTransport:
-    """Feed `request` to app.server's protocol around `app`; what it sent once the loop has run `steps` steps."""
+    """Feed `request` to app.http.server's protocol around `app`; what it sent once the loop has run `steps` steps."""
     config = uvicorn.Config(app, lifespan="off", log_level="warning")
     protocol = limited_protocol(HttpLimits())(config=config, server_state=ServerState(), app_state={})
     transport = RecordingTransport()

@@ -8,16 +8,21 @@ import time
 import pytest
 
 from app.errors import NotFound, NotReady
-from app.metrics import Metrics
-from app.model_folder import ModelFolderError
+from app.serving.metrics import Metrics
+from app.serving.model_folder import ModelFolderError
 from app.settings import Settings
-from app.state import FAILURES_BEFORE_UNREADY, AppState
+from app.serving.state import FAILURES_BEFORE_UNREADY, AppState
+from app.tasks import build_tasks
 from app.tasks.base import Cost
+
+
+def build(settings: Settings) -> AppState:
+    return AppState.build(settings, Metrics(), build_tasks(settings))
 
 
 def test_not_ready_until_warm_then_ready_then_draining(exported_classifier):
     async def scenario():
-        state = AppState.build(Settings(classify_model=exported_classifier), Metrics())
+        state = build(Settings(classify_model=exported_classifier))
         before = state.readiness()
         with pytest.raises(NotReady):
             state.model(task="text-classification")
@@ -41,7 +46,7 @@ def test_not_ready_until_warm_then_ready_then_draining(exported_classifier):
 
 def test_a_folder_of_the_wrong_task_is_refused_at_start(exported_mlm):
     with pytest.raises(ModelFolderError, match="holds a 'fill-mask' model"):
-        AppState.build(Settings(classify_model=exported_mlm), Metrics())
+        build(Settings(classify_model=exported_mlm))
 
 
 def test_an_export_of_another_manifest_format_is_refused_at_start_with_one_line_to_re_export(exported_mlm, tmp_path):
@@ -55,17 +60,17 @@ def test_an_export_of_another_manifest_format_is_refused_at_start_with_one_line_
     (old / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelFolderError, match=r"manifest format 1, this service reads 2\); re-export it with "
                                                r"`python -m export SOURCE --output FOLDER --reuse`"):
-        AppState.build(Settings(fill_mask_model=old), Metrics())
+        build(Settings(fill_mask_model=old))
 
 
 def test_precision_that_was_not_exported_is_refused_at_start(exported_classifier):
     with pytest.raises(ModelFolderError, match="re-export with --fp16"):
-        AppState.build(Settings(classify_model=exported_classifier, precision="fp16"), Metrics())
+        build(Settings(classify_model=exported_classifier, precision="fp16"))
 
 
 def test_drain_goes_unready_at_once_admits_during_the_delay_then_waits_for_admitted_requests(exported_classifier):
     async def scenario():
-        state = AppState.build(Settings(classify_model=exported_classifier), Metrics())
+        state = build(Settings(classify_model=exported_classifier))
         await state.start()
         await state._warm_up_task
         seen = {}

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.metrics import Metrics
+from app.serving.metrics import Metrics
 from bench.servers import free_port
 from server import ServerProcess, metric_value
 
@@ -173,7 +173,7 @@ def test_a_port_taken_stops_the_pool_before_any_model_loads(exported_classifier,
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot bind" in errors[0] and "ROBERTA_PORT" in errors[0], result.stderr
-    assert "app.runtime" not in result.stderr  # no model was loaded
+    assert "app.engine.runtime" not in result.stderr  # no model was loaded
 
 
 def test_multiprocess_metrics_refuse_a_client_imported_without_the_folder(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.threads import cgroup_cpu_quota, name_native_thread, usable_cores
+from app.engine.threads import cgroup_cpu_quota, name_native_thread, usable_cores
 
 
 def native_name() -> str:

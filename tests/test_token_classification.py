@@ -127,7 +127,7 @@ def test_windows_are_counted_before_any_is_built_and_tokenizing_stops_at_the_fir
 
 
 def test_one_small_model_alone_does_not_spin(served):
-    # The tiny test models are far narrower than app.model_folder.WIDE_HIDDEN_SIZE: like the embedded model, they
+    # The tiny test models are far narrower than app.serving.model_folder.WIDE_HIDDEN_SIZE: like the embedded model, they
     # run faster with ONNX Runtime's threads waiting instead of spinning.
     model = served.state.models.get("ner")
     assert model.runtime.folder.hidden_size < 512

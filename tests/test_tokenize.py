@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from app.tokenize import TextEncoder
+from app.engine.tokenize import TextEncoder
 
 
 def make_encoder(folder, max_seq_len):

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from app.tasks.fill_mask import FillMask, FillMaskRequest
 from app.tasks.text_classification import ClassifyRequest, TextClassification
-from app.validation import BodyRules, describe
+from app.http.validation import BodyRules, describe
 
 EXPECTED = {"/classify": TextClassification.expected, "/fill-mask": FillMask.expected}
 

@@ -91,7 +91,7 @@ def test_a_long_text_is_tokenized_once_only_as_far_as_a_pair_holds_it(served, or
     assert response_ok(answer)
     assert_same(answer.json(), oracle(long_text, candidate_labels=labels))
     hypotheses = sum(len(f"This example is {label}.") for label in labels)
-    assert sum(handed) <= 8192 + hypotheses < len(long_text)  # one piece of the text (app.model.PIECE_CHARS), once
+    assert sum(handed) <= 8192 + hypotheses < len(long_text)  # one piece of the text (app.serving.model.PIECE_CHARS), once
 
 
 def test_a_hypothesis_that_leaves_the_text_one_token_is_served_and_one_more_is_a_413(served, oracle, tiny_nli):

@@ -12,6 +12,7 @@ import difflib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -22,9 +23,11 @@ from app.http.openapi import TITLE, openapi_document
 from app.http.requests import check_api_key, too_large
 from app.http.responses import error_response, json_response
 from app.http.routes import MODEL_ROUTE, MODELS_PREFIX, Call, Route
-from app.metrics import Metrics
+from app.serving.metrics import Metrics
 from app.settings import Settings
-from app.state import AppState
+
+if TYPE_CHECKING:
+    from app.serving.state import AppState
 
 log = logging.getLogger("app.http")
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, TypeAdapter
 
 from app import __version__
-from app.http.routes import Route
-from app.schemas import ErrorBody
+from app.tasks.schemas import ErrorBody
+
+if TYPE_CHECKING:
+    from app.http.routes import Route
 
 REF = "#/components/schemas/{model}"
 TITLE = "roberta-serve"

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
-from starlette.types import Message, Receive, Scope
+from starlette.types import Receive, Scope
 
 from app.errors import (
     BadRequest,
@@ -152,7 +152,6 @@ async def _disconnected(receive: Receive, then: Callable[[], None]) -> None:
     Called from here, in the watcher's own step, `then` runs only while the caller's task waits:
     never once it has moved on, since it cancels this task before it does.
     """
-    message: Message
-    while (message := await receive())["type"] != "http.disconnect":
+    while (await receive())["type"] != "http.disconnect":
         pass
     then()

@@ -12,7 +12,7 @@ import logging
 from starlette.responses import Response
 
 from app.errors import ServiceError, error_json, status_of
-from app.workers import Workers
+from app.engine.threads import ThreadPool
 
 log = logging.getLogger("app.http")
 
@@ -30,7 +30,7 @@ def error_response(error: Exception) -> Response:
                     media_type="application/json", headers=error.headers)
 
 
-async def json_off_loop(content, executor: Workers, headers: dict[str, str] | None = None) -> Response:
+async def json_off_loop(content, executor: ThreadPool, headers: dict[str, str] | None = None) -> Response:
     """A JSON response rendered on `executor`, one list item at a time.
 
     A fill-mask answer can be megabytes; json.dumps holds the GIL for as long as one call

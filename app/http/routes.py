@@ -11,19 +11,22 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
-from app import __version__, validation
+from app import __version__
+from app.http import validation
 from app.errors import InvalidInput, NotReady, error_json
 from app.http.requests import deadline_of, read_json, request_headers, unless_disconnected
 from app.http.responses import json_off_loop, json_response
-from app.model import ServedModel
-from app.state import AppState
-from app.tasks import Task
+from app.tasks.base import Task
+
+if TYPE_CHECKING:  # annotations only: handlers use the state the app hands them
+    from app.serving.model import ServedModel
+    from app.serving.state import AppState
 
 MODELS_PREFIX = "/models/"
 MODEL_ROUTE = "/models/{name}"

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import httptools
 import uvicorn
@@ -42,9 +43,11 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.errors import error_json
-from app.state import AppState
 
-log = logging.getLogger("app.server")
+if TYPE_CHECKING:
+    from app.serving.state import AppState
+
+log = logging.getLogger("app.http.server")
 
 ABORT_AFTER_CLOSE_S = 1.0  # after the deadline, how long a closing connection may flush before it is cut
 LATE_REQUEST_S = 1.0  # at shutdown, how long a connection between requests has for one to arrive
@@ -320,7 +323,7 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, state: AppState, on_started: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self.state = state
-        self._on_started = on_started  # called once the sockets listen (app.supervisor's readiness of a process)
+        self._on_started = on_started  # called once the sockets listen (app.serving.supervisor's readiness of a process)
         self._draining = False
         self._drain_task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -341,7 +344,7 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.started and self._on_started is not None:
-            # A process of a pool (app.supervisor) listens only once started: it has accepted nothing to drain.
+            # A process of a pool (app.serving.supervisor) listens only once started: it has accepted nothing to drain.
             log.info("received %s before listening: exiting", signal.Signals(sig).name)
             logging.shutdown()
             os._exit(0)
@@ -458,5 +461,5 @@ def uvicorn_config(app, state: AppState) -> uvicorn.Config:
         timeout_keep_alive=limits.keep_alive_timeout_s,
         server_header=False,  # what runs here is nobody's business
         lifespan="on",
-        log_config=None,  # uvicorn's lines go through the service's own handler (app.logs), off the event loop
+        log_config=None,  # uvicorn's lines go through the service's own handler (app.serving.logs), off the event loop
     )

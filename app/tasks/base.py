@@ -1,6 +1,6 @@
 """What a task is: one module that turns a request body into sequences for a model and the rows back into an answer.
 
-The serving core (app.model, app.batcher, app.runtime, app.state) knows no task; each
+The serving core (app.serving.model, app.engine.batcher, app.engine.runtime, app.serving.state) knows no task; each
 task module owns its request schema, its options and their checks, which output rows it
 keeps, its postprocessing and what /models says about it. transformers' pipelines split a
 task the same way (parameters, preprocess, forward, postprocess); here the forward step
@@ -10,16 +10,40 @@ is the shared batcher.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel
 
-from app.model import ServedModel
-from app.model_folder import ModelFolder
+from app.engine.tokenize import Encoded, TextEncoder, TextInput, Tokens
+from app.errors import ServiceError
+from app.serving.model_folder import ModelFolder
 from app.settings import Settings
+
+
+class Model(Protocol):
+    """What a task may use of a served model (app.serving.model.ServedModel is the one implementation): its
+    export, its tokenizer, and the three ways to work that keep the event loop free."""
+
+    name: str
+    folder: ModelFolder
+    encoder: TextEncoder
+    takes_positions: bool  # the graph computes rows at given token positions (fill-mask's mask_positions)
+
+    async def encode(self, inputs: list[TextInput], truncation: bool, deadline: float, shorten: str = ...) -> list[Encoded]:
+        """Each input's ids with its special tokens; 413 for one too long unless `truncation`."""
+
+    async def tokens(self, texts: Sequence[str], deadline: float, *, most: int, offsets: bool = False,
+                     too_long: Callable[[int], ServiceError] | None = None) -> list[Tokens]:
+        """Each text's tokens (no special tokens), at most `most`; see ServedModel.tokens."""
+
+    async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[np.ndarray]:
+        """Each sequence's output rows, through the model's batcher."""
+
+    async def off_loop(self, function, *args, **kwargs):
+        """`function(*args, **kwargs)` on the model's threads."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +80,7 @@ class Task(ABC):
     counted: ClassVar[str] = "inputs"  # what Cost.sequences counts, for the 413 message
     request: ClassVar[type[BaseModel]]  # the body, in the Hugging Face Inference API's shape
     response: ClassVar[Any]  # for the OpenAPI document
-    expected: ClassVar[Mapping[str, str]]  # what a union field accepts, for validation messages (app.validation)
+    expected: ClassVar[Mapping[str, str]]  # what a union field accepts, for validation messages (app.http.validation)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Task:
@@ -66,7 +90,7 @@ class Task(ABC):
         """Can a model exported so answer this task? (Its own task, or, for zero-shot, an NLI classifier.)"""
         return folder.task == self.name
 
-    def check(self, model: ServedModel) -> None:
+    def check(self, model: Model) -> None:
         """At start-up, for every model it serves: raise ModelFolderError if this model cannot answer it."""
 
     def claims(self, body: Mapping) -> bool:
@@ -74,17 +98,17 @@ class Task(ABC):
         return False
 
     @abstractmethod
-    def cost(self, body: BaseModel, model: ServedModel) -> Cost:
+    def cost(self, body: BaseModel, model: Model) -> Cost:
         """Before any encoding, pair or window is made: what the request will cost, by arithmetic on the body's
         lengths and the model's limits alone. Raise here what that arithmetic already refuses (a text surely
         longer than the model takes, a template that cannot take the label)."""
 
     @abstractmethod
-    async def __call__(self, model: ServedModel, body: BaseModel, deadline: float) -> Answer:
+    async def __call__(self, model: Model, body: BaseModel, deadline: float) -> Answer:
         """The answer, once `cost` was within the ceilings: the body's texts tokenized once each, the sequences
         run through the model's batcher, the rows shaped into the task's answer."""
 
-    def info(self, model: ServedModel) -> dict:
+    def info(self, model: Model) -> dict:
         """What this task adds to the model's entry in /models."""
         return {}
 

@@ -13,12 +13,10 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, Field
 
 from app.errors import InvalidInput, TooManyAnswers
-from app.model import ServedModel
-from app.model_folder import ModelFolderError
-from app.runtime import POSITIONS_INPUT
-from app.schemas import Strict, Text, encodable
+from app.serving.model_folder import ModelFolderError
+from app.tasks.schemas import Strict, Text, encodable
 from app.settings import Settings
-from app.tasks.base import Answer, Cost, Task, cost_of_texts, softmax, texts_of
+from app.tasks.base import Answer, Cost, Model, Task, cost_of_texts, softmax, texts_of
 
 
 MAX_MASKS = 8  # per text: each mask is a full-vocabulary softmax in the response path
@@ -83,17 +81,17 @@ class FillMask(Task):
     def from_settings(cls, settings: Settings) -> FillMask:
         return cls(settings.max_mask_answers)
 
-    def check(self, model: ServedModel) -> None:
+    def check(self, model: Model) -> None:
         if model.encoder.mask_id is None:
             raise ModelFolderError(f"{model.folder.path}: its tokenizer has no {model.encoder.mask_token} token")
-        if not model.runtime.takes_positions:
-            raise ModelFolderError(f"{model.folder.path}: its graph has no {POSITIONS_INPUT} input; re-export it with "
+        if not model.takes_positions:
+            raise ModelFolderError(f"{model.folder.path}: its graph takes no mask positions; re-export it with "
                                    "`python -m export`")
 
-    def cost(self, body: FillMaskRequest, model: ServedModel) -> Cost:
+    def cost(self, body: FillMaskRequest, model: Model) -> Cost:
         return cost_of_texts(texts_of(body.inputs))
 
-    async def __call__(self, model: ServedModel, body: FillMaskRequest, deadline: float) -> Answer:
+    async def __call__(self, model: Model, body: FillMaskRequest, deadline: float) -> Answer:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
         for index, text in enumerate(texts):
             if not text.strip():
@@ -133,7 +131,7 @@ class FillMask(Task):
         content = answers[0] if isinstance(body.inputs, str) else answers
         return Answer(content, headers={"X-Warning": warning} if warning else None, large=True)
 
-    def info(self, model: ServedModel) -> dict:
+    def info(self, model: Model) -> dict:
         return {"mask_token": model.encoder.mask_token}
 
 

@@ -9,10 +9,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from app.errors import InvalidInput
-from app.model import ServedModel
-from app.schemas import Strict, Text
-from app.tasks.base import Answer, Cost, Task, softmax
-from app.tokenize import TextInput
+from app.tasks.schemas import Strict, Text
+from app.tasks.base import Answer, Cost, Model, Task, softmax
+from app.engine.tokenize import TextInput
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 
@@ -58,11 +57,11 @@ class TextClassification(Task):
         "inputs[]": "a string or a {text, text_pair} object",
     }
 
-    def cost(self, body: ClassifyRequest, model: ServedModel) -> Cost:
+    def cost(self, body: ClassifyRequest, model: Model) -> Cost:
         inputs = _inputs(body)
         return Cost(len(inputs), sum(len(item) if isinstance(item, str) else sum(map(len, item)) for item in inputs))
 
-    async def __call__(self, model: ServedModel, body: ClassifyRequest, deadline: float) -> Answer:
+    async def __call__(self, model: Model, body: ClassifyRequest, deadline: float) -> Answer:
         inputs = _inputs(body)
         for index, item in enumerate(inputs):
             if any(not text.strip() for text in (item if isinstance(item, tuple) else (item,))):
@@ -72,11 +71,11 @@ class TextClassification(Task):
         function = body.parameters.function_to_apply or self.default_activation(model)
         return Answer([classify(row, model.folder.labels, function, body.parameters.top_k) for row in rows])
 
-    def info(self, model: ServedModel) -> dict:
+    def info(self, model: Model) -> dict:
         return {"default_activation": self.default_activation(model)}
 
     @staticmethod
-    def default_activation(model: ServedModel) -> str:
+    def default_activation(model: Model) -> str:
         return default_activation(model.folder.problem_type, len(model.folder.labels))
 
 

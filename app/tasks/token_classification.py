@@ -14,11 +14,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from app.errors import InputTooLong, InvalidInput, TooManyInputs
-from app.model import ServedModel
-from app.schemas import Strict, Text
+from app.tasks.schemas import Strict, Text
 from app.settings import Settings
-from app.tasks.base import Answer, Cost, Task, softmax, texts_of
-from app.tokenize import TextEncoder, Window
+from app.tasks.base import Answer, Cost, Model, Task, softmax, texts_of
+from app.engine.tokenize import TextEncoder, Window
 
 Strategy = Literal["none", "simple", "first", "average", "max"]
 MAX_IGNORE_LABELS = 1000
@@ -71,7 +70,7 @@ class TokenClassification(Task):
     def from_settings(cls, settings: Settings) -> TokenClassification:
         return cls(settings.max_inputs)
 
-    def cost(self, body: TokenClassificationRequest, model: ServedModel) -> Cost:
+    def cost(self, body: TokenClassificationRequest, model: Model) -> Cost:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
         if options.stride is not None:
             if options.aggregation_strategy == "none":
@@ -88,7 +87,7 @@ class TokenClassification(Task):
             raise TooManyInputs(self._too_many(f"at least {windows}", options.stride))
         return Cost(windows, sum(map(len, texts)))
 
-    async def __call__(self, model: ServedModel, body: TokenClassificationRequest, deadline: float) -> Answer:
+    async def __call__(self, model: Model, body: TokenClassificationRequest, deadline: float) -> Answer:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
         for index, text in enumerate(texts):
             if not text.strip():
@@ -116,7 +115,7 @@ class TokenClassification(Task):
             )
         return Answer(answers[0] if isinstance(body.inputs, str) else answers)
 
-    def info(self, model: ServedModel) -> dict:
+    def info(self, model: Model) -> dict:
         return {"aggregation_strategies": list(Strategy.__args__)}
 
     @staticmethod

@@ -15,11 +15,10 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from app.errors import InputTooLong, InvalidInput
-from app.model import ServedModel
-from app.model_folder import ModelFolder
-from app.schemas import Strict, Text
-from app.tasks.base import Answer, Cost, Task, texts_of
-from app.tokenize import TextEncoder, Tokens
+from app.serving.model_folder import ModelFolder
+from app.tasks.schemas import Strict, Text
+from app.tasks.base import Answer, Cost, Model, Task, texts_of
+from app.engine.tokenize import TextEncoder, Tokens
 
 DEFAULT_TEMPLATE = "This example is {}."
 
@@ -73,7 +72,7 @@ class ZeroShotClassification(Task):
         parameters = body.get("parameters")
         return isinstance(parameters, Mapping) and "candidate_labels" in parameters
 
-    def cost(self, body: ZeroShotRequest, model: ServedModel) -> Cost:
+    def cost(self, body: ZeroShotRequest, model: Model) -> Cost:
         texts, options = texts_of(body.inputs), body.parameters
         labels = candidate_labels(options.candidate_labels)
         if not labels:
@@ -87,7 +86,7 @@ class ZeroShotClassification(Task):
         hypotheses = sum(len(before) + len(label) + len(after) for label in labels)
         return Cost(len(texts) * len(labels), sum(map(len, texts)) + hypotheses)
 
-    async def __call__(self, model: ServedModel, body: ZeroShotRequest, deadline: float) -> Answer:
+    async def __call__(self, model: Model, body: ZeroShotRequest, deadline: float) -> Answer:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
         labels = candidate_labels(options.candidate_labels)
         for index, text in enumerate(texts):
@@ -115,7 +114,7 @@ class ZeroShotClassification(Task):
         return (f"the hypothesis for candidate_labels[{index}] is longer than {most} tokens, the most that leaves room "
                 "for the text. Shorten the hypothesis_template or the labels")
 
-    def info(self, model: ServedModel) -> dict:
+    def info(self, model: Model) -> dict:
         return {"entailment_label": model.folder.labels[entailment_id(model.folder.label2id)]}
 
 

@@ -75,7 +75,7 @@ def _describe_one(loc: tuple, errors: list[Mapping], rules: BodyRules, model_nam
         if other is not None:
             who = f"model {model_name!r}" if model_name else "this endpoint"
             return f"{_quoted(str(loc[-1]))} is a {other} parameter, and {who} does not do {other}{listing}"
-        return f"unknown field {_quoted(str(loc[-1]))}{where}{_closest(str(loc[-1]), accepted, rules, parent)}{listing}"
+        return f"unknown field {_quoted(str(loc[-1]))}{where}{listing}{_closest(str(loc[-1]), accepted, rules, parent)}"
     if not loc and errors[0].get("type") in ("model_type", "model_attributes_type", "dict_type"):
         return "the body must be a JSON object"
     if any(error.get("type") == "missing" for error in errors):

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from app.batcher import Batcher, BatchLimits, RunCost
+from app.engine.batcher import Batcher, BatchLimits
 from app.errors import DeadlineExceeded, InputTooLong, ServiceError
-from app.metrics import ModelMetrics
-from app.model_folder import ModelFolder
-from app.runtime import ModelRuntime, warm_up_shapes
-from app.tokenize import Encoded, TextEncoder, TextInput, Tokens
-from app.workers import Workers
+from app.serving.metrics import ModelMetrics
+from app.serving.model_folder import ModelFolder
+from app.engine.runtime import ModelRuntime, warm_up_shapes
+from app.engine.tokenize import Encoded, TextEncoder, TextInput, Tokens
+from app.engine.threads import ThreadPool
 
-log = logging.getLogger("app.model")
+log = logging.getLogger("app.serving.model")
 
 SHORTEN = 'Shorten it or pass "truncation": true'
 PIECE_CHARS = 8192  # characters of text per job on the tokenizer threads: a few milliseconds of work
@@ -40,9 +40,9 @@ class ServedModel:
         runtime: ModelRuntime,
         limits: BatchLimits,
         metrics: ModelMetrics,
-        executor: Workers,
+        executor: ThreadPool,
         *,
-        measure_cost: bool,  # False: the operator set a run's overhead (limits.run_cost is linear in it)
+        measure_cost: bool,  # False: the operator set a run's overhead (limits.run_overhead_tokens)
         memory_bytes: int | None = None,  # what loading it added to the process's resident memory
     ) -> None:
         self.name = name
@@ -61,6 +61,10 @@ class ServedModel:
     @property
     def task(self) -> str:
         return self.folder.task
+
+    @property
+    def takes_positions(self) -> bool:
+        return self.runtime.takes_positions
 
     async def encode(self, inputs: list[TextInput], truncation: bool, deadline: float, shorten: str = SHORTEN) -> list[Encoded]:
         """Token ids of every input with its special tokens, refused (413) when one is longer than the model takes
@@ -201,11 +205,12 @@ class ServedModel:
             limits = replace(limits, attention_tokens=attention)
             log.info("%s: padding-free; a padded slot's attention costs a token at rows of %.0f", self.name, attention)
             if self._measure_cost:
-                limits = replace(limits, run_cost=RunCost.linear(overhead))
+                limits = replace(limits, run_overhead_tokens=overhead)
         elif self._measure_cost:
-            limits = replace(limits, run_cost=await self.runtime.measure_run_cost(self.encoder.pad_id, limits.max_batch_tokens, limits.max_batch_size))
+            overhead = await self.runtime.measure_run_overhead(self.encoder.pad_id, limits.max_batch_tokens, limits.max_batch_size)
+            limits = replace(limits, run_overhead_tokens=overhead)
         if self._measure_cost:
-            log.info("%s: a run costs, in tokens of work by its tokens: %s", self.name, limits.run_cost.describe())
+            log.info("%s: a run costs %.0f tokens of work beyond its tokens", self.name, limits.run_overhead_tokens)
         self.batcher.limits = limits  # its own batcher, before it serves
         after = resident_bytes()
         if self.memory_bytes is not None and before is not None and after is not None:
@@ -239,7 +244,7 @@ class ServedModel:
                 "max_batch_tokens": limits.max_batch_tokens,
                 "max_wait_ms": limits.max_wait_s * 1000,
                 "max_queue": limits.max_queue,
-                "run_cost_tokens": limits.run_cost.describe(),
+                "run_overhead_tokens": round(limits.run_overhead_tokens, 1),
                 "attention_tokens": None if limits.attention_tokens is None else round(limits.attention_tokens, 1),
             },
             "export": {

@@ -39,12 +39,12 @@ class ModelMetrics:
     memory: Gauge
 
 
-# The reasons app/server.py answers and closes a connection with (the `error.type` of its answers).
+# The reasons app/http/server.py answers and closes a connection with (the `error.type` of its answers).
 HTTP_REFUSALS = ("bad_request", "headers_too_large", "not_ready", "request_timeout")
 
 
 class Metrics:
-    """The service's metrics; with `multiprocess_dir`, one of several processes (app.supervisor) that share a port.
+    """The service's metrics; with `multiprocess_dir`, one of several processes (app.serving.supervisor) that share a port.
 
     Then every process writes its samples to files in that folder (prometheus_client's multiprocess mode, chosen
     when the variable PROMETHEUS_MULTIPROC_DIR is set before the client is imported) and each scrape, whichever

@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.batcher import RunCost
-from app.model_folder import ModelFolder, ModelFolderError, is_wide
-from app.packing import pack
-from app.threads import name_native_thread, usable_cores
-from app.workers import Workers
+from app.serving.model_folder import ModelFolder, ModelFolderError, is_wide
+from app.engine.packing import pack
+from app.engine.threads import ThreadPool, usable_cores
 
-log = logging.getLogger("app.runtime")
+log = logging.getLogger("app.engine.runtime")
 
 PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 # A graph with this input computes its output rows only at the (batch row, token index) pairs it is given
@@ -51,6 +49,8 @@ class SessionConfig:
     spin: bool = True
     # ROBERTA_ONNX_SESSION_CONFIG: ONNX Runtime's own config entries, applied last (they may override `spin`).
     extra: tuple[tuple[str, str], ...] = ()
+    # ROBERTA_ONNX_SCHEDULER=idle: the model's threads under SCHED_IDLE (see name_native_thread).
+    idle: bool = False
     # ROBERTA_EXECUTION: the padding-free graph or the padded one (see choose_execution).
     execution: str = "auto"
 
@@ -134,11 +134,9 @@ class ModelRuntime:
         self.folder = folder
         self.name = name or folder.path.name
         # The session is created and run on this one thread: ONNX Runtime's pool threads, started when the
-        # session is created, inherit its name.
+        # session is created, inherit its name and its scheduling policy (config.idle).
         cores = config.cores or usable_cores()
-        self._executor = Workers(
-            max(1, config.concurrent_runs or cores), f"onnx-{self.name}", initializer=name_native_thread
-        )
+        self._executor = ThreadPool(max(1, config.concurrent_runs or cores), f"onnx-{self.name}", idle=config.idle)
         try:
             self._executor.submit(self._start, folder, config, cores).result()
         except BaseException:
@@ -243,23 +241,17 @@ class ModelRuntime:
             await self.run(ids, np.ones_like(ids), alone=alone)
         return time.perf_counter() - started
 
-    async def measure_run_cost(self, pad_id: int, limits_tokens: int, most_rows: int, repeats: int = 3) -> RunCost:
-        """Time runs of 16, 32, 64, ... up to 512 tokens (rows of 32; medians of `repeats`): the batcher's cost curve.
-
-        512 is where a CPU's cost a token has long gone flat (roberta-base fp32 on one thread: 2.3 ms a
-        token at 16, 0.98 at 128, 0.89 from 256 on); past it the curve goes on at its last slope.
-        """
+    async def measure_run_overhead(self, pad_id: int, limits_tokens: int, most_rows: int, repeats: int = 3) -> float:
+        """What one run costs beyond its tokens, in tokens of work: the line through a run of 16 tokens and a run
+        of up to 32 rows of 32 (within the token budget), medians of `repeats`. A large run that costs no more than
+        the small one (a GPU) makes the overhead as large as can be: batches then fill to the token budget."""
         width = min(32, self.folder.max_seq_len)
-        shapes = []
-        for tokens in (16, 32, 64, 128, 256, 512):
-            batch, length = (1, min(tokens, width)) if tokens <= width else (tokens // width, width)
-            if batch * length > limits_tokens or batch > most_rows or (batch, length) in shapes:
-                break
-            shapes.append((batch, length))
-        shapes = shapes or [(1, max(1, min(width, limits_tokens)))]  # a budget under 16 tokens
-        full = {batch * length: np.full((batch, length), pad_id, dtype=np.int64) for batch, length in shapes}
-        seconds = await self._median_seconds({tokens: (ids, np.ones_like(ids)) for tokens, ids in full.items()}, repeats)
-        return RunCost.from_timings(list(seconds.items()))
+        small = (1, min(16, width, limits_tokens))
+        rows = min(32, most_rows, limits_tokens // width)
+        large = (rows, width) if rows >= 1 and rows * width > small[0] * small[1] else small
+        batches = {shape: (np.full(shape, pad_id, dtype=np.int64), np.ones(shape, dtype=np.int64)) for shape in {small, large}}
+        seconds = await self._median_seconds(batches, repeats)
+        return run_overhead(small[0] * small[1], seconds[small], large[0] * large[1], seconds[large])
 
     async def measure_packed_costs(self, pad_id: int, max_batch_tokens: int, repeats: int = 3) -> tuple[float, float]:
         """For a packed graph: (a run's fixed cost in tokens, the row length at which a padded slot's attention
@@ -267,7 +259,7 @@ class ModelRuntime:
 
         Three shapes, medians of `repeats`: one short row (the fixed cost), a full batch, and
         the same batch with one full row and the rest short (same attention, fewer tokens).
-        Full batches alone, as measure_run_cost times them, would put attention's cost on
+        Full batches alone, as measure_run_overhead times them, would put attention's cost on
         the tokens.
         """
         width = min(256, self.folder.max_seq_len)
@@ -294,6 +286,16 @@ class ModelRuntime:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+def run_overhead(small_tokens: int, small_seconds: float, large_tokens: int, large_seconds: float) -> float:
+    """The fixed cost of a run, in tokens, from two timed runs: t = c x (overhead + tokens)."""
+    if large_tokens <= small_tokens or large_seconds <= small_seconds:
+        return NO_RUN_COST_BY_SIZE
+    return max(0.0, (small_seconds * large_tokens - large_seconds * small_tokens) / (large_seconds - small_seconds))
+
+
+NO_RUN_COST_BY_SIZE = 1e9  # a run costs the same whatever its size: fill every batch
 
 
 def _first_of_each_row(rows: int) -> np.ndarray:

@@ -11,9 +11,9 @@ keep one pipeline per core, as pods of one core behind a Service do.
   alone). `/readyz` answers once the first one listens. A process that fails before it is ready (a bad
   model, a replacement killed while loading) stops the pool: exit 1, its one line on stderr.
 - Metrics: prometheus_client's multiprocess mode in a folder of this process's own; any process's
-  /metrics counts them all (app.metrics).
+  /metrics counts them all (app.serving.metrics).
 - SIGTERM or SIGINT: handed to every process as SIGTERM; one that listens drains as one process does
-  (app.server), one still starting has accepted nothing and leaves at once; a second signal is handed on
+  (app.http.server), one still starting has accepted nothing and leaves at once; a second signal is handed on
   too and skips the wait. Exit 0 when every process that was ready exited 0.
 - A process that dies after it was ready is replaced, and its live gauges dropped from the scrape.
 - Each process ends with this one (the parent-death signal), so none outlives a killed supervisor; the last
@@ -32,6 +32,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
@@ -39,10 +40,9 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
 
-from app.logs import configure_logging
 from app.settings import Settings, exit_with
 
-log = logging.getLogger("app.supervisor")
+log = logging.getLogger("app.serving.supervisor")
 
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when first imported
 RESTART_PAUSE_S = 1.0  # between a process's death and its replacement, so that a crash loop does not spin
@@ -59,8 +59,13 @@ class _Member:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    """`member(settings, metrics_dir, ready, supervisor_pid)` is what each process runs (app.main.serve_member): a
+    module-level function, since each process is a fresh interpreter that imports it by name. It sets `ready`
+    once it listens, and calls `member_started` before anything else."""
+
+    def __init__(self, settings: Settings, member: Callable[[Settings, Path, Event, int], None]) -> None:
         self.settings = settings
+        self._member = member
         self._context = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads, no sessions copied
         self._members: list[_Member] = []
         self._signals = 0
@@ -103,10 +108,10 @@ class Supervisor:
         """Starts process `index` (replacing one that died) and waits until it listens; False if it ended first."""
         ready = self._context.Event()
         process = self._context.Process(
-            target=serve_one, args=(self.settings, self._metrics_dir, ready, os.getpid()), name=f"roberta-{index}"
+            target=self._member, args=(self.settings, self._metrics_dir, ready, os.getpid()), name=f"roberta-{index}"
         )
         # Held while it starts and joins the members, so that a signal now is handed to it too; the process
-        # inherits the mask, and one sent to it waits for its own handler (serve_one).
+        # inherits the mask, and one sent to it waits for its own handler (member_started).
         signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         try:
             process.start()
@@ -184,26 +189,14 @@ class Supervisor:
         multiprocess.mark_process_dead(process.pid, str(self._metrics_dir))
 
 
-def serve_one(settings: Settings, metrics_dir: Path, ready, supervisor_pid: int) -> None:
-    """One process of the pool: the models, then the shared port, then `ready` set once it listens."""
-    for sig in FORWARDED:  # until uvicorn's own: nothing is accepted yet, so a signal ends it at once
+def member_started(supervisor_pid: int) -> None:
+    """The first thing a process of the pool does: until uvicorn's own handlers a signal ends it at once (nothing
+    is accepted yet), a terminal's Ctrl-C reaches only the supervisor, and the process ends with the supervisor."""
+    for sig in FORWARDED:
         signal.signal(sig, lambda *_: os._exit(0))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # inherited held from the supervisor's _start
-    os.setpgrp()  # a terminal's Ctrl-C reaches the supervisor only, which hands it on once
+    os.setpgrp()
     _end_with(supervisor_pid)
-    from app.main import create_app, state_or_exit  # after the variable is set: multiprocess metrics
-    from app.metrics import Metrics
-    from app.http.server import DrainingServer, uvicorn_config
-
-    configure_logging(settings.log_level)
-    state = state_or_exit(settings, Metrics(multiprocess_dir=metrics_dir))
-    sock = bind_or_exit(settings.host, settings.port, reuse_port=True)
-    app = create_app(state=state)
-    try:
-        DrainingServer(uvicorn_config(app, state), state, on_started=ready.set).run(sockets=[sock])
-    finally:
-        if os.getppid() != supervisor_pid:
-            leave_metrics(metrics_dir)
 
 
 def leave_metrics(metrics_dir: Path) -> None:

@@ -14,16 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from app.errors import InvalidInput, NotReady, PayloadTooLarge, TooManyInputs
-from app.metrics import Metrics
-from app.model import ServedModel
-from app.repository import ModelRepository
+from app.serving.metrics import Metrics
+from app.serving.model import ServedModel
+from app.serving.repository import ModelRepository
 from app.settings import Settings
-from app.tasks import Task, build_tasks
-from app.tasks.base import Cost
-from app.threads import name_native_thread
-from app.workers import Workers
+from app.tasks.base import Cost, Task
+from app.engine.threads import ThreadPool
 
-log = logging.getLogger("app.state")
+log = logging.getLogger("app.serving.state")
 
 FAILURES_BEFORE_UNREADY = 3  # consecutive failed batches that make /readyz say 503 until one succeeds
 
@@ -35,7 +33,7 @@ class AppState:
         metrics: Metrics,
         tasks: dict[str, Task],
         models: ModelRepository,
-        executor: Workers,
+        executor: ThreadPool,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -51,11 +49,11 @@ class AppState:
         self._warm_up_task: asyncio.Task | None = None
 
     @classmethod
-    def build(cls, settings: Settings, metrics: Metrics, tasks: dict[str, Task] | None = None) -> AppState:
-        # A lane of its own for tokenizing that cannot be cut into pieces (app.model.ServedModel.tokens): a long
+    def build(cls, settings: Settings, metrics: Metrics, tasks: dict[str, Task]) -> AppState:
+        """`tasks`: app.tasks.build_tasks(settings), every task the service answers."""
+        # A lane of its own for tokenizing that cannot be cut into pieces (app.serving.model.ServedModel.tokens): a long
         # unbroken text, or any long one for a tokenizer with a normalizer. Other requests never queue behind it.
-        executor = Workers(settings.tokenizer_threads, "tokenize", initializer=name_native_thread, long_threads=1)
-        tasks = tasks if tasks is not None else build_tasks(settings)
+        executor = ThreadPool(settings.tokenizer_threads, "tokenize", long_threads=1)
         try:
             models = ModelRepository.build(settings, metrics, executor, tasks)
         except BaseException:
@@ -95,7 +93,7 @@ class AppState:
         return self._active == 0
 
     @property
-    def executor(self) -> Workers:
+    def executor(self) -> ThreadPool:
         """The threads for work too heavy for the event loop: tokenizing, postprocessing, rendering big answers."""
         return self._executor
 

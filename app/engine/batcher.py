@@ -8,7 +8,7 @@ cost least to run (see plan_batch), and the batch that holds the oldest sequence
 next: similar lengths ride together, so little compute goes to padding, and nobody waits
 behind a stream of newcomers.
 The next batch is cut when a run is free: `concurrency` batches run at once (one per core
-on a CPU, see app.layout.run_layout). When nothing else runs or waits, a batch is shared
+on a CPU, see app.engine.runtime.run_layout). When nothing else runs or waits, a batch is shared
 out among the runs, or, with fewer sequences than runs, runs alone in every run's place,
 so the model may give it every core.
 Sequences whose deadline passed, or whose caller left, are dropped before the model
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.errors import DeadlineExceeded, InferenceFailed, NotReady, QueueFull
-from app.metrics import ModelMetrics
+from app.serving.metrics import ModelMetrics
 
-log = logging.getLogger("app.batcher")
+log = logging.getLogger("app.engine.batcher")
 
 # run(input_ids, attention_mask, positions, alone) -> one output row per sequence, or, when `positions` ([n, 2]:
 # batch row, token index) is given, one row per position. `alone`: nothing else runs meanwhile, and nothing waits.
@@ -49,63 +49,14 @@ class Item:
 
 
 @dataclass(frozen=True)
-class RunCost:
-    """What one model run costs, in tokens of work, by the tokens it runs (padded; packed: real).
-
-    `table[n]` for runs of n tokens up to the table's end, `slope` a token beyond it. Measured
-    (from_timings), it is ONNX Runtime's own curve: on a CPU the cost of a token falls steeply
-    over a run's first hundred tokens and is flat from about two hundred. A fixed overhead
-    cannot say both: fitted through a run of 16 tokens and one of 1,024 it came out at 27
-    tokens on roberta-base, and merging two runs of 250 tokens then saves 5% where it saves
-    nothing (see bench/results/NOTES.md, "The run's cost as a curve").
-    """
-
-    table: tuple[float, ...]
-    slope: float = 1.0
-
-    @classmethod
-    def linear(cls, overhead_tokens: float) -> RunCost:
-        """A fixed overhead and one unit a token: the operator's setting, and the packed graph's fit."""
-        return cls((float(overhead_tokens),), 1.0)
-
-    @classmethod
-    def from_timings(cls, timings: Sequence[tuple[int, float]]) -> RunCost:
-        """The piecewise-linear curve through (tokens, seconds) runs, in units of the largest run's
-        seconds a token: flat below the smallest run, its last segment's slope beyond the largest.
-
-        Seconds are made non-decreasing first (noise must not make a larger run look cheaper). A
-        last segment that did not rise (a GPU, where small runs are all overhead) makes runs past
-        the largest cost nothing more, so batches fill to the token budget.
-        """
-        points = sorted(timings)
-        tokens = [n for n, _ in points]
-        seconds = list(np.maximum.accumulate([t for _, t in points]))
-        if not points or tokens[-1] <= 0 or seconds[-1] <= 0:
-            raise ValueError(f"cannot make a cost curve of {timings}")
-        unit = seconds[-1] / tokens[-1]
-        table = np.interp(np.arange(tokens[-1] + 1), tokens, seconds) / unit
-        slope = (seconds[-1] - seconds[-2]) / (tokens[-1] - tokens[-2]) / unit if len(points) > 1 else 1.0
-        return cls(tuple(float(cost) for cost in table), float(slope))
-
-    def __call__(self, tokens: int) -> float:
-        top = len(self.table) - 1
-        return self.table[tokens] if tokens <= top else self.table[top] + self.slope * (tokens - top)
-
-    def describe(self) -> dict:
-        """For /info: a run's cost at a few sizes, in tokens of work."""
-        sizes = sorted({0, 16, 64, 256, 1024, len(self.table) - 1})
-        return {str(n): round(self(n), 1) for n in sizes}
-
-
-@dataclass(frozen=True)
 class BatchLimits:
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
     max_wait_s: float = 0.0
     max_queue: int = 1024
-    # What a run costs (see plan_batch). The default makes a run cost more than any padding, so everything
-    # that fits rides together; the service measures the real curve at start-up.
-    run_cost: RunCost = RunCost.linear(1e9)
+    # What one run costs beyond its tokens, in tokens of work (see plan_batch). The default makes a run cost
+    # more than any padding, so everything that fits rides together; the service measures it at start-up.
+    run_overhead_tokens: float = 1e9
     # Packed execution (export --packed): the padded row length at which one padded slot's attention costs as
     # much as one real token's other work (measured at start-up). None: padded execution, every slot a token.
     attention_tokens: float | None = None
@@ -121,7 +72,7 @@ def padded_tokens(lengths: Sequence[int]) -> int:
 def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], list[Item]]:
     """Split `pending` into (the batch to run now, what keeps waiting).
 
-    A model run costs what `limits.run_cost` puts on its padded tokens (rows x longest row): on
+    A model run costs `limits.run_overhead_tokens` plus its padded tokens (rows x longest row): on
     a CPU, padding is paid in full, and a batch of 32 SST-2 sentences in arrival order is half padding.
     Sorted by length, the waiting sequences are cut into the runs of least total cost
     (dynamic programming over cut points), within the size and token limits, and the run
@@ -144,23 +95,19 @@ def plan_batch(pending: list[Item], limits: BatchLimits) -> tuple[list[Item], li
     # best[j]: least cost of running window[:j]; first[j]: where the last run of that plan starts.
     best = [0.0] + [float("inf")] * len(window)
     first = [0] * (len(window) + 1)
-    # The limits and the cost curve as locals, run_cost inlined: this loop runs on the event loop, up to
-    # max_batch_size times per waiting sequence.
+    # The limits as locals: this loop runs on the event loop, up to max_batch_size times per waiting sequence.
     most, budget, attention = limits.max_batch_size, limits.max_batch_tokens, limits.attention_tokens
-    table, slope = limits.run_cost.table, limits.run_cost.slope
-    top = len(table) - 1
-    beyond = table[top] - slope * top  # a run of n > top tokens costs beyond + slope x n
+    overhead = limits.run_overhead_tokens
     for end in range(1, len(window) + 1):
         longest = lengths[end - 1]
         fits = min(most, end, max(1, budget // longest) if longest else most)  # one sequence runs whatever its length
         least, cut = best[end], first[end]
         for size in range(1, fits + 1):
             if attention is None:
-                tokens = size * longest
-                cost = best[end - size] + (table[tokens] if tokens <= top else beyond + slope * tokens)
+                cost = best[end - size] + overhead + size * longest
             else:
                 tokens = real[end] - real[end - size]
-                cost = best[end - size] + (table[tokens] if tokens <= top else beyond + slope * tokens) + size * longest * longest / attention
+                cost = best[end - size] + overhead + tokens + size * longest * longest / attention
             if cost < least:
                 least, cut = cost, end - size
         best[end], first[end] = least, cut
@@ -232,7 +179,7 @@ class Batcher:
         return futures
 
     def _count(self, change: int) -> None:
-        # Set at each change, not read at the scrape: in a pool of processes (app.supervisor) a scrape reads
+        # Set at each change, not read at the scrape: in a pool of processes (app.serving.supervisor) a scrape reads
         # every process's value from its file, where a function read at the scrape would give 0.
         self._depth += change
         self._metrics.queue_depth.set(self._depth)

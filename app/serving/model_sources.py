@@ -1,7 +1,7 @@
 """Which model folders the settings name, and under which names, read without loading any of them.
 
-Kept apart from app.repository, which builds the models (and so imports ONNX Runtime): `python -m app`
-reads the folders first to lay out its processes (app.layout), and a pool's supervisor loads no model.
+Kept apart from app.serving.repository, which builds the models (and so imports ONNX Runtime): `python -m app`
+reads the folders first to lay out its processes (app.engine.runtime), and a pool's supervisor loads no model.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.model_folder import ModelFolderError
+from app.serving.model_folder import ModelFolderError
 from app.settings import MODEL_NAME, Settings
 
 # The settings that name one model and make it the default of a task, as before there were repositories.

@@ -1,6 +1,6 @@
 """The models one process serves, by name: where they come from, how each is built, which answers what.
 
-Models come (app.model_sources) from ROBERTA_MODEL_REPOSITORY (every subfolder holding an export, named by
+Models come (app.serving.model_sources) from ROBERTA_MODEL_REPOSITORY (every subfolder holding an export, named by
 the subfolder), ROBERTA_MODELS (name=folder,...), and the older ROBERTA_CLASSIFY_MODEL and
 ROBERTA_FILL_MASK_MODEL (named by their folder; the default model of their task). Every
 model gets its own tokenizer, ONNX Runtime session, batcher and queue. Start-up loads them
@@ -13,20 +13,20 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 
-from app.batcher import BatchLimits, RunCost
+from app.engine.batcher import BatchLimits
 from app.errors import NotFound
-from app.metrics import Metrics
-from app.model import ServedModel, resident_bytes
-from app.model_folder import ModelFolderError, load_model_folder
-from app.model_sources import ModelSource, model_sources
-from app.runtime import ModelRuntime, SessionConfig, spins
+from app.serving.metrics import Metrics
+from app.serving.model import ServedModel, resident_bytes
+from app.serving.model_folder import ModelFolderError, load_model_folder
+from app.serving.model_sources import ModelSource, model_sources
+from app.engine.runtime import ModelRuntime, SessionConfig, spins
 from app.settings import Settings, parse_session_config
-from app.tasks import Task
-from app.threads import usable_cores
-from app.tokenize import TextEncoder
-from app.workers import Workers
+from app.tasks.base import Task
+from app.engine.threads import usable_cores
+from app.engine.tokenize import TextEncoder
+from app.engine.threads import ThreadPool
 
-log = logging.getLogger("app.repository")
+log = logging.getLogger("app.serving.repository")
 
 
 class ModelRepository:
@@ -40,13 +40,13 @@ class ModelRepository:
         }
 
     @classmethod
-    def build(cls, settings: Settings, metrics: Metrics, executor: Workers, tasks: Mapping[str, Task]) -> ModelRepository:
+    def build(cls, settings: Settings, metrics: Metrics, executor: ThreadPool, tasks: Mapping[str, Task]) -> ModelRepository:
         limits = BatchLimits(
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
-            run_cost=BatchLimits.run_cost if settings.run_overhead_tokens is None else RunCost.linear(settings.run_overhead_tokens),
+            run_overhead_tokens=BatchLimits.run_overhead_tokens if settings.run_overhead_tokens is None else settings.run_overhead_tokens,
         )
         session = SessionConfig(
             precision=settings.precision,
@@ -56,8 +56,9 @@ class ModelRepository:
             inter_op_threads=settings.inter_op_threads,
             providers_chosen="providers" in settings.model_fields_set,
             extra=parse_session_config(settings.onnx_session_config),
+            idle=settings.onnx_scheduler == "idle",
             execution=settings.execution,
-            # A process of a pool (app.supervisor) lays its threads out on its share of the cores.
+            # A process of a pool (app.serving.supervisor) lays its threads out on its share of the cores.
             cores=max(1, usable_cores() // settings.processes) if settings.processes > 1 else None,
         )
         sources = model_sources(settings)

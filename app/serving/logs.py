@@ -42,7 +42,7 @@ class _Enqueue(QueueHandler):
             if self.dropped != written_drops:
                 count, written_drops = self.dropped - written_drops, self.dropped
                 self._output.handle(logging.makeLogRecord({
-                    "name": "app.logs", "levelno": logging.WARNING, "levelname": "WARNING",
+                    "name": "app.serving.logs", "levelno": logging.WARNING, "levelname": "WARNING",
                     "msg": f"{count} log lines were dropped: the log output was not being read",
                 }))
             self._output.handle(record)
