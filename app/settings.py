@@ -45,23 +45,18 @@ class Settings(BaseSettings):
     execution: Literal["auto", "padded", "packed"] = Field(
         "auto",
         description="auto: the padding-free graph (export --packed) for INT8 where the folder has it, else the padded "
-        "one (bench/results/NOTES.md: INT8 packed 1.01-1.24x padded on a CPU, fp32 level); packed: the padding-free "
-        "graph at any precision; padded: never",
+        "one (docs/decisions/packed-graph.md); packed: the padding-free graph at any precision; padded: never",
     )
 
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per batch")
     max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per batch (batch size x longest sequence)")
-    run_overhead_tokens: float | None = Field(
-        None, ge=0, description="fixed cost of one model run, in tokens of work; unset: measured at start-up from two "
-        "timed runs. Batches are cut by length to minimise what runs cost, padding included"
-    )
     max_wait_ms: float = Field(
         0.0, ge=0, le=10_000, description="how long an idle model waits for company for a new request; batches form anyway while it is busy"
     )
     max_queue: int = Field(1024, ge=1, description="sequences waiting per model; beyond it requests get 429")
-    max_inputs: int = Field(64, ge=1, description="texts per request; beyond it 413")
-    max_mask_answers: int = Field(
-        2048, ge=1, description="fill-mask answers per request (texts x masks x top_k); beyond it 413"
+    max_inputs: int = Field(
+        64, ge=1, description="texts per request (zero-shot: texts x labels); beyond it 413. Fill-mask answers "
+        "(texts x masks x top_k) are held to 32 per input allowed"
     )
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request from arrival to answer")
     max_request_timeout_s: float = Field(
@@ -70,9 +65,6 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1, description="request bodies larger than this get 413 before they are read; also the most "
         "characters of text one request hands the tokenizer (zero-shot hypotheses included)"
-    )
-    max_header_bytes: int = Field(
-        65536, ge=1024, description="request line and headers together; beyond it 431 and the connection is closed"
     )
     header_timeout_s: float = Field(10.0, gt=0, description="a request's headers must arrive within this of its first byte (else 408)")
     body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this of its headers (else 408)")
@@ -86,23 +78,11 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime threads inside each run (0: the cores shared out among the concurrent runs)"
     )
-    solo_session: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="a second session on every core for a batch that runs alone (light load), with its own copy of the "
-        "weights; auto: when one model of at least 512 wide (roberta-base) is loaded on a CPU",
-    )
-    inter_op_threads: int = Field(1, ge=0, description="ONNX Runtime threads across operators")
-    tokenizer_threads: int = Field(1, ge=1, description="threads that tokenize requests off the event loop")
     onnx_scheduler: Literal["normal", "idle"] = Field(
         "normal",
         description="idle: run the models' ONNX Runtime threads under Linux's SCHED_IDLE, so that the event loop and "
         "the tokenizer take a core the moment they wake; they then get only the CPU that no normal thread of the "
         "service's cgroup wants (only where the service has its cgroup to itself: a container, a pod)",
-    )
-    onnx_session_config: str | None = Field(
-        None,
-        description="extra ONNX Runtime session config entries, key=value,... (e.g. session.intra_op.spin_duration_us=200), "
-        "applied after the service's own",
     )
 
     api_key: SecretStr | None = Field(None, description="when set, inference endpoints need `Authorization: Bearer <key>`")
@@ -185,13 +165,6 @@ class Settings(BaseSettings):
             raise ValueError("with processes above 1, name the port: each process binds it, and 0 would give each its own")
         return self
 
-    @field_validator("onnx_session_config")
-    @classmethod
-    def _session_entries(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_session_config(value)
-        return value
-
     @field_validator("models")
     @classmethod
     def _name_equals_folder(cls, value):
@@ -212,7 +185,6 @@ class Settings(BaseSettings):
         return parse_named_models(self.models) if self.models else {}
 
 
-SESSION_KEY = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # safe in a URL path and a metric label
 
 
@@ -231,19 +203,6 @@ def parse_named_models(value: str) -> dict[str, Path]:
             raise ValueError(f"model name {name!r} is given twice")
         named[name] = Path(folder)
     return named
-
-
-def parse_session_config(value: str | None) -> tuple[tuple[str, str], ...]:
-    """`a.b=1,c.d=x` -> (("a.b", "1"), ("c.d", "x")); ONNX Runtime's keys are dotted lower-case names."""
-    entries = []
-    for entry in (part.strip() for part in (value or "").split(",")):
-        if not entry:
-            continue
-        key, equals, setting = (piece.strip() for piece in entry.partition("="))
-        if not equals or not SESSION_KEY.match(key) or not setting:
-            raise ValueError(f"{entry!r} is not key=value with a dotted ONNX Runtime key (e.g. session.intra_op.allow_spinning=0)")
-        entries.append((key, setting))
-    return tuple(entries)
 
 
 def describe_settings_error(error: ValidationError) -> str:

@@ -2,7 +2,7 @@
 
     python -m bench.ab ../other-checkout                      # embedded INT8 classifier, c=32 and 64, 20 s each
     python -m bench.ab ../other-checkout --seconds 10 --concurrency 8
-    python -m bench.ab . --other-env ROBERTA_ONNX_SESSION_CONFIG=session.intra_op.allow_spinning=0   # a setting
+    python -m bench.ab . --other-env ROBERTA_ONNX_SCHEDULER=idle     # a setting
     python -m bench.ab . --folder NEW_EXPORT --other-folder OLD_EXPORT   # two exports of one model
 
 For a change to the serving path (the HTTP layer, the batcher) whose cost must be seen beside the

@@ -35,7 +35,6 @@ class SessionConfig:
     precision: str = "auto"
     providers: tuple[str, ...] = ("cuda", "cpu")
     intra_op_threads: int = 0  # 0: see run_layout
-    inter_op_threads: int = 1
     concurrent_runs: int = 0  # batches of the model that run at once; 0: see run_layout
     cores: int | None = None  # the cores to lay threads out on; None: usable_cores()
     # A second session on every core for a batch that runs alone (see ModelRuntime.run). It holds its own copy of
@@ -47,8 +46,6 @@ class SessionConfig:
     # Worker threads spin between operators (ONNX Runtime's default). With several models in one process, the
     # threads of one session spin on the cores another session needs: then they wait instead (see `spins`).
     spin: bool = True
-    # ROBERTA_ONNX_SESSION_CONFIG: ONNX Runtime's own config entries, applied last (they may override `spin`).
-    extra: tuple[tuple[str, str], ...] = ()
     # ROBERTA_ONNX_SCHEDULER=idle: the model's threads under SCHED_IDLE (see name_native_thread).
     idle: bool = False
     # ROBERTA_EXECUTION: the padding-free graph or the padded one (see choose_execution).
@@ -61,9 +58,7 @@ def run_layout(concurrent_runs: int, intra_op_threads: int, cores: int, on_cuda:
     On a CPU, unless told otherwise: one single-threaded run per core. One run on every core's
     thread keeps them in step: each operator ends when the slowest thread ends, and a core the
     event loop or the tokenizer takes stalls the whole run while the partner thread spins. Runs
-    side by side share nothing but the weights. ONNX Runtime alone, batches of 8 x 26 tokens, two
-    cores: roberta-base 1.17x (fp32) and 1.18x (INT8), the embedded model 1.66x (INT8) the
-    throughput of one run on two threads (bench/results/NOTES.md). Naming the threads per run
+    side by side share nothing but the weights (docs/decisions/runs-side-by-side.md). Naming the threads per run
     (ROBERTA_INTRA_OP_THREADS) without the runs keeps one run. A GPU runs one batch at a time.
     """
     if on_cuda:
@@ -76,8 +71,8 @@ def spins(models_loaded: int, hidden_size: int | None) -> bool:
     """Whether a model's session lets its threads spin: alone in the process, and wide enough to gain from it.
 
     ONNX Runtime's worker threads spin between operators by default. That pays where an operator's work is large
-    (roberta-base, 768 wide: spinning off was 8-11% slower in fp32) and costs where it is small (the embedded
-    256-wide model: spinning off was 18-26% faster); bench/results/NOTES.md has the runs.
+    (roberta-base) and costs where it is small (the embedded 256-wide model), and where sessions share the cores
+    (docs/decisions/solo-session-and-spinning.md).
     """
     return models_loaded == 1 and is_wide(hidden_size)
 
@@ -106,8 +101,8 @@ def choose_precision(requested: str, exported: set[str], on_cuda: bool) -> str:
     return sorted(exported)[0]
 
 
-# Where the padding-free graph measured faster in the service: INT8 on a CPU (1.01-1.24x padded over two full
-# runs). In fp32 it was level; FP16 on a GPU has not been measured (scripts/gpu-check.sh does).
+# Where the padding-free graph measured faster in the service: INT8 on a CPU (docs/decisions/packed-graph.md). In
+# fp32 it was level or slower; FP16 on a GPU has not been measured (scripts/gpu-check.sh does).
 PACKED_BY_DEFAULT = frozenset({"int8"})
 
 
@@ -198,13 +193,10 @@ class ModelRuntime:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = config.inter_op_threads
+        options.inter_op_num_threads = 1  # operators run one after another (ORT_SEQUENTIAL)
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # See `spins`; ROBERTA_ONNX_SESSION_CONFIG has the last word.
-        if not config.spin:
+        if not config.spin:  # see `spins`
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        for key, value in config.extra:
-            options.add_session_config_entry(key, value)
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
@@ -226,8 +218,7 @@ class ModelRuntime:
     async def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray | None = None,
                   alone: bool = False) -> np.ndarray:
         """`alone`: the batcher runs nothing else meanwhile, and has no more work waiting (see Batcher). Such a
-        batch takes the solo session where there is one: roberta-base, one sequence of 26 tokens, runs in 29 ms
-        on two threads against 52 ms on one (fp32; INT8 9 against 15)."""
+        batch takes the solo session where there is one, on every core (docs/decisions/solo-session-and-spinning.md)."""
         return await self._executor.run(self.run_sync, input_ids, attention_mask, positions, alone)
 
     async def warm_up(self, shapes: list[tuple[int, int]], pad_id: int) -> float:

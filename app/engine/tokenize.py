@@ -79,7 +79,7 @@ class TextEncoder:
         self.pad_id = 1 if pad_id is None else pad_id
         self._cleanup = bool(config.get("clean_up_tokenization_spaces", False))
         self._vocab = self._truncating.get_vocab(with_added_tokens=True)
-        self.vocab_size = self._truncating.get_vocab_size(with_added_tokens=True)  # 20 ms a call for 50k tokens
+        self.vocab_size = self._truncating.get_vocab_size(with_added_tokens=True)  # read once: each call walks the whole vocabulary
         added = list(self._whole.get_added_tokens_decoder().values())
         byte_level = isinstance(self._whole.pre_tokenizer, pre_tokenizers.ByteLevel)
         # No normalizer means every input byte is covered by some token, so a token count can be bounded from

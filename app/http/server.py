@@ -443,7 +443,6 @@ def _start_watchdog(deadline: float) -> None:
 def uvicorn_config(app, state: AppState) -> uvicorn.Config:
     settings = state.settings
     limits = HttpLimits(
-        max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,
         keep_alive_timeout_s=settings.keep_alive_timeout_s,

@@ -42,7 +42,6 @@ class ServedModel:
         metrics: ModelMetrics,
         executor: ThreadPool,
         *,
-        measure_cost: bool,  # False: the operator set a run's overhead (limits.run_overhead_tokens)
         memory_bytes: int | None = None,  # what loading it added to the process's resident memory
     ) -> None:
         self.name = name
@@ -54,7 +53,6 @@ class ServedModel:
             runtime.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics, concurrency=runtime.concurrent_runs
         )
         self._executor = executor
-        self._measure_cost = measure_cost
         self.memory_bytes = memory_bytes
         self.warm = False
 
@@ -204,13 +202,10 @@ class ServedModel:
             overhead, attention = await self.runtime.measure_packed_costs(self.encoder.pad_id, limits.max_batch_tokens)
             limits = replace(limits, attention_tokens=attention)
             log.info("%s: padding-free; a padded slot's attention costs a token at rows of %.0f", self.name, attention)
-            if self._measure_cost:
-                limits = replace(limits, run_overhead_tokens=overhead)
-        elif self._measure_cost:
+        else:
             overhead = await self.runtime.measure_run_overhead(self.encoder.pad_id, limits.max_batch_tokens, limits.max_batch_size)
-            limits = replace(limits, run_overhead_tokens=overhead)
-        if self._measure_cost:
-            log.info("%s: a run costs %.0f tokens of work beyond its tokens", self.name, limits.run_overhead_tokens)
+        limits = replace(limits, run_overhead_tokens=overhead)
+        log.info("%s: a run costs %.0f tokens of work beyond its tokens", self.name, limits.run_overhead_tokens)
         self.batcher.limits = limits  # its own batcher, before it serves
         after = resident_bytes()
         if self.memory_bytes is not None and before is not None and after is not None:

@@ -16,7 +16,8 @@ PACKED_FILES = {"fp32": "model.packed.onnx", "int8": "model.packed.int8.onnx", "
 
 # roberta-base is 768 wide. From 512 up, each operator's work is large enough for threads to share one run (spinning
 # between operators pays, a lone batch gains from every core) and one event loop keeps the cores busy; the 256-wide
-# embedded model measured the other way on each count (bench/results/NOTES.md). app.engine.runtime and app.engine.runtime decide by it.
+# embedded model measured the other way on each count (docs/decisions/solo-session-and-spinning.md). app.engine.runtime
+# decides by it.
 WIDE_HIDDEN_SIZE = 512
 
 

@@ -20,7 +20,7 @@ from app.serving.model import ServedModel, resident_bytes
 from app.serving.model_folder import ModelFolderError, load_model_folder
 from app.serving.model_sources import ModelSource, model_sources
 from app.engine.runtime import ModelRuntime, SessionConfig, spins
-from app.settings import Settings, parse_session_config
+from app.settings import Settings
 from app.tasks.base import Task
 from app.engine.threads import usable_cores
 from app.engine.tokenize import TextEncoder
@@ -46,16 +46,13 @@ class ModelRepository:
             max_batch_tokens=settings.max_batch_tokens,
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
-            run_overhead_tokens=BatchLimits.run_overhead_tokens if settings.run_overhead_tokens is None else settings.run_overhead_tokens,
         )
         session = SessionConfig(
             precision=settings.precision,
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
             concurrent_runs=settings.concurrent_runs,
-            inter_op_threads=settings.inter_op_threads,
             providers_chosen="providers" in settings.model_fields_set,
-            extra=parse_session_config(settings.onnx_session_config),
             idle=settings.onnx_scheduler == "idle",
             execution=settings.execution,
             # A process of a pool (app.serving.supervisor) lays its threads out on its share of the cores.
@@ -126,8 +123,7 @@ def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, 
     folder = load_model_folder(source.path, source.default_for)
     spin = spins(models_loaded, folder.hidden_size)
     # The evidence for both is the same: a wide model gains from threads working together on one run.
-    solo = settings.solo_session == "on" or (settings.solo_session == "auto" and spin)
-    session = replace(session, spin=spin, solo=solo)
+    session = replace(session, spin=spin, solo=spin)
     if folder.task not in tasks:
         raise ModelFolderError(f"{source.path} holds a '{folder.task}' model; this server serves {', '.join(tasks)}")
     try:
@@ -138,7 +134,6 @@ def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, 
     after = resident_bytes()
     model = ServedModel(
         source.name, folder, encoder, runtime, limits, metrics.for_model(source.name), executor,
-        measure_cost=settings.run_overhead_tokens is None,
         memory_bytes=after - before if before is not None and after is not None else None,
     )
     try:

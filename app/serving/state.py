@@ -53,7 +53,7 @@ class AppState:
         """`tasks`: app.tasks.build_tasks(settings), every task the service answers."""
         # A lane of its own for tokenizing that cannot be cut into pieces (app.serving.model.ServedModel.tokens): a long
         # unbroken text, or any long one for a tokenizer with a normalizer. Other requests never queue behind it.
-        executor = ThreadPool(settings.tokenizer_threads, "tokenize", long_threads=1)
+        executor = ThreadPool(1, "tokenize", long_threads=1)
         try:
             models = ModelRepository.build(settings, metrics, executor, tasks)
         except BaseException:

@@ -1,9 +1,9 @@
 """`python -m app --processes N`: N copies of the service on one port, each with its share of the cores.
 
 One process runs every request through one event loop; when that thread waits for a core, the model's
-run threads soon wait for it, and on a model narrower than roberta-base two cores sat 11-15% idle at
-c=32 (bench/results/NOTES.md). Processes of one core each, dealt connections by the kernel (SO_REUSEPORT),
-keep one pipeline per core, as pods of one core behind a Service do.
+run threads soon wait for it, and on a model narrower than roberta-base the cores sit partly idle
+(docs/decisions/one-process-by-default.md). Processes of one core each, dealt connections by the kernel
+(SO_REUSEPORT), keep one pipeline per core, as pods of one core behind a Service do.
 
 - Start: the port claimed (`claim_port`: no other pool of this service may start on it meanwhile) and
   checked free first, before any model loads; then one process at a time, each listening only once its models

@@ -20,7 +20,7 @@ from app.tasks.base import Answer, Cost, Model, Task, cost_of_texts, softmax, te
 
 
 MAX_MASKS = 8  # per text: each mask is a full-vocabulary softmax in the response path
-MAX_TOP_K = 100  # answers per mask; the request as a whole is capped too (ROBERTA_MAX_MASK_ANSWERS)
+MAX_TOP_K = 100  # answers per mask; the request as a whole is capped too (ANSWERS_PER_INPUT)
 MAX_TARGETS = 1000
 MAX_TARGET_CHARS = 100  # a target is a word: only its first sub-token can be an answer
 
@@ -33,6 +33,10 @@ def _a_word(text: str) -> str:
 
 Target = Annotated[str, Field(max_length=MAX_TARGET_CHARS), AfterValidator(encodable), AfterValidator(_a_word)]
 
+
+# Fill-mask answers one request may ask for (texts x masks x top_k), per input max_inputs allows: each answer
+# carries its filled-in sequence, so this bounds what one request makes the server render and send.
+ANSWERS_PER_INPUT = 32
 
 class FillMaskParameters(BaseModel):
     model_config = Strict
@@ -79,7 +83,7 @@ class FillMask(Task):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FillMask:
-        return cls(settings.max_mask_answers)
+        return cls(settings.max_inputs * ANSWERS_PER_INPUT)
 
     def check(self, model: Model) -> None:
         if model.encoder.mask_id is None:
