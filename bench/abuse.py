@@ -73,6 +73,10 @@ from pathlib import Path
 
 import httpx
 
+from bench import servers
+from bench.servers import POOL_READY_LINE, StartFailed
+from bench.wrk import process_cpu
+
 REPO = Path.cwd()
 BUILD = REPO / "build" / "abuse"
 DEFAULT_SHARED = REPO.parent / "shared" / "data"
@@ -104,11 +108,7 @@ atexit.register(_kill_children)
 
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment without ROBERTA_* settings, the repo in the current directory first on the path."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROBERTA_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env.update(extra or {})
-    return env
+    return servers.app_env(extra)
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -120,106 +120,30 @@ def memory_mb(pid: int) -> dict[str, float]:
     found = {key: re.search(rf"{key}:\s+(\d+) kB", status) for key in ("VmRSS", "VmHWM")}
     if not all(found.values()):  # a zombie: exited, not yet reaped
         return {"rss_mb": float("nan"), "peak_mb": float("nan")}
-    values = {key: int(match.group(1)) / 1024 for key, match in found.items()}
-    return {"rss_mb": round(values["VmRSS"], 1), "peak_mb": round(values["VmHWM"], 1)}
+    return {"rss_mb": round(int(found["VmRSS"].group(1)) / 1024, 1), "peak_mb": round(int(found["VmHWM"].group(1)) / 1024, 1)}
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    spent = process_cpu(pid)
+    return float("nan") if spent is None else spent
 
 
-class StartFailed(RuntimeError):
-    """The server process exited (or never became ready) before /readyz said 200."""
-
-    def __init__(self, message: str, exit_code: int | None, lines: list[str]) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.first_line = next((line for line in lines if line.strip()), "")
-
-
-READY_LINE = re.compile(r"(?:Uvicorn running on|processes ready on) (http://127\.0\.0\.1:\d+)")
-POOL_READY_LINE = re.compile(r"processes ready on (http://127\.0\.0\.1:\d+)")  # the supervisor's, once all listen
-
-
-def processes_flag(flags: tuple[str, ...] | list[str]) -> int:
-    """The value of --processes among `flags` (1 when absent)."""
-    return next((int(value) for flag, value in zip(flags, flags[1:]) if flag == "--processes"), 1)
-
-
-class Server:
-    """`python -m app --host 127.0.0.1 --port PORT --log-level info FLAGS`, its URL parsed from the log: uvicorn's
-    "Uvicorn running on", or for a pool (--processes N > 1, which needs a fixed port) the supervisor's
-    "all N processes ready on"."""
-
-    def __init__(self, *flags: str, env: dict[str, str] | None = None, auth: str | None = None, port: int = 0) -> None:
-        self.command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", *flags]
-        self.ready_line = POOL_READY_LINE if processes_flag(flags) > 1 else READY_LINE
-        self.env = server_env(env)
-        self.auth_headers = {"Authorization": f"Bearer {auth}"} if auth else {}
-        self.process: subprocess.Popen | None = None
-        self.lines: list[str] = []
-        self.url = ""
-        self.ready_lines = 0  # log lines written before /readyz first said 200
-        self.exited_at: float | None = None  # monotonic time the process was first seen to have exited
+class Server(servers.AppProcess):
+    """bench.servers.AppProcess, killed at exit if a case left it running, with what these cases read from /info and
+    /metrics."""
 
     def __enter__(self) -> Server:
-        self.process = subprocess.Popen(
-            self.command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        _CHILDREN.add(self.process)
-        bound = threading.Event()
-        threading.Thread(target=self._read_output, args=(bound,), daemon=True).start()
         try:
-            self._wait_ready(bound)
-        except BaseException:
-            self.kill()
-            raise
+            super().__enter__()
+        finally:
+            if self.process is not None:
+                _CHILDREN.add(self.process)
         return self
 
-    def _wait_ready(self, bound: threading.Event) -> None:
-        deadline = time.monotonic() + 180
-        while not bound.wait(timeout=0.2):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                time.sleep(0.2)  # let the reader thread take the last lines
-                raise StartFailed("server did not start: " + self.tail(), self.process.poll(), self.lines)
-        while True:
-            try:
-                if httpx.get(f"{self.url}/readyz", headers=self.auth_headers, timeout=5).status_code == 200:
-                    self.ready_lines = len(self.lines)
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise StartFailed("server did not become ready: " + self.tail(), self.process.poll(), self.lines)
-            time.sleep(0.1)
-
-    def _read_output(self, bound: threading.Event) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            found = self.ready_line.search(line)
-            if found and not bound.is_set():
-                self.url = found.group(1)
-                bound.set()
-
-    def tail(self, lines: int = 5) -> str:
-        return " / ".join(self.lines[-lines:])
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        host, port = self.url.removeprefix("http://").split(":")
-        return host, int(port)
-
-    def memory(self) -> dict[str, float]:
-        return memory_mb(self.pid)
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        _CHILDREN.discard(self.process)
 
     def rss(self) -> float:
         return self.memory()["rss_mb"]
@@ -249,41 +173,6 @@ class Server:
             return float(found.group(1)) if found else float("nan")
 
         return sample("roberta_batch_size_count"), sample("roberta_batch_size_sum")
-
-    def alive(self) -> bool:
-        if self.process.poll() is None:
-            return True
-        self.exited_at = self.exited_at or time.monotonic()
-        return False
-
-    def sigterm(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-
-    def wait_exit(self, seconds: float, poll_s: float = 0.5) -> tuple[float | None, int | None]:
-        """Poll until the process exits or `seconds` pass: (seconds to exit, exit code), or (None, None)."""
-        started = time.monotonic()
-        while self.alive():
-            if time.monotonic() - started >= seconds:
-                return None, None
-            time.sleep(poll_s)
-        return round(max(0.0, self.exited_at - started), 2), self.process.returncode
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def __exit__(self, *exc) -> None:
-        if self.process.poll() is None:
-            self.sigterm()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        _CHILDREN.discard(self.process)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -1383,7 +1272,7 @@ class Watchdog:
 
 
 def watched(server: Server, limit_s: float = 150, **kwargs) -> Watchdog:
-    return Watchdog(server.process, limit_s=limit_s, tree=processes_flag(server.command) > 1, **kwargs)
+    return Watchdog(server.process, limit_s=limit_s, tree=server.ready_line is POOL_READY_LINE, **kwargs)
 
 
 class Servers:

@@ -1,4 +1,11 @@
-"""Start each benchmarked server as its own process on 127.0.0.1 and read what only the process knows (peak RSS)."""
+"""Servers as processes on 127.0.0.1, and what only the process knows (memory, CPU).
+
+`AppProcess` is the one way the tests and the studies start `python -m app`: its flags, its output
+read as it comes, its URL from the line that says it listens, readiness from /readyz, its memory
+and CPU, signals, and a stop that drains. `Server` runs any benchmarked system (this service,
+the naive server, infinity) from a command and a port, with its output in a log file, and can
+pause it (SIGSTOP) while another system is measured.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +25,166 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.wrk import process_cpu
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+READY_LINE = re.compile(r"(?:Uvicorn running on|processes ready on) (http://127\.0\.0\.1:\d+)")
+POOL_READY_LINE = re.compile(r"processes ready on (http://127\.0\.0\.1:\d+)")  # the supervisor's, once all listen
+
+
+class StartFailed(RuntimeError):
+    """The server process exited, or never became ready, before /readyz said 200."""
+
+    def __init__(self, message: str, exit_code: int | None, lines: list[str]) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.first_line = next((line for line in lines if line.strip()), "")
+
+
+def app_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment without its ROBERTA_* settings (a server gets only those it is given), this
+    checkout first on the path."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ROBERTA_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+class AppProcess:
+    """`python -m app --host 127.0.0.1 --port PORT --log-level info FLAGS` (or `launcher` with those flags), its URL
+    parsed from its output: uvicorn's "Uvicorn running on", or for a pool (--processes N > 1) the supervisor's
+    "all N processes ready on". `auth`: the API key readiness is asked with, where /readyz needs it."""
+
+    def __init__(self, *flags: str, env: dict[str, str] | None = None, wait_ready: bool = True,
+                 launcher: list[str] | None = None, port: int = 0, auth: str | None = None, start_s: float = 180) -> None:
+        launcher = launcher or [sys.executable, "-m", "app"]
+        self.command = [*launcher, "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", *flags]
+        pool = next((int(value) for flag, value in zip(flags, flags[1:]) if flag == "--processes"), 1) > 1
+        self.ready_line = POOL_READY_LINE if pool else READY_LINE
+        self.env = app_env(env)
+        self.auth_headers = {"Authorization": f"Bearer {auth}"} if auth else {}
+        self._wait_ready = wait_ready
+        self._start_s = start_s
+        self.process: subprocess.Popen | None = None
+        self.lines: list[str] = []  # its output so far, one entry a line
+        self.url = ""
+        self.ready_lines = 0  # lines written before /readyz first said 200
+        self.exited_at: float | None = None  # monotonic time the process was first seen to have exited
+
+    def __enter__(self) -> AppProcess:
+        self.process = subprocess.Popen(
+            self.command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        bound = threading.Event()
+        threading.Thread(target=self._read_output, args=(bound,), daemon=True).start()
+        try:
+            self._wait(bound)
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def _wait(self, bound: threading.Event) -> None:
+        deadline = time.monotonic() + self._start_s
+        while not bound.wait(timeout=0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                time.sleep(0.2)  # let the reader take the last lines
+                raise StartFailed("server did not start:\n" + self.output, self.process.poll(), self.lines)
+        if not self.url:
+            raise StartFailed("server did not start:\n" + self.output, self.process.poll(), self.lines)
+        while self._wait_ready:
+            try:
+                if httpx.get(f"{self.url}/readyz", headers=self.auth_headers, timeout=5).status_code == 200:
+                    self.ready_lines = len(self.lines)
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise StartFailed("server did not become ready:\n" + self.output, self.process.poll(), self.lines)
+            time.sleep(0.05)
+
+    def _read_output(self, bound: threading.Event) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            found = self.ready_line.search(line)
+            if found and not bound.is_set():
+                self.url = found.group(1)
+                bound.set()
+        bound.set()  # the output ended: the process exited, whether it bound or not
+
+    @property
+    def output(self) -> str:
+        return "".join(line + "\n" for line in self.lines)
+
+    def tail(self, lines: int = 5) -> str:
+        return " / ".join(self.lines[-lines:])
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").split(":")
+        return host, int(port)
+
+    def memory(self) -> dict[str, float]:
+        """VmRSS and VmHWM (peak) of the process, in MB (nan once it has exited)."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return {"rss_mb": float("nan"), "peak_mb": float("nan")}
+        found = {key: re.search(rf"{key}:\s+(\d+) kB", status) for key in ("VmRSS", "VmHWM")}
+        if not all(found.values()):  # a zombie: exited, not yet reaped
+            return {"rss_mb": float("nan"), "peak_mb": float("nan")}
+        return {"rss_mb": round(int(found["VmRSS"].group(1)) / 1024, 1), "peak_mb": round(int(found["VmHWM"].group(1)) / 1024, 1)}
+
+    def rss_bytes(self) -> int:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{self.pid}/status").read_text()).group(1)) * 1024
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system, every thread) the process has taken; nan once it has ended."""
+        spent = process_cpu(self.pid)
+        return float("nan") if spent is None else spent
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def sigterm(self) -> None:
+        self.signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def alive(self) -> bool:
+        if self.process.poll() is None:
+            return True
+        self.exited_at = self.exited_at or time.monotonic()
+        return False
+
+    def wait_exit(self, seconds: float, poll_s: float = 0.5) -> tuple[float | None, int | None]:
+        """Poll until the process exits or `seconds` pass: (seconds to exit, exit code), or (None, None)."""
+        started = time.monotonic()
+        while self.alive():
+            if time.monotonic() - started >= seconds:
+                return None, None
+            time.sleep(poll_s)
+        return round(max(0.0, self.exited_at - started), 2), self.process.returncode
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def __exit__(self, *exc) -> None:
+        if self.process.poll() is None:
+            self.sigterm()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 def free_port() -> int:
