@@ -25,6 +25,8 @@ import pytest
 from bench.servers import free_port
 from server import REPO, ServerProcess, raw_connection, read_all
 
+pytestmark = pytest.mark.slow  # processes, exports or benchmarks: the full run (CI), not the fast tier
+
 MB = 1024 * 1024
 BOOKS = REPO.parent / "shared" / "data" / "books" / "books_clean.txt"
 QUICK_S = 3.0  # what a refusal may take, however large the body

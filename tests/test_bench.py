@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import contextlib
 import json
 import os
@@ -13,6 +15,8 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # processes, exports or benchmarks: the full run (CI), not the fast tier
 
 
 def test_quick_benchmark_writes_a_complete_report(tmp_path):

@@ -14,6 +14,8 @@ import pytest
 
 from server import ServerProcess, metric_value
 
+pytestmark = pytest.mark.slow  # processes, exports or benchmarks: the full run (CI), not the fast tier
+
 HOLD_S = 1.5
 
 

@@ -15,6 +15,8 @@ from app.engine.tokenize import TextEncoder
 from conftest import REPO
 from server import ServerThread
 
+pytestmark = pytest.mark.slow  # processes, exports or benchmarks: the full run (CI), not the fast tier
+
 MODELS = REPO / "models"
 DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
 POSITIVE = ["what a wonderful film", "a moving, beautifully acted story", "one of the best movies of the year"]

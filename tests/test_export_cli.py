@@ -15,6 +15,8 @@ import torch
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # processes, exports or benchmarks: the full run (CI), not the fast tier
+
 
 def run_export(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -13,6 +13,8 @@ import pytest
 
 from server import REPO, ServerProcess, metric_value
 
+pytestmark = pytest.mark.slow  # processes, exports or benchmarks: the full run (CI), not the fast tier
+
 FAULTY_APP = [sys.executable, str(Path(__file__).with_name("faulty_app.py"))]
 
 

@@ -9,6 +9,8 @@ import sys
 import pytest
 from commands import REPO, run, tool
 
+pytestmark = pytest.mark.slow  # processes, exports or benchmarks: the full run (CI), not the fast tier
+
 
 @pytest.fixture(scope="module")
 def exported_fp16(tmp_path_factory, tiny_classifier):

@@ -21,6 +21,8 @@ from schemathesis.specs.openapi.checks import (
 
 from server import ServerProcess
 
+pytestmark = pytest.mark.slow  # processes, exports or benchmarks: the full run (CI), not the fast tier
+
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES = 150  # per operation and mode
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import signal
 import threading
@@ -11,6 +13,8 @@ from collections import Counter
 import httpx
 
 from server import ServerProcess, raw_connection
+
+pytestmark = pytest.mark.slow  # processes, exports or benchmarks: the full run (CI), not the fast tier
 
 WORKERS = 16
 DELAY_S = 1.0

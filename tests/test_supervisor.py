@@ -19,6 +19,8 @@ from app.serving.metrics import Metrics
 from bench.servers import free_port
 from server import ServerProcess, metric_value
 
+pytestmark = pytest.mark.slow  # processes, exports or benchmarks: the full run (CI), not the fast tier
+
 CONNECTIONS = 32  # all 32 hash to one process's socket once in 2^31 runs
 
 
