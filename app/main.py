@@ -16,7 +16,7 @@ from app.serving.model_folder import ModelFolderError
 from app.serving.supervisor import bind_or_exit, claim_port, leave_metrics, member_started
 from app.settings import Settings, exit_with, settings_or_exit
 from app.serving.state import AppState
-from app.tasks import build_tasks
+from app.tasks.registry import build_tasks
 
 log = logging.getLogger("app")
 

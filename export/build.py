@@ -19,10 +19,9 @@ from pathlib import Path
 
 from export import convert, verify
 from export.errors import BadOption, OutputExists, SourceNotFound, TaskMismatch, UnsupportedModel, VerificationFailed
-from export.manifest import FORMAT_VERSION, MANIFEST_NAME, PACKED_GRAPH_REVISION, file_entry, tool_versions, write_manifest
+from export.manifest import FORMAT_VERSION, MANIFEST_NAME, file_entry, tool_versions, write_manifest
+from app.tasks.specs import EXPORTED
 from export.source import (
-    HEADS,
-    LABELLED_TASKS,
     Checkpoint,
     check_supported,
     check_tokenizer,
@@ -62,10 +61,7 @@ class ExportOptions:
     revision: str | None = None
 
     def recipe(self) -> dict:
-        """What, besides the source, decides the files: two exports with equal recipes are interchangeable.
-
-        `packed` is there only when set, so that exports made before it existed stay reusable; it gives the
-        packed graph's revision, so that one made with an older graph is not."""
+        """What, besides the source, decides the files: two exports with equal recipes are interchangeable."""
         return {
             "task": self.task,
             "quantize": self.quantize,
@@ -75,7 +71,8 @@ class ExportOptions:
             "opset": self.opset,
             "max_seq_len": self.max_seq_len,
             "atol": self.atol,
-        } | ({"packed": PACKED_GRAPH_REVISION} if self.packed else {})
+            "packed": self.packed,
+        }
 
 
 def _stderr(message: str) -> None:
@@ -163,7 +160,7 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
         variants["fp16"] = step("convert FP16", convert.convert_fp16, fp32, staging / FILENAMES["fp16"], config)
         results["fp16"] = step("verify FP16", _verify, variants["fp16"], batch, reference)
 
-    if options.packed:
+    if options.packed and EXPORTED[task].packed:
         _build_packed(model, task, options, staging, batch, reference, variants, results, step, config)
 
     evaluation = None
@@ -183,7 +180,7 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
             "revision": checkpoint.revision,
             "sha256": fingerprint(checkpoint.path),
         },
-        "labels": _labels(config) if task in LABELLED_TASKS else None,
+        "labels": _labels(config) if EXPORTED[task].labelled else None,
         "problem_type": config.get("problem_type"),
         "max_seq_len": max_seq_len,
         "opset": convert.opset_of(fp32),
@@ -236,7 +233,7 @@ def _load_pytorch(checkpoint: Checkpoint, task: str):
     from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()
-    model_class = getattr(transformers, HEADS[task][1])
+    model_class = getattr(transformers, EXPORTED[task].auto_class)
     model, info = model_class.from_pretrained(str(checkpoint.path), output_loading_info=True, local_files_only=True)
     missing = [key for key in info["missing_keys"] if not key.endswith("position_ids")]
     if missing:

@@ -11,9 +11,6 @@ from pathlib import Path
 
 logging.getLogger("optimum").setLevel(logging.ERROR)
 
-# The fill-mask graph's third input: (batch row, token index) pairs at which it computes vocabulary logits.
-MASK_POSITIONS = "mask_positions"
-
 
 def export_fp32(checkpoint: Path, task: str, folder: Path, opset: int | None) -> Path:
     """optimum's exporter: dynamic batch and sequence axes, tied MLM weights stored once."""

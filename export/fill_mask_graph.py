@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from export.convert import MASK_POSITIONS
+from app.tasks.specs import MASK_POSITIONS
 
 DEFAULT_OPSET = 18  # what optimum chooses for RoBERTa, so both graphs of an export folder agree
 

@@ -16,9 +16,6 @@ from export.source import file_sha256
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = MANIFEST_FORMAT  # the service refuses any other (app.serving.model_folder)
-# The padding-free graph's revision, recorded in a packed export's options: an export of an older graph is rebuilt
-# by --reuse. The first graph recorded `true`, which equals 1 in a comparison, so revisions start at 2.
-PACKED_GRAPH_REVISION = 2
 
 _TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "onnxruntime-gpu", "tokenizers")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from export.convert import MASK_POSITIONS
+from app.tasks.specs import MASK_POSITIONS
 
 DEFAULT_OPSET = 18
 PACKED_INPUTS = ("input_ids", "position_ids", "token_index", "flat_index")

@@ -13,15 +13,10 @@ from pathlib import Path
 
 from export.errors import HubUnreachable, SourceNotFound, TaskMismatch, UnsupportedModel
 
-# Each task's head, as `architectures` names it (a class-name suffix) and as transformers loads it (an Auto class).
-HEADS = {
-    "text-classification": ("ForSequenceClassification", "AutoModelForSequenceClassification"),
-    "fill-mask": ("ForMaskedLM", "AutoModelForMaskedLM"),
-    "token-classification": ("ForTokenClassification", "AutoModelForTokenClassification"),
-}
-TASKS = tuple(HEADS)
-LABELLED_TASKS = ("text-classification", "token-classification")  # their config's id2label names the outputs
-_HEAD_SUFFIX = {task: suffix for task, (suffix, _) in HEADS.items()}
+from app.tasks.specs import EXPORTED
+
+TASKS = tuple(EXPORTED)  # the tasks an export is made for (app.tasks.specs: their heads, outputs, probes)
+_HEAD_SUFFIX = {task: spec.head for task, spec in EXPORTED.items()}
 
 # model_type -> how many position ids are reserved before the first token.
 # RoBERTa-style models number positions from padding_idx + 1, so a 514-row table

@@ -13,32 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export.convert import MASK_POSITIONS
+from app.tasks.specs import EXPORTED, MASK_POSITIONS
 from export.errors import BadOption
 
 Batch = dict[str, np.ndarray]
 Runner = Callable[[Batch], np.ndarray]
-
-PROBE_TEXTS = (
-    "Hello world.",
-    "The movie was surprisingly good, and the acting was superb.",
-    "a",
-    "Unicode survives: naïve café, Tōkyō and an emoji 🙂.",
-    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age of "
-    "foolishness, it was the epoch of belief, it was the epoch of incredulity, it was the season of Light.",
-    "I would not recommend this to anyone.",
-    "Spaces   between,\ttabs and  José's 🙂🙂 emoji.",
-)
-PROBE_MASKED = (
-    "Hello {mask}.",
-    "The movie was surprisingly {mask}, and the acting was superb.",
-    "{mask}",
-    "Unicode survives: naïve café, Tōkyō and an {mask} 🙂.",
-    "It was the best of times, it was the worst of {mask}, it was the age of wisdom, it was the age of "
-    "foolishness, it was the epoch of belief, it was the {mask} of incredulity, it was the season of Light.",
-    "I would not {mask} this to anyone.",
-)
-
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -54,10 +33,9 @@ class Comparison:
         return asdict(self)
 
 
-def probe_texts(task: str, mask_token: str) -> list[str]:
-    if task == "fill-mask":
-        return [text.format(mask=mask_token) for text in PROBE_MASKED]
-    return list(PROBE_TEXTS)
+def probe_texts(task: str, mask_token: str | None) -> list[str]:
+    """The task's probe texts (app.tasks.specs), its mask token put in where they have one."""
+    return [text.format(mask=mask_token) for text in EXPORTED[task].probes]
 
 
 def encode(tokenizer, texts: Sequence[str], max_seq_len: int, task: str = "text-classification") -> Batch:

@@ -22,7 +22,7 @@ class RecordingModel:
         self.batches: list[np.ndarray] = []
         self.alone: list[bool] = []
 
-    async def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions=None, alone=False) -> np.ndarray:
+    async def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions=None, alone=False) -> dict:
         self.batches.append(input_ids.copy())
         self.alone.append(alone)
         await asyncio.sleep(self.delay)
@@ -30,9 +30,10 @@ class RecordingModel:
             self.failures -= 1
             raise RuntimeError("boom")
         if positions is not None:  # one row per asked position: (the id there, its index)
-            return np.stack([input_ids[positions[:, 0], positions[:, 1]], positions[:, 1]], axis=1).astype(np.float32)
+            return {"logits": np.stack([input_ids[positions[:, 0], positions[:, 1]], positions[:, 1]], axis=1).astype(np.float32)}
         real = attention_mask.astype(bool)
-        return np.stack([(input_ids * real).sum(axis=1), real.sum(axis=1)], axis=1).astype(np.float32)
+        return {"logits": np.stack([(input_ids * real).sum(axis=1), real.sum(axis=1)], axis=1).astype(np.float32),
+                "length": real.sum(axis=1)}
 
     def seen(self) -> set[int]:
         return {int(x) for batch in self.batches for x in batch.ravel()}
@@ -66,7 +67,8 @@ def test_batches_close_at_the_size_limit_and_results_reach_their_callers():
     model, inputs, results = asyncio.run(scenario())
     assert [len(b) for b in model.batches][:2] == [4, 4] and sum(len(b) for b in model.batches) == 10
     for ids, result in zip(inputs, results):
-        assert result.tolist() == [ids.sum(), len(ids)]
+        assert result["logits"].tolist() == [ids.sum(), len(ids)]
+        assert result["length"] == len(ids)  # every output of the model, each sliced to its row
 
 
 def test_batches_close_at_the_padded_token_budget():
@@ -128,7 +130,7 @@ def test_positions_come_back_as_one_row_each_to_the_sequence_that_asked():
 
     model, results = asyncio.run(scenario())
     assert len(model.batches) == 1  # one run served all three, rows fanned back out by position
-    assert [r.tolist() for r in results] == [[[11, 1], [13, 3]], [[20, 0]], [[30, 0], [31, 1], [32, 2]]]
+    assert [r["logits"].tolist() for r in results] == [[[11, 1], [13, 3]], [[20, 0]], [[30, 0], [31, 1], [32, 2]]]
 
 
 def test_batch_positions_are_row_index_pairs_in_row_order():
@@ -229,7 +231,7 @@ def test_a_failed_batch_fails_its_members_and_the_next_batch_works():
     outcomes, failures_after_first, result, batcher, metrics = asyncio.run(scenario())
     assert all(isinstance(o, InferenceFailed) for o in outcomes)
     assert failures_after_first == 1 and batcher.consecutive_failures == 0
-    assert result.tolist() == [3, 1]
+    assert result["logits"].tolist() == [3, 1]
     assert metrics.failed_batches.labels("m")._value.get() == 1
 
 
@@ -282,7 +284,8 @@ def test_as_many_batches_run_at_once_as_the_model_has_runs_and_no_more(concurren
     assert model.most_inside == concurrency
     assert len(model.batches) == 8 and all(len(batch) == 2 for batch in model.batches)
     for ids, result in zip(inputs, results):
-        assert result.tolist() == [ids.sum(), len(ids)]
+        assert result["logits"].tolist() == [ids.sum(), len(ids)]
+        assert result["length"] == len(ids)  # every output of the model, each sliced to its row
 
 
 def test_while_every_run_is_busy_the_queue_fills_for_the_next_cut():

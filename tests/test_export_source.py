@@ -100,3 +100,12 @@ def test_fingerprint_follows_content(tiny_classifier, tmp_path):
     config["id2label"] = {"0": "neg", "1": "pos"}
     (copy / "config.json").write_text(json.dumps(config))
     assert fingerprint(copy) != fingerprint(tiny_classifier)
+
+
+def test_the_exporter_knows_the_tasks_of_the_spec_and_a_packed_graph_for_each_that_says_it_has_one():
+    from app.tasks.specs import EXPORTED, SPECS
+    from export.packed_graph import GRAPHS
+    from export.source import TASKS
+
+    assert set(TASKS) == {name for name, spec in SPECS.items() if spec.head is not None} == set(EXPORTED)
+    assert set(GRAPHS) == {name for name, spec in EXPORTED.items() if spec.packed}

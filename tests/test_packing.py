@@ -17,7 +17,6 @@ from app.serving.model_folder import ModelFolderError, load_model_folder
 from app.engine.packing import pack
 from app.engine.runtime import ModelRuntime, SessionConfig
 from app.settings import Settings
-from export.manifest import PACKED_GRAPH_REVISION
 from server import ServerThread
 
 
@@ -58,24 +57,13 @@ def test_pack_keeps_the_real_tokens_and_maps_both_ways():
 @pytest.mark.parametrize("task", ["text-classification", "fill-mask", "token-classification"])
 def test_the_export_verifies_the_packed_graph_of_every_task(packed, task):
     manifest = json.loads((packed[task] / "manifest.json").read_text())
-    assert manifest["options"]["packed"] == PACKED_GRAPH_REVISION
+    assert manifest["options"]["packed"] is True
     checked = manifest["verification"]["packed-fp32"]
     assert checked["passed"] and checked["max_abs_diff"] <= 1e-4 and checked["top1_agreement"] == 1.0
     assert "packed-int8" in manifest["verification"]  # recorded, not gated
     assert {"packed-fp32", "packed-int8"} <= set(manifest["files"])
     folder = load_model_folder(packed[task])
     assert set(folder.packed_files) == {"fp32", "int8"}
-
-
-def test_exports_made_before_packed_existed_stay_reusable_and_an_older_packed_graph_does_not():
-    from pathlib import Path
-
-    from export.build import ExportOptions
-
-    assert "packed" not in ExportOptions(model="m", output=Path("o")).recipe()  # as their manifests recorded it
-    packed = ExportOptions(model="m", output=Path("o"), packed=True).recipe()
-    assert packed["packed"] == PACKED_GRAPH_REVISION
-    assert packed != packed | {"packed": True}  # the first graph's manifests (a Concat a layer): rebuilt by --reuse
 
 
 @pytest.mark.parametrize("task", ["text-classification", "fill-mask", "token-classification"])
@@ -91,7 +79,7 @@ def test_packed_and_padded_sessions_give_the_same_rows(packed, task):
         runtime = ModelRuntime(folder, SessionConfig(precision="fp32", execution=execution), name=execution)
         try:
             assert runtime.packed is (execution == "packed")
-            out = runtime.run_sync(ids, mask, positions)
+            out = runtime.run_sync(ids, mask, positions)["logits"]
         finally:
             runtime.close()
         if task == "token-classification":

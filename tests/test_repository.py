@@ -17,7 +17,7 @@ from app.serving.model_folder import ModelFolderError
 from app.serving.model_sources import model_sources
 from app.serving.repository import ModelRepository
 from app.settings import Settings
-from app.tasks import build_tasks
+from app.tasks.registry import build_tasks
 from server import REPO, ServerThread, metric_value
 
 TEXT = "Marie Curie moved from Warsaw to Paris, and the film about her is wonderful."
@@ -148,3 +148,13 @@ def test_inference_client_works_unchanged_for_every_task(served):
     chosen = client("nli").zero_shot_classification(TEXT, ["science", "cinema", "travel"], multi_label=True)
     answer = direct("nli", {"inputs": TEXT, "parameters": {"candidate_labels": ["science", "cinema", "travel"], "multi_label": True}})
     assert [x.label for x in chosen] == answer["labels"] and [x.score for x in chosen] == pytest.approx(answer["scores"])
+
+
+def test_every_spec_has_its_task_and_each_task_its_specs_name_and_route():
+    from app.tasks.registry import task_types
+    from app.tasks.specs import SPECS
+
+    types = task_types()
+    assert list(types) == list(SPECS)
+    for name, task in types.items():
+        assert (task.name, task.route) == (SPECS[name].name, SPECS[name].route)

@@ -118,16 +118,15 @@ def test_concurrent_runs_on_one_session_answer_as_one_run_at_a_time(exported_cla
         for length in (5, 9, 14, 20, 7, 11):
             ids = rng.integers(5, 200, (3, length)).astype(np.int64)
             batches.append((ids, np.ones_like(ids)))
-        alone = [runtime.run_sync(ids, mask) for ids, mask in batches]
+        alone = [runtime.run_sync(ids, mask)["logits"] for ids, mask in batches]
         pairs = threading.Barrier(2, timeout=10)  # broken, and the test failed, unless two runs are in at once
 
         def run_and_note(ids, mask):
             pairs.wait()
-            return runtime.run_sync(ids, mask)
+            return runtime.run_sync(ids, mask)["logits"]
 
         async def together():
-            loop = asyncio.get_running_loop()
-            return await asyncio.gather(*(loop.run_in_executor(runtime._executor, run_and_note, ids, mask) for ids, mask in batches))
+            return await asyncio.gather(*(runtime._executor.run(run_and_note, ids, mask) for ids, mask in batches))
 
         for ours, reference in zip(asyncio.run(together()), alone):
             np.testing.assert_allclose(ours, reference, atol=1e-5)
@@ -148,8 +147,8 @@ def test_a_lone_batch_runs_on_the_solo_session_on_every_core(exported_classifier
         if solo:
             assert runtime._solo.get_session_options().intra_op_num_threads == 2
         ids = np.random.default_rng(1).integers(5, 200, (2, 12)).astype(np.int64)
-        np.testing.assert_allclose(runtime.run_sync(ids, np.ones_like(ids), alone=True),
-                                   runtime.run_sync(ids, np.ones_like(ids)), atol=1e-5)
+        np.testing.assert_allclose(runtime.run_sync(ids, np.ones_like(ids), alone=True)["logits"],
+                                   runtime.run_sync(ids, np.ones_like(ids))["logits"], atol=1e-5)
     finally:
         runtime.close()
     one = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", cores=2, solo=True, concurrent_runs=1), name="one")
@@ -181,7 +180,7 @@ def test_the_model_threads_run_under_sched_idle_when_asked(exported_classifier):
         assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the calling thread (the event loop's) keeps its own
         ids = np.array([[0, 5, 6, 2]], dtype=np.int64)
         # and it still runs the model, on those threads, to the same answer
-        np.testing.assert_allclose(asyncio.run(runtime.run(ids, np.ones_like(ids))), normal.run_sync(ids, np.ones_like(ids)), atol=1e-6)
+        np.testing.assert_allclose(asyncio.run(runtime.run(ids, np.ones_like(ids)))["logits"], normal.run_sync(ids, np.ones_like(ids))["logits"], atol=1e-6)
     finally:
         runtime.close()
         normal.close()

@@ -12,7 +12,7 @@ from app.serving.metrics import Metrics
 from app.serving.model_folder import ModelFolderError
 from app.settings import Settings
 from app.serving.state import FAILURES_BEFORE_UNREADY, AppState
-from app.tasks import build_tasks
+from app.tasks.registry import build_tasks
 from app.tasks.base import Cost
 
 

@@ -42,17 +42,26 @@ def build_tokenizer(folder: Path):
     )
 
 
+# Per exported task (app.tasks.specs): the labels of its head when it has them, and the head's weight to scale so
+# that a random head gives distinct answers (labels and top-k without ties, tags that vary and form groups).
+CHECKPOINTS: dict[str, dict] = {
+    "text-classification": {"labels": LABELS, "spread": ("classifier.out_proj.weight", 40.0)},
+    "fill-mask": {"labels": None, "spread": None},
+    "token-classification": {"labels": NER_LABELS, "spread": ("classifier.weight", 30.0)},
+}
+
+
 def build_checkpoint(
     folder: Path, task: str, tokenizer, *, num_labels: int = 2, labels: dict[int, str] | None = None, seed: int = 0, **config
 ) -> Path:
+    """A tiny checkpoint of `task`'s head (the spec's Auto class), random weights, saved with `tokenizer`."""
     import torch
-    from transformers import (
-        RobertaConfig,
-        RobertaForMaskedLM,
-        RobertaForSequenceClassification,
-        RobertaForTokenClassification,
-    )
+    import transformers
+    from transformers import RobertaConfig
 
+    from app.tasks.specs import EXPORTED
+
+    spec, recipe = EXPORTED[task], CHECKPOINTS[task]
     torch.manual_seed(seed)
     shape = dict(
         vocab_size=len(tokenizer),
@@ -63,22 +72,15 @@ def build_checkpoint(
         max_position_embeddings=66,  # 64 tokens after RoBERTa's padding_idx offset
     )
     shape.update(config)
-    if task == "fill-mask":
-        model = RobertaForMaskedLM(RobertaConfig(**shape))
-    elif task == "token-classification":
-        shape.setdefault("id2label", labels or NER_LABELS)
+    if spec.labelled:
+        default = recipe["labels"] if num_labels == 2 or recipe["labels"] is not LABELS else {i: f"label_{i}" for i in range(num_labels)}
+        shape.setdefault("id2label", labels or default)
         shape.setdefault("label2id", {v: k for k, v in shape["id2label"].items()})
-        model = RobertaForTokenClassification(RobertaConfig(**shape))
-        with torch.no_grad():  # spread the logits, so that tags vary from token to token and groups form
-            model.classifier.weight.mul_(30.0)
-    else:
-        labels = labels or (LABELS if num_labels == 2 else {i: f"label_{i}" for i in range(num_labels)})
-        shape.setdefault("id2label", labels)
-        shape.setdefault("label2id", {v: k for k, v in shape["id2label"].items()})
-        model = RobertaForSequenceClassification(RobertaConfig(**shape))
-        # Random heads give near-identical logits; spread them so labels and top-k are not ties.
+    model = getattr(transformers, spec.auto_class).from_config(RobertaConfig(**shape))
+    if recipe["spread"] is not None:
+        name, factor = recipe["spread"]
         with torch.no_grad():
-            model.classifier.out_proj.weight.mul_(40.0)
+            model.get_parameter(name).mul_(factor)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -32,7 +32,9 @@ log = logging.getLogger("app.engine.batcher")
 
 # run(input_ids, attention_mask, positions, alone) -> one output row per sequence, or, when `positions` ([n, 2]:
 # batch row, token index) is given, one row per position. `alone`: nothing else runs meanwhile, and nothing waits.
-RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray | None, bool], Awaitable[np.ndarray]]
+# (input_ids, attention_mask, positions, alone) -> every output of the model by name, a row per sequence or position.
+RunBatch = Callable[[np.ndarray, np.ndarray, np.ndarray | None, bool], Awaitable[dict[str, np.ndarray]]]
+Rows = dict[str, np.ndarray]  # one sequence's share of each output
 
 
 @dataclass(eq=False)
@@ -291,8 +293,9 @@ class Batcher:
             positions = batch_positions([item.positions for item in batch])
             outputs = await self._run(input_ids, attention_mask, positions, alone)
             expected = len(batch) if positions is None else len(positions)
-            if len(outputs) != expected:
-                raise RuntimeError(f"model returned {len(outputs)} rows where {expected} were asked for")
+            for name, rows in outputs.items():
+                if len(rows) != expected:
+                    raise RuntimeError(f"model returned {len(rows)} rows of {name} where {expected} were asked for")
         except Exception as exc:
             log.exception("inference failed for a batch of %d", len(batch))
             self._metrics.failed_batches.inc()
@@ -312,7 +315,8 @@ class Batcher:
             if not item.future.done():
                 # A view, not a copy: a fill-mask batch's rows are tens of MB, and copying them here would
                 # hold the event loop. The batch's array lives until its last request is answered.
-                item.future.set_result(outputs[row] if item.positions is None else outputs[first : first + count])
+                share = row if item.positions is None else slice(first, first + count)
+                item.future.set_result({name: rows[share] for name, rows in outputs.items()})
             first += count
 
 

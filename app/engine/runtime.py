@@ -19,6 +19,7 @@ import onnxruntime as ort
 from app.serving.model_folder import ModelFolder, ModelFolderError, is_wide
 from app.engine.packing import pack
 from app.engine.threads import ThreadPool, usable_cores
+from app.tasks.specs import MASK_POSITIONS
 
 log = logging.getLogger("app.engine.runtime")
 
@@ -26,7 +27,7 @@ PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"
 # A graph with this input computes its output rows only at the (batch row, token index) pairs it is given
 # (the fill-mask graph of export/fill_mask_graph.py); without it, a graph asked for positions returns a row
 # for every token, as exports before format 2 do, and the rows are picked here.
-POSITIONS_INPUT = "mask_positions"
+POSITIONS_INPUT = MASK_POSITIONS
 SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
 
 
@@ -158,6 +159,7 @@ class ModelRuntime:
             log.warning("%s: CUDA provider could not start (no GPU?); running on %s", folder.path.name, ",".join(self.providers_in_use))
             self._load(folder, config, providers, cores, on_cuda=False)
         self.input_names = [node.name for node in self._session.get_inputs()]
+        self.output_names = [node.name for node in self._session.get_outputs()]
         self.takes_positions = POSITIONS_INPUT in self.input_names
 
     def _load(self, folder: ModelFolder, config: SessionConfig, providers: list[str], cores: int, on_cuda: bool) -> None:
@@ -203,7 +205,8 @@ class ModelRuntime:
             raise ModelFolderError(f"{path} could not be loaded by ONNX Runtime ({type(exc).__name__}); re-export it") from exc
 
     def run_sync(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray | None = None,
-                 alone: bool = False) -> np.ndarray:
+                 alone: bool = False) -> dict[str, np.ndarray]:
+        """Every output of the graph, by name: one row per sequence, or with `positions` one per position."""
         if self.packed:
             feeds = pack(input_ids, attention_mask, self.folder.pad_token_id)
         else:
@@ -213,10 +216,10 @@ class ModelRuntime:
         if self.takes_positions:
             feeds[POSITIONS_INPUT] = positions if positions is not None else _first_of_each_row(len(input_ids))
         session = self._solo if alone and self._solo is not None else self._session
-        return session.run(["logits"], {name: feeds[name] for name in self.input_names})[0]
+        return dict(zip(self.output_names, session.run(self.output_names, {name: feeds[name] for name in self.input_names})))
 
     async def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray | None = None,
-                  alone: bool = False) -> np.ndarray:
+                  alone: bool = False) -> dict[str, np.ndarray]:
         """`alone`: the batcher runs nothing else meanwhile, and has no more work waiting (see Batcher). Such a
         batch takes the solo session where there is one, on every core (docs/decisions/solo-session-and-spinning.md)."""
         return await self._executor.run(self.run_sync, input_ids, attention_mask, positions, alone)

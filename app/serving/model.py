@@ -166,8 +166,9 @@ class ServedModel:
     async def off_loop(self, function, *args, **kwargs):
         return await self._executor.run(function, *args, **kwargs)
 
-    async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[np.ndarray]:
-        """Each sequence's output rows: one row, or with `positions` (token indices per sequence) one per position."""
+    async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[dict[str, np.ndarray]]:
+        """Each sequence's share of every output, by name: one row, or with `positions` (token indices per
+        sequence) one per position."""
         futures = self.batcher.submit(sequences, deadline, positions)
         # One sequence (most requests) needs no gather: one future fewer on the event loop per request.
         waiting = futures[0] if len(futures) == 1 else asyncio.gather(*futures)

@@ -21,6 +21,7 @@ from app.engine.tokenize import Encoded, TextEncoder, TextInput, Tokens
 from app.errors import ServiceError
 from app.serving.model_folder import ModelFolder
 from app.settings import Settings
+from app.tasks.specs import TaskSpec
 
 
 class Model(Protocol):
@@ -39,8 +40,8 @@ class Model(Protocol):
                      too_long: Callable[[int], ServiceError] | None = None) -> list[Tokens]:
         """Each text's tokens (no special tokens), at most `most`; see ServedModel.tokens."""
 
-    async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[np.ndarray]:
-        """Each sequence's output rows, through the model's batcher."""
+    async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[dict[str, np.ndarray]]:
+        """Each sequence's share of every output of the graph, by name (the spec's `outputs`), through the batcher."""
 
     async def off_loop(self, function, *args, **kwargs):
         """`function(*args, **kwargs)` on the model's threads."""
@@ -74,13 +75,19 @@ def cost_of_texts(texts: Sequence[str]) -> Cost:
 class Task(ABC):
     """The interface every task implements; the defaults fit a task that is its models' own task."""
 
-    name: ClassVar[str]  # transformers' pipeline name: "text-classification"
-    route: ClassVar[str]  # the endpoint that serves this task's default model: "/classify"
+    spec: ClassVar[TaskSpec]  # what the task is, as the exporter and the tests know it too (app.tasks.specs)
+    name: ClassVar[str]  # the spec's: transformers' pipeline name, "text-classification"
+    route: ClassVar[str]  # the spec's: the endpoint that serves this task's default model, "/classify"
     summary: ClassVar[str]
     counted: ClassVar[str] = "inputs"  # what Cost.sequences counts, for the 413 message
     request: ClassVar[type[BaseModel]]  # the body, in the Hugging Face Inference API's shape
     response: ClassVar[Any]  # for the OpenAPI document
     expected: ClassVar[Mapping[str, str]]  # what a union field accepts, for validation messages (app.http.validation)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "spec" in cls.__dict__:
+            cls.name, cls.route = cls.spec.name, cls.spec.route
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Task:

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from app.errors import InvalidInput, TooManyAnswers
 from app.serving.model_folder import ModelFolderError
+from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text, encodable
 from app.settings import Settings
 from app.tasks.base import Answer, Cost, Model, Task, cost_of_texts, softmax, texts_of
@@ -66,8 +67,7 @@ FillMaskText = list[FillMaskAnswer] | list[list[FillMaskAnswer]]
 
 
 class FillMask(Task):
-    name = "fill-mask"
-    route = "/fill-mask"
+    spec = SPECS["fill-mask"]
     summary = "Fill the mask token in texts"
     request = FillMaskRequest
     response = FillMaskText | list[FillMaskText]
@@ -128,7 +128,7 @@ class FillMask(Task):
         def answer_all() -> list:
             return [
                 fill_mask(row, e.ids, found, top_k=options.top_k, target_ids=target_ids, decode=decode)
-                for row, e, found in zip(rows, encoded, positions)
+                for row, e, found in zip((r["logits"] for r in rows), encoded, positions)
             ]
 
         answers = await model.off_loop(answer_all)

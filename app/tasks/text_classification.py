@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from app.errors import InvalidInput
+from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text
 from app.tasks.base import Answer, Cost, Model, Task, softmax
 from app.engine.tokenize import TextInput
@@ -47,8 +48,7 @@ class LabelScore(BaseModel):
 
 
 class TextClassification(Task):
-    name = "text-classification"
-    route = "/classify"
+    spec = SPECS["text-classification"]
     summary = "Classify texts or text pairs"
     request = ClassifyRequest
     response = list[list[LabelScore]]
@@ -69,7 +69,7 @@ class TextClassification(Task):
         encoded = await model.encode(inputs, body.parameters.truncation, deadline)
         rows = await model.infer([e.ids for e in encoded], deadline)
         function = body.parameters.function_to_apply or self.default_activation(model)
-        return Answer([classify(row, model.folder.labels, function, body.parameters.top_k) for row in rows])
+        return Answer([classify(row["logits"], model.folder.labels, function, body.parameters.top_k) for row in rows])
 
     def info(self, model: Model) -> dict:
         return {"default_activation": self.default_activation(model)}

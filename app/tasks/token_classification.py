@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from app.errors import InputTooLong, InvalidInput, TooManyInputs
+from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text
 from app.settings import Settings
 from app.tasks.base import Answer, Cost, Model, Task, softmax, texts_of
@@ -56,8 +57,7 @@ class Entity(BaseModel):
 
 
 class TokenClassification(Task):
-    name = "token-classification"
-    route = "/token-classification"
+    spec = SPECS["token-classification"]
     summary = "Label the tokens of texts, or the entities they form"
     request = TokenClassificationRequest
     response = list[Entity] | list[list[Entity]]
@@ -107,7 +107,7 @@ class TokenClassification(Task):
         rows = await model.infer([window.ids for text_windows in cut for window in text_windows], deadline)
         answers, first = [], 0
         for text, text_windows in zip(texts, cut):
-            outputs = rows[first : first + len(text_windows)]
+            outputs = [row["logits"] for row in rows[first : first + len(text_windows)]]
             first += len(text_windows)
             answers.append(
                 entities(text, text_windows, outputs, encoder, model.folder.labels, options.aggregation_strategy,

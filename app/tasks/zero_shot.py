@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from app.errors import InputTooLong, InvalidInput
 from app.serving.model_folder import ModelFolder
+from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text
 from app.tasks.base import Answer, Cost, Model, Task, texts_of
 from app.engine.tokenize import TextEncoder, Tokens
@@ -52,8 +53,7 @@ class ZeroShotAnswer(BaseModel):
 
 
 class ZeroShotClassification(Task):
-    name = "zero-shot-classification"
-    route = "/zero-shot-classification"
+    spec = SPECS["zero-shot-classification"]
     summary = "Classify texts into labels chosen per request, with an NLI model"
     counted = "sequences (texts x labels)"
     request = ZeroShotRequest
@@ -104,7 +104,7 @@ class ZeroShotClassification(Task):
         tokens = await model.tokens(texts, deadline, most=encoder.max_seq_len - specials)
         pairs = [pair_ids(encoder, text, hypothesis) for text in tokens for hypothesis in hypotheses]
         rows = await model.infer(pairs, deadline)
-        logits = np.stack(rows).reshape(len(texts), len(labels), -1)
+        logits = np.stack([row["logits"] for row in rows]).reshape(len(texts), len(labels), -1)
         entail = entailment_id(model.folder.label2id)
         answers = [answer(text, labels, scores(per_text, entail, options.multi_label)) for text, per_text in zip(texts, logits)]
         return Answer(answers[0] if isinstance(body.inputs, str) else answers)
