@@ -111,16 +111,7 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return servers.app_env(extra)
 
 
-def memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM (peak) of a process, in MB."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {"rss_mb": float("nan"), "peak_mb": float("nan")}
-    found = {key: re.search(rf"{key}:\s+(\d+) kB", status) for key in ("VmRSS", "VmHWM")}
-    if not all(found.values()):  # a zombie: exited, not yet reaped
-        return {"rss_mb": float("nan"), "peak_mb": float("nan")}
-    return {"rss_mb": round(int(found["VmRSS"].group(1)) / 1024, 1), "peak_mb": round(int(found["VmHWM"].group(1)) / 1024, 1)}
+memory_mb = servers.process_memory
 
 
 def cpu_seconds(pid: int) -> float:

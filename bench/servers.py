@@ -49,6 +49,18 @@ def app_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def process_memory(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak) of a process, in MB (nan once it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {"rss_mb": float("nan"), "peak_mb": float("nan")}
+    found = {key: re.search(rf"{key}:\s+(\d+) kB", status) for key in ("VmRSS", "VmHWM")}
+    if not all(found.values()):  # a zombie: exited, not yet reaped
+        return {"rss_mb": float("nan"), "peak_mb": float("nan")}
+    return {"rss_mb": round(int(found["VmRSS"].group(1)) / 1024, 1), "peak_mb": round(int(found["VmHWM"].group(1)) / 1024, 1)}
+
+
 class AppProcess:
     """`python -m app --host 127.0.0.1 --port PORT --log-level info FLAGS` (or `launcher` with those flags), its URL
     parsed from its output: uvicorn's "Uvicorn running on", or for a pool (--processes N > 1) the supervisor's
@@ -128,15 +140,7 @@ class AppProcess:
         return host, int(port)
 
     def memory(self) -> dict[str, float]:
-        """VmRSS and VmHWM (peak) of the process, in MB (nan once it has exited)."""
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return {"rss_mb": float("nan"), "peak_mb": float("nan")}
-        found = {key: re.search(rf"{key}:\s+(\d+) kB", status) for key in ("VmRSS", "VmHWM")}
-        if not all(found.values()):  # a zombie: exited, not yet reaped
-            return {"rss_mb": float("nan"), "peak_mb": float("nan")}
-        return {"rss_mb": round(int(found["VmRSS"].group(1)) / 1024, 1), "peak_mb": round(int(found["VmHWM"].group(1)) / 1024, 1)}
+        return process_memory(self.pid)
 
     def rss_bytes(self) -> int:
         return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{self.pid}/status").read_text()).group(1)) * 1024

@@ -22,7 +22,7 @@ if [ "${1:-}" = --prepare ]; then
   .venv/bin/pip download -q -d "$KIT/wheels" --only-binary=:all: --python-version 3.12 \
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     "$(sed -n 's/^gpu = \["\(onnxruntime-gpu[^"]*\)"\]$/\1/p' pyproject.toml)" \
-    fastapi fastapi-offline uvicorn httptools uvloop pydantic pydantic-settings tokenizers prometheus-client httpx numpy
+    starlette fastapi fastapi-offline uvicorn httptools uvloop pydantic pydantic-settings tokenizers prometheus-client httpx numpy
   .venv/bin/pip wheel -q --no-deps -w "$KIT/wheels" .
   for wheel in "$KIT"/wheels/*.whl; do
     if [ "$(stat -c %s "$wheel")" -gt 60000000 ]; then split -b 60M "$wheel" "$wheel.part-" && rm "$wheel"; fi

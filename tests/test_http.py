@@ -277,7 +277,7 @@ def test_metrics_parse_and_name_what_the_readme_lists(served):
 
 
 def test_json_rendered_item_by_item_equals_jsonresponse():
-    from fastapi.responses import JSONResponse
+    from starlette.responses import JSONResponse
 
     from app.http.responses import render_json
 
