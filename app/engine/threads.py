@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import logging
 import math
 import os
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -29,31 +29,93 @@ _PR_SET_NAME = 15  # prctl option; Linux keeps the first 15 bytes
 
 
 class ThreadPool:
-    """`threads` named threads for blocking calls, awaited with asyncio's own hand-off (run_in_executor); with
-    `long_threads`, a lane of its own for calls known to be long (`run_long`), so that the others never wait
-    behind one of those. A call whose caller has gone before it starts is skipped (its future is cancelled)."""
+    """`threads` named threads for blocking calls; with `long_threads`, a lane of its own for calls known to be long
+    (`run_long`), so that the others never wait behind one of those. A call whose caller has gone before it starts
+    is skipped.
+
+    `run` hands a call over a SimpleQueue and resolves an asyncio Future with one call_soon_threadsafe, where
+    asyncio's run_in_executor makes a concurrent Future (a Condition and its lock) and chains it to an asyncio
+    Future with callbacks both ways: every request makes such a call, on the event loop
+    (docs/decisions/thread-hand-off.md).
+    """
 
     def __init__(self, threads: int, name: str, *, idle: bool = False, long_threads: int = 0) -> None:
-        start = functools.partial(name_native_thread, idle)
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix=name, initializer=start)
-        self._long = (ThreadPoolExecutor(long_threads, thread_name_prefix=f"{name}-long", initializer=start)
-                      if long_threads else self._pool)
+        self._jobs: SimpleQueue = SimpleQueue()
+        self._long_jobs: SimpleQueue = SimpleQueue() if long_threads else self._jobs
+        self._lock = threading.Lock()
+        self._closed = False
+        lanes = [(self._jobs, f"{name}_{index}") for index in range(max(1, threads))]
+        lanes += [(self._long_jobs, f"{name}-long_{index}") for index in range(long_threads)]
+        self._threads = [
+            threading.Thread(target=self._work, args=(jobs, idle), name=thread_name, daemon=True)
+            for jobs, thread_name in lanes
+        ]
+        self._lanes = [jobs for jobs, _ in lanes]
+        for thread in self._threads:
+            thread.start()
 
     def run(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
-        """`function(*args, **kwargs)` on a thread; the future resolves on the calling event loop."""
-        return asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(function, *args, **kwargs))
+        """`function(*args, **kwargs)` on a worker thread; the future resolves on the calling event loop.
+
+        Cancelling the future before the call starts skips it; a call that has started runs on, and its result
+        is dropped.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._put((function, args, kwargs, loop, future))
+        return future
 
     def run_long(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
         """As `run`, on the lane for long calls (the same threads where there is none)."""
-        return asyncio.get_running_loop().run_in_executor(self._long, functools.partial(function, *args, **kwargs))
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._put((function, args, kwargs, loop, future), self._long_jobs)
+        return future
 
-    def submit(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        return self._pool.submit(function, *args, **kwargs)
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        self._put((fn, args, kwargs, None, future))
+        return future
 
     def shutdown(self, wait: bool = True) -> None:
-        """Calls already handed over still run; then the threads end, and more calls are refused."""
-        self._pool.shutdown(wait=wait)
-        self._long.shutdown(wait=wait)
+        """Calls already handed over still run (each thread takes its stop after them); then the threads end."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                for jobs in self._lanes:
+                    jobs.put(None)
+        if wait:
+            for thread in self._threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+    def _put(self, job: tuple, jobs: SimpleQueue | None = None) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the worker threads have been shut down")
+            (jobs or self._jobs).put(job)
+
+    def _work(self, jobs: SimpleQueue, idle: bool) -> None:
+        name_native_thread(idle)
+        while (job := jobs.get()) is not None:
+            function, args, kwargs, loop, future = job
+            if loop is None:  # submit's concurrent Future
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(function(*args, **kwargs))
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                continue
+            if future.done():  # cancelled while it waited: its caller has gone, and nobody reads the result
+                continue
+            try:
+                outcome, failed = function(*args, **kwargs), False
+            except BaseException as exc:
+                outcome, failed = exc, True
+            try:
+                loop.call_soon_threadsafe(_settle, future, outcome, failed)
+            except RuntimeError:  # the loop has closed: nobody is waiting any more
+                pass
 
 
 def name_native_thread(idle: bool = False) -> None:
@@ -97,3 +159,12 @@ def cgroup_cpu_quota(root: Path) -> float | None:
         return None if quota_us <= 0 else quota_us / int((v1 / "cpu.cfs_period_us").read_text())
     except (OSError, ValueError, ZeroDivisionError):  # no cgroup files (not Linux, or hidden): no known limit
         return None
+
+
+def _settle(future: asyncio.Future, outcome: Any, failed: bool) -> None:
+    if future.done():  # cancelled meanwhile: the caller has gone
+        return
+    if failed:
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
