@@ -8,31 +8,6 @@ from app.engine.runtime import run_layout
 from app.engine.runtime import choose_precision, requested_providers, spins
 
 
-def test_a_runs_overhead_is_measured_on_the_model_within_the_token_budget(exported_classifier):
-    import asyncio
-
-    from app.engine.runtime import NO_RUN_COST_BY_SIZE, ModelRuntime, SessionConfig
-    from app.serving.model_folder import load_model_folder
-
-    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32"), name="cls")
-    try:
-        # A run of 32 x 32 tokens costs more than one of 16 on a CPU: a finite overhead, in tokens of work.
-        assert 0 <= asyncio.run(runtime.measure_run_overhead(pad_id=1, limits_tokens=16384, most_rows=32)) < NO_RUN_COST_BY_SIZE
-        # A budget that leaves no larger run than the small one: nothing to fit a line through, batches fill.
-        assert asyncio.run(runtime.measure_run_overhead(pad_id=1, limits_tokens=8, most_rows=32)) == NO_RUN_COST_BY_SIZE
-    finally:
-        runtime.close()
-
-
-def test_the_overhead_is_the_line_through_two_timed_runs():
-    from app.engine.runtime import NO_RUN_COST_BY_SIZE, run_overhead
-
-    # t = c x (overhead + tokens): c = 1 ms, overhead 27 tokens.
-    assert run_overhead(16, 0.043, 1024, 1.051) == pytest.approx(27)
-    assert run_overhead(16, 0.010, 1024, 0.010) == NO_RUN_COST_BY_SIZE  # a GPU: the large run costs no more
-    assert run_overhead(16, 0.016, 1024, 1.5) == 0  # never below nothing
-
-
 def test_cpu_is_always_the_fallback_provider():
     assert requested_providers(("cuda", "cpu"), ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert requested_providers(("cuda",), ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [

@@ -235,25 +235,13 @@ class ModelRuntime:
             await self.run(ids, np.ones_like(ids), alone=alone)
         return time.perf_counter() - started
 
-    async def measure_run_overhead(self, pad_id: int, limits_tokens: int, most_rows: int, repeats: int = 3) -> float:
-        """What one run costs beyond its tokens, in tokens of work: the line through a run of 16 tokens and a run
-        of up to 32 rows of 32 (within the token budget), medians of `repeats`. A large run that costs no more than
-        the small one (a GPU) makes the overhead as large as can be: batches then fill to the token budget."""
-        width = min(32, self.folder.max_seq_len)
-        small = (1, min(16, width, limits_tokens))
-        rows = min(32, most_rows, limits_tokens // width)
-        large = (rows, width) if rows >= 1 and rows * width > small[0] * small[1] else small
-        batches = {shape: (np.full(shape, pad_id, dtype=np.int64), np.ones(shape, dtype=np.int64)) for shape in {small, large}}
-        seconds = await self._median_seconds(batches, repeats)
-        return run_overhead(small[0] * small[1], seconds[small], large[0] * large[1], seconds[large])
-
     async def measure_packed_costs(self, pad_id: int, max_batch_tokens: int, repeats: int = 3) -> tuple[float, float]:
         """For a packed graph: (a run's fixed cost in tokens, the row length at which a padded slot's attention
         costs one real token's work).
 
         Three shapes, medians of `repeats`: one short row (the fixed cost), a full batch, and
         the same batch with one full row and the rest short (same attention, fewer tokens).
-        Full batches alone, as measure_run_overhead times them, would put attention's cost on
+        Full batches alone would put attention's cost on
         the tokens.
         """
         width = min(256, self.folder.max_seq_len)
@@ -282,14 +270,11 @@ class ModelRuntime:
         self._executor.shutdown(wait=True)
 
 
-def run_overhead(small_tokens: int, small_seconds: float, large_tokens: int, large_seconds: float) -> float:
-    """The fixed cost of a run, in tokens, from two timed runs: t = c x (overhead + tokens)."""
-    if large_tokens <= small_tokens or large_seconds <= small_seconds:
-        return NO_RUN_COST_BY_SIZE
-    return max(0.0, (small_seconds * large_tokens - large_seconds * small_tokens) / (large_seconds - small_seconds))
-
-
-NO_RUN_COST_BY_SIZE = 1e9  # a run costs the same whatever its size: fill every batch
+# What a padded run costs beyond its tokens, in tokens of work, as the batcher weighs it against padding: on a CPU,
+# a line through a small run and a large one of roberta-base (docs/decisions/run-overhead.md); on a GPU, where
+# a run costs about the same whatever its size, more than any padding, so that batches fill to the token budget.
+CPU_RUN_OVERHEAD_TOKENS = 27.0
+GPU_RUN_OVERHEAD_TOKENS = 1e9
 
 
 def _first_of_each_row(rows: int) -> np.ndarray:

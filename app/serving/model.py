@@ -21,7 +21,7 @@ from app.engine.batcher import Batcher, BatchLimits
 from app.errors import DeadlineExceeded, InputTooLong, ServiceError
 from app.serving.metrics import ModelMetrics
 from app.serving.model_folder import ModelFolder
-from app.engine.runtime import ModelRuntime, warm_up_shapes
+from app.engine.runtime import CPU_RUN_OVERHEAD_TOKENS, GPU_RUN_OVERHEAD_TOKENS, ModelRuntime, warm_up_shapes
 from app.engine.tokenize import Encoded, TextEncoder, TextInput, Tokens
 from app.engine.threads import ThreadPool
 
@@ -191,7 +191,7 @@ class ServedModel:
         self.batcher.start()
 
     async def warm_up(self) -> None:
-        """Run the shapes first requests would pay for, then measure what one run costs (unless it was set)."""
+        """Run the shapes first requests would pay for; then, for a padding-free graph, measure what its runs cost."""
         limits = self.batcher.limits
         shapes = warm_up_shapes(
             limits.max_batch_size, limits.max_batch_tokens, self.folder.max_seq_len, on_cuda=self.runtime.provider == "cuda"
@@ -204,7 +204,7 @@ class ServedModel:
             limits = replace(limits, attention_tokens=attention)
             log.info("%s: padding-free; a padded slot's attention costs a token at rows of %.0f", self.name, attention)
         else:
-            overhead = await self.runtime.measure_run_overhead(self.encoder.pad_id, limits.max_batch_tokens, limits.max_batch_size)
+            overhead = GPU_RUN_OVERHEAD_TOKENS if self.runtime.provider == "cuda" else CPU_RUN_OVERHEAD_TOKENS
         limits = replace(limits, run_overhead_tokens=overhead)
         log.info("%s: a run costs %.0f tokens of work beyond its tokens", self.name, limits.run_overhead_tokens)
         self.batcher.limits = limits  # its own batcher, before it serves
