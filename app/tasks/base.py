@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from app.engine.tokenize import Encoded, TextEncoder, TextInput, Tokens
-from app.errors import ServiceError
+from app.errors import InvalidInput, ServiceError
 from app.serving.model_folder import ModelFolder
 from app.settings import Settings
 from app.tasks.specs import TaskSpec
@@ -125,6 +125,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     logits = logits.astype(np.float32, copy=False)
     shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def check_not_blank(inputs: Sequence[str | tuple[str, ...]], what: str = "some text") -> None:
+    """422 for the first input (a text, or a pair of them) with nothing but whitespace: no model answers it."""
+    for index, item in enumerate(inputs):
+        if any(not text.strip() for text in (item if isinstance(item, tuple) else (item,))):
+            raise InvalidInput(f"inputs[{index}] is empty; send {what}")
 
 
 def texts_of(inputs: str | list) -> list:

@@ -17,7 +17,7 @@ from app.serving.model_folder import ModelFolderError
 from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text, encodable
 from app.settings import Settings
-from app.tasks.base import Answer, Cost, Model, Task, cost_of_texts, softmax, texts_of
+from app.tasks.base import Answer, Cost, Model, Task, check_not_blank, cost_of_texts, softmax, texts_of
 
 
 MAX_MASKS = 8  # per text: each mask is a full-vocabulary softmax in the response path
@@ -97,9 +97,7 @@ class FillMask(Task):
 
     async def __call__(self, model: Model, body: FillMaskRequest, deadline: float) -> Answer:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
-        for index, text in enumerate(texts):
-            if not text.strip():
-                raise InvalidInput(f"inputs[{index}] is empty; send a text with {encoder.mask_token} in it")
+        check_not_blank(texts, f"a text with {encoder.mask_token} in it")
         if options.top_k > encoder.vocab_size:
             raise InvalidInput(f"top_k must be at most the vocabulary size, {encoder.vocab_size}")
         target_ids, warning = None, None

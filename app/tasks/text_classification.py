@@ -8,10 +8,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from app.errors import InvalidInput
 from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text
-from app.tasks.base import Answer, Cost, Model, Task, softmax
+from app.tasks.base import Answer, Cost, Model, Task, check_not_blank, softmax
 from app.engine.tokenize import TextInput
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
@@ -63,9 +62,7 @@ class TextClassification(Task):
 
     async def __call__(self, model: Model, body: ClassifyRequest, deadline: float) -> Answer:
         inputs = _inputs(body)
-        for index, item in enumerate(inputs):
-            if any(not text.strip() for text in (item if isinstance(item, tuple) else (item,))):
-                raise InvalidInput(f"inputs[{index}] is empty; send some text")
+        check_not_blank(inputs)
         encoded = await model.encode(inputs, body.parameters.truncation, deadline)
         rows = await model.infer([e.ids for e in encoded], deadline)
         function = body.parameters.function_to_apply or self.default_activation(model)

@@ -17,7 +17,7 @@ from app.errors import InputTooLong, InvalidInput, TooManyInputs
 from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text
 from app.settings import Settings
-from app.tasks.base import Answer, Cost, Model, Task, softmax, texts_of
+from app.tasks.base import Answer, Cost, Model, Task, check_not_blank, softmax, texts_of
 from app.engine.tokenize import TextEncoder, Window
 
 Strategy = Literal["none", "simple", "first", "average", "max"]
@@ -89,9 +89,7 @@ class TokenClassification(Task):
 
     async def __call__(self, model: Model, body: TokenClassificationRequest, deadline: float) -> Answer:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
-        for index, text in enumerate(texts):
-            if not text.strip():
-                raise InvalidInput(f"inputs[{index}] is empty; send some text")
+        check_not_blank(texts)
         if options.stride is None:
             most = encoder.room
             too_long = lambda index: InputTooLong(self._too_long(index, encoder.max_seq_len))  # noqa: E731

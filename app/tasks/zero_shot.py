@@ -18,7 +18,7 @@ from app.errors import InputTooLong, InvalidInput
 from app.serving.model_folder import ModelFolder
 from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text
-from app.tasks.base import Answer, Cost, Model, Task, texts_of
+from app.tasks.base import Answer, Cost, Model, Task, check_not_blank, texts_of
 from app.engine.tokenize import TextEncoder, Tokens
 
 DEFAULT_TEMPLATE = "This example is {}."
@@ -89,9 +89,7 @@ class ZeroShotClassification(Task):
     async def __call__(self, model: Model, body: ZeroShotRequest, deadline: float) -> Answer:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
         labels = candidate_labels(options.candidate_labels)
-        for index, text in enumerate(texts):
-            if not text.strip():
-                raise InvalidInput(f"inputs[{index}] is empty; send some text")
+        check_not_blank(texts)
         before, after = template_parts(options.hypothesis_template)
         specials = encoder.special_tokens_per_pair
         most = encoder.max_seq_len - specials - 1
