@@ -57,7 +57,7 @@ class Route:
     task: Task | None = None  # a task's fixed endpoint
     body: Any = None  # for the document: the request body's type, or a list of types it may be
     answer: Any = None  # for the document: the 200 answer's type (None: any JSON)
-    errors: tuple[int, ...] = ()  # statuses it may answer besides 200 (and 401, 413 that the app adds)
+    errors: tuple[int, ...] = ()  # statuses it may answer besides 200 (the document adds 401 where the key guards all)
     media_type: str = "application/json"
     in_schema: bool = True
 
@@ -85,7 +85,7 @@ async def post_model(call: Call) -> Response:
     try:
         body = task.request.model_validate(raw)
     except ValidationError as exc:  # the rules for the message, only when there is one to write
-        elsewhere = validation.parameters_of(state.tasks, {task.name for task in state.models.tasks_of(model)})
+        elsewhere = validation.parameters_of(state.tasks, {answered.name for answered in state.models.tasks_of(model)})
         rules = validation.BodyRules(task.request, task.expected, elsewhere, validation.parameters_of(state.tasks, set()))
         raise InvalidInput(validation.describe(exc.errors(), rules, model_name=model.name)) from None
     return await run_task(call, task, model, body, deadline)
