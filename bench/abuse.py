@@ -94,14 +94,19 @@ def log(message: str) -> None:
 _CHILDREN: set[subprocess.Popen] = set()
 
 
+def _kill(process: subprocess.Popen) -> None:
+    """Kill a child and reap it, giving up after 10 s (it may be stopped or stuck in the kernel)."""
+    if process.poll() is None:
+        process.kill()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def _kill_children() -> None:
     for process in list(_CHILDREN):
-        if process.poll() is None:
-            process.kill()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+        _kill(process)
 
 
 atexit.register(_kill_children)
@@ -2043,11 +2048,7 @@ def blocked_logs(models: Models, requests: int = 2000, timeout: float = 5, start
             health = healthz_status_url(url, timeout)
         seconds = round(time.monotonic() - started, 1)
     finally:
-        process.kill()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        _kill(process)
         _CHILDREN.discard(process)
     if first_timeout:
         observed = (f"{ok} answered 200, then request {first_timeout['request']} timed out ({timeout:.0f} s), "
