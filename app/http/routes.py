@@ -22,7 +22,7 @@ from app.http import validation
 from app.errors import InvalidInput, NotReady, error_json
 from app.http.requests import deadline_of, read_json, request_headers, unless_disconnected
 from app.http.responses import json_off_loop, json_response
-from app.tasks.base import Task
+from app.tasks.base import Task, answer_request
 
 if TYPE_CHECKING:  # annotations only: handlers use the state the app hands them
     from app.serving.model import ServedModel
@@ -97,8 +97,8 @@ async def run_task(call: Call, task: Task, model: ServedModel, body: BaseModel, 
     state = call.state
     call.scope.setdefault("state", {})["model"] = model.name  # for the request metrics' model label
     with state.admit(model, task.cost(body, model), task.counted):
-        answer = await unless_disconnected(call.receive, task(model, body, deadline))
-    if answer.large:  # up to megabytes: rendered off the event loop
+        answer = await unless_disconnected(call.receive, answer_request(task, model, body, deadline))
+    if task.large_answers:  # up to megabytes: rendered off the event loop
         return await json_off_loop(answer.content, state.executor, headers=answer.headers)
     return json_response(answer.content, headers=answer.headers)
 

@@ -3,8 +3,11 @@
 The serving core (app.serving.model, app.engine.batcher, app.engine.runtime, app.serving.state) knows no task; each
 task module owns its request schema, its options and their checks, which output rows it
 keeps, its postprocessing and what /models says about it. transformers' pipelines split a
-task the same way (parameters, preprocess, forward, postprocess); here the forward step
-is the shared batcher.
+task the same way (parameters, preprocess, forward, postprocess). Here a task writes two
+hooks, `prepare` (the body's sequences) and `answer` (the rows back into the answer). One
+path shared by every task counts and admits the request and renders its answer
+(app.http.routes.run_task) and runs the sequences through the model's batcher between
+the two hooks (`answer_request`).
 """
 
 from __future__ import annotations
@@ -48,10 +51,19 @@ class Model(Protocol):
 
 
 @dataclass(frozen=True)
+class Work:
+    """What one request queues: its sequences (token ids, special tokens included), for a graph that takes them
+    the token positions to compute rows at (fill-mask's masks), and what `answer` needs besides the rows."""
+
+    sequences: list[np.ndarray]
+    context: Any = None
+    positions: list[np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
 class Answer:
     content: Any  # JSON-ready
     headers: dict[str, str] | None = None
-    large: bool = False  # may be megabytes: render it off the event loop
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ class Task(ABC):
     request: ClassVar[type[BaseModel]]  # the body, in the Hugging Face Inference API's shape
     response: ClassVar[Any]  # for the OpenAPI document
     expected: ClassVar[Mapping[str, str]]  # what a union field accepts, for validation messages (app.http.validation)
+    large_answers: ClassVar[bool] = False  # answers may be megabytes: shaped and rendered off the event loop
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -111,13 +124,28 @@ class Task(ABC):
         longer than the model takes, a template that cannot take the label)."""
 
     @abstractmethod
-    async def __call__(self, model: Model, body: BaseModel, deadline: float) -> Answer:
-        """The answer, once `cost` was within the ceilings: the body's texts tokenized once each, the sequences
-        run through the model's batcher, the rows shaped into the task's answer."""
+    async def prepare(self, model: Model, body: BaseModel, deadline: float) -> Work:
+        """Once `cost` was within the ceilings: the sequences to run, each of the body's texts tokenized once (on
+        the model's threads, through `model.encode` or `model.tokens`). Raise here what only the tokens show."""
+
+    @abstractmethod
+    def answer(self, model: Model, body: BaseModel, work: Work, rows: list[dict[str, np.ndarray]]) -> Answer:
+        """The rows the model computed, one per sequence of `work` in its order, shaped into the task's answer.
+        No I/O: on the event loop, or on the model's threads for `large_answers`."""
 
     def info(self, model: Model) -> dict:
         """What this task adds to the model's entry in /models."""
         return {}
+
+
+async def answer_request(task: Task, model: Model, body: BaseModel, deadline: float) -> Answer:
+    """The path every task's request takes once it is admitted: its sequences, the model's rows for them, the
+    answer."""
+    work = await task.prepare(model, body, deadline)
+    rows = await model.infer(work.sequences, deadline, work.positions)
+    if task.large_answers:
+        return await model.off_loop(task.answer, model, body, work, rows)
+    return task.answer(model, body, work, rows)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

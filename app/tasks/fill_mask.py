@@ -17,7 +17,7 @@ from app.serving.model_folder import ModelFolderError
 from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text, encodable
 from app.settings import Settings
-from app.tasks.base import Answer, Cost, Model, Task, check_not_blank, cost_of_texts, softmax, texts_of
+from app.tasks.base import Answer, Cost, Model, Task, Work, check_not_blank, cost_of_texts, softmax, texts_of
 
 
 MAX_MASKS = 8  # per text: each mask is a full-vocabulary softmax in the response path
@@ -71,6 +71,7 @@ class FillMask(Task):
     summary = "Fill the mask token in texts"
     request = FillMaskRequest
     response = FillMaskText | list[FillMaskText]
+    large_answers = True  # each answer carries its filled-in sequence, decoded
     expected = {
         "inputs": "a string or a list of strings",
         "inputs[]": "a string",
@@ -95,7 +96,7 @@ class FillMask(Task):
     def cost(self, body: FillMaskRequest, model: Model) -> Cost:
         return cost_of_texts(texts_of(body.inputs))
 
-    async def __call__(self, model: Model, body: FillMaskRequest, deadline: float) -> Answer:
+    async def prepare(self, model: Model, body: FillMaskRequest, deadline: float) -> Work:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
         check_not_blank(texts, f"a text with {encoder.mask_token} in it")
         if options.top_k > encoder.vocab_size:
@@ -118,20 +119,20 @@ class FillMask(Task):
                 f"this request asks for {asked} answers (texts x masks x top_k); at most {self.max_answers} "
                 "are allowed: lower top_k or send fewer texts per request"
             )
-        rows = await model.infer([e.ids for e in encoded], deadline, positions)
+        return Work([e.ids for e in encoded], (target_ids, warning), positions)
+
+    def answer(self, model: Model, body: FillMaskRequest, work: Work, rows: list[dict[str, np.ndarray]]) -> Answer:
+        encoder, (target_ids, warning) = model.encoder, work.context
 
         def decode(sequences, skip_special_tokens: bool) -> list[str]:
             return encoder.decode_batch(sequences, skip_special_tokens=skip_special_tokens)
 
-        def answer_all() -> list:
-            return [
-                fill_mask(row, e.ids, found, top_k=options.top_k, target_ids=target_ids, decode=decode)
-                for row, e, found in zip((r["logits"] for r in rows), encoded, positions)
-            ]
-
-        answers = await model.off_loop(answer_all)
+        answers = [
+            fill_mask(row["logits"], ids, found, top_k=body.parameters.top_k, target_ids=target_ids, decode=decode)
+            for row, ids, found in zip(rows, work.sequences, work.positions)
+        ]
         content = answers[0] if isinstance(body.inputs, str) else answers
-        return Answer(content, headers={"X-Warning": warning} if warning else None, large=True)
+        return Answer(content, headers={"X-Warning": warning} if warning else None)
 
     def info(self, model: Model) -> dict:
         return {"mask_token": model.encoder.mask_token}

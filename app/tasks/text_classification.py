@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text
-from app.tasks.base import Answer, Cost, Model, Task, check_not_blank, softmax
+from app.tasks.base import Answer, Cost, Model, Task, Work, check_not_blank, softmax
 from app.engine.tokenize import TextInput
 
 ACTIVATIONS = ("softmax", "sigmoid", "none")
@@ -60,11 +60,13 @@ class TextClassification(Task):
         inputs = _inputs(body)
         return Cost(len(inputs), sum(len(item) if isinstance(item, str) else sum(map(len, item)) for item in inputs))
 
-    async def __call__(self, model: Model, body: ClassifyRequest, deadline: float) -> Answer:
+    async def prepare(self, model: Model, body: ClassifyRequest, deadline: float) -> Work:
         inputs = _inputs(body)
         check_not_blank(inputs)
         encoded = await model.encode(inputs, body.parameters.truncation, deadline)
-        rows = await model.infer([e.ids for e in encoded], deadline)
+        return Work([e.ids for e in encoded])
+
+    def answer(self, model: Model, body: ClassifyRequest, work: Work, rows: list[dict[str, np.ndarray]]) -> Answer:
         function = body.parameters.function_to_apply or self.default_activation(model)
         return Answer([classify(row["logits"], model.folder.labels, function, body.parameters.top_k) for row in rows])
 

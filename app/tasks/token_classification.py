@@ -17,7 +17,7 @@ from app.errors import InputTooLong, InvalidInput, TooManyInputs
 from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text
 from app.settings import Settings
-from app.tasks.base import Answer, Cost, Model, Task, check_not_blank, softmax, texts_of
+from app.tasks.base import Answer, Cost, Model, Task, Work, check_not_blank, softmax, texts_of
 from app.engine.tokenize import TextEncoder, Window
 
 Strategy = Literal["none", "simple", "first", "average", "max"]
@@ -87,7 +87,7 @@ class TokenClassification(Task):
             raise TooManyInputs(self._too_many(f"at least {windows}", options.stride))
         return Cost(windows, sum(map(len, texts)))
 
-    async def __call__(self, model: Model, body: TokenClassificationRequest, deadline: float) -> Answer:
+    async def prepare(self, model: Model, body: TokenClassificationRequest, deadline: float) -> Work:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
         check_not_blank(texts)
         if options.stride is None:
@@ -102,13 +102,16 @@ class TokenClassification(Task):
         if windows > self.max_windows:
             raise TooManyInputs(self._too_many(str(windows), options.stride))
         cut = [encoder.windows(text, stride=options.stride) for text in tokens]
-        rows = await model.infer([window.ids for text_windows in cut for window in text_windows], deadline)
-        answers, first = [], 0
-        for text, text_windows in zip(texts, cut):
+        return Work([window.ids for text_windows in cut for window in text_windows], cut)
+
+    def answer(self, model: Model, body: TokenClassificationRequest, work: Work,
+               rows: list[dict[str, np.ndarray]]) -> Answer:
+        options, answers, first = body.parameters, [], 0
+        for text, text_windows in zip(texts_of(body.inputs), work.context):
             outputs = [row["logits"] for row in rows[first : first + len(text_windows)]]
             first += len(text_windows)
             answers.append(
-                entities(text, text_windows, outputs, encoder, model.folder.labels, options.aggregation_strategy,
+                entities(text, text_windows, outputs, model.encoder, model.folder.labels, options.aggregation_strategy,
                          ["O"] if options.ignore_labels is None else options.ignore_labels)
             )
         return Answer(answers[0] if isinstance(body.inputs, str) else answers)

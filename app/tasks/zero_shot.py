@@ -18,7 +18,7 @@ from app.errors import InputTooLong, InvalidInput
 from app.serving.model_folder import ModelFolder
 from app.tasks.specs import SPECS
 from app.tasks.schemas import Strict, Text
-from app.tasks.base import Answer, Cost, Model, Task, check_not_blank, texts_of
+from app.tasks.base import Answer, Cost, Model, Task, Work, check_not_blank, texts_of
 from app.engine.tokenize import TextEncoder, Tokens
 
 DEFAULT_TEMPLATE = "This example is {}."
@@ -86,7 +86,7 @@ class ZeroShotClassification(Task):
         hypotheses = sum(len(before) + len(label) + len(after) for label in labels)
         return Cost(len(texts) * len(labels), sum(map(len, texts)) + hypotheses)
 
-    async def __call__(self, model: Model, body: ZeroShotRequest, deadline: float) -> Answer:
+    async def prepare(self, model: Model, body: ZeroShotRequest, deadline: float) -> Work:
         texts, options, encoder = texts_of(body.inputs), body.parameters, model.encoder
         labels = candidate_labels(options.candidate_labels)
         check_not_blank(texts)
@@ -100,11 +100,14 @@ class ZeroShotClassification(Task):
             too_long=lambda index: InputTooLong(self._too_long(index, most)),
         )
         tokens = await model.tokens(texts, deadline, most=encoder.max_seq_len - specials)
-        pairs = [pair_ids(encoder, text, hypothesis) for text in tokens for hypothesis in hypotheses]
-        rows = await model.infer(pairs, deadline)
+        return Work([pair_ids(encoder, text, hypothesis) for text in tokens for hypothesis in hypotheses], labels)
+
+    def answer(self, model: Model, body: ZeroShotRequest, work: Work, rows: list[dict[str, np.ndarray]]) -> Answer:
+        texts, labels = texts_of(body.inputs), work.context
         logits = np.stack([row["logits"] for row in rows]).reshape(len(texts), len(labels), -1)
         entail = entailment_id(model.folder.label2id)
-        answers = [answer(text, labels, scores(per_text, entail, options.multi_label)) for text, per_text in zip(texts, logits)]
+        answers = [answer(text, labels, scores(per_text, entail, body.parameters.multi_label))
+                   for text, per_text in zip(texts, logits)]
         return Answer(answers[0] if isinstance(body.inputs, str) else answers)
 
     @staticmethod
