@@ -140,7 +140,8 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
     model.config.save_pretrained(str(staging))
 
     batch = verify.encode(tokenizer, verify.probe_texts(task, tokenizer.mask_token), max_seq_len, task)
-    reference = verify.torch_runner(model)(batch)
+    outputs = EXPORTED[task].outputs
+    reference = verify.torch_runner(model, outputs)(batch)
     variants = {"fp32": fp32}
     results = {"fp32": step("verify fp32", _verify, fp32, batch, reference)}
     if results["fp32"]["max_abs_diff"] > options.atol or results["fp32"]["top1_agreement"] < 1.0:
@@ -250,9 +251,9 @@ def _load_pytorch(checkpoint: Checkpoint, task: str):
     return model, tokenizer
 
 
-def _verify(path: Path, batch, reference, padding_idx: int = 1) -> dict:
-    candidate = verify.onnx_runner(path, padding_idx)(batch)
-    return verify.compare(reference, candidate).as_dict()
+def _verify(path: Path, batch, reference: verify.Outputs, padding_idx: int = 1) -> dict:
+    candidate = verify.onnx_runner(path, padding_idx, tuple(reference))(batch)
+    return verify.compare_outputs(reference, candidate).as_dict()
 
 
 def _evaluate(eval_file: Path, model, tokenizer, variants: dict[str, Path], config: dict, max_seq_len: int) -> dict:

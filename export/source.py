@@ -25,8 +25,9 @@ SUPPORTED_MODEL_TYPES = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
 
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
 
-# Heads of the family that transformers knows and the service does not serve yet, by class-name suffix.
-UNSUPPORTED_HEADS = {
+# Heads of the family that transformers knows, by class-name suffix, for the message that names one the service does
+# not serve. A head with a task spec (app.tasks.specs) is served and never looked up here.
+FAMILY_HEADS = {
     "ForQuestionAnswering": "extractive question answering",
     "ForMultipleChoice": "multiple choice",
     "ForCausalLM": "causal language modelling",
@@ -141,7 +142,7 @@ def _task_from_architectures(architectures: list[str]) -> str | None:
 
 def _unsupported_head(architectures: list[str]) -> tuple[str, str] | None:
     for name in architectures:
-        for suffix, what in UNSUPPORTED_HEADS.items():
+        for suffix, what in FAMILY_HEADS.items():
             if name.endswith(suffix):
                 return name, what
     return None

@@ -1,4 +1,5 @@
-"""Does the ONNX file answer like PyTorch? Probe-batch logit differences and eval accuracy.
+"""Does the ONNX file answer like PyTorch? Probe-batch differences on every output the task's graph has
+(app.tasks.specs), and eval accuracy.
 
 The probe batch mixes lengths so that right padding and the attention mask are
 exercised: an export that ignores the mask would pass on a single sentence.
@@ -17,7 +18,8 @@ from app.tasks.specs import EXPORTED, MASK_POSITIONS
 from export.errors import BadOption
 
 Batch = dict[str, np.ndarray]
-Runner = Callable[[Batch], np.ndarray]
+Outputs = dict[str, np.ndarray]  # each of the task's outputs (its spec's `outputs`), by name
+Runner = Callable[[Batch], Outputs]
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -62,19 +64,20 @@ def at_positions(logits: np.ndarray, batch: Batch) -> np.ndarray:
     return logits[positions[:, 0], positions[:, 1]]
 
 
-def torch_runner(model) -> Runner:
-    """The unmodified PyTorch model: the reference every graph is held to."""
+def torch_runner(model, outputs: Sequence[str] = ("logits",)) -> Runner:
+    """The unmodified PyTorch model: the reference every graph is held to. `outputs`: the task's (its spec's)."""
     import torch
 
-    def run(batch: Batch) -> np.ndarray:
+    def run(batch: Batch) -> Outputs:
         with torch.inference_mode():
             inputs = {name: torch.from_numpy(value) for name, value in batch.items() if name in MODEL_INPUTS}
-            return at_positions(model(**inputs).logits.float().numpy(), batch)
+            result = model(**inputs)
+            return {name: at_positions(getattr(result, name).float().numpy(), batch) for name in outputs}
 
     return run
 
 
-def onnx_runner(path: Path, padding_idx: int = 1) -> Runner:
+def onnx_runner(path: Path, padding_idx: int = 1, outputs: Sequence[str] = ("logits",)) -> Runner:
     """`padding_idx`: where RoBERTa's position ids start (config.json's pad_token_id), for a packed graph."""
     import onnxruntime as ort
 
@@ -82,7 +85,7 @@ def onnx_runner(path: Path, padding_idx: int = 1) -> Runner:
     wanted = [node.name for node in session.get_inputs()]
     packed = "token_index" in wanted  # the padding-free graph (export/packed_graph.py)
 
-    def run(batch: Batch) -> np.ndarray:
+    def run(batch: Batch) -> Outputs:
         if packed:
             from app.engine.packing import pack
 
@@ -90,14 +93,26 @@ def onnx_runner(path: Path, padding_idx: int = 1) -> Runner:
         missing = [name for name in wanted if name not in batch]
         if missing:
             raise BadOption(f"{path.name} wants inputs {missing} that the tokenizer does not produce")
-        logits = session.run(["logits"], {name: batch[name] for name in wanted})[0].astype(np.float32)
-        return at_positions(logits, batch)  # a graph with the head at every position, as optimum exports it
+        values = session.run(list(outputs), {name: batch[name] for name in wanted})
+        # a graph with the head at every position (as optimum exports it) is compared at the positions asked
+        return {name: at_positions(value.astype(np.float32), batch) for name, value in zip(outputs, values)}
 
     return run
 
 
+def compare_outputs(reference: Outputs, candidate: Outputs) -> Comparison:
+    """Every output against the reference; the worst of them (largest difference, lowest agreement) counts."""
+    each = [compare(reference[name], candidate[name]) for name in reference]
+    return Comparison(
+        max_abs_diff=max(c.max_abs_diff for c in each),
+        mean_abs_diff=max(c.mean_abs_diff for c in each),
+        top1_agreement=min(c.top1_agreement for c in each),
+        compared=min(c.compared for c in each),
+    )
+
+
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
-    """Rows of logits (one per sequence, or one per compared token) against the reference."""
+    """Rows of one output (one per sequence, or one per compared token) against the reference."""
     if reference.shape != candidate.shape:
         return Comparison(float("inf"), float("inf"), 0.0, 0)
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
@@ -138,7 +153,7 @@ def predict(run: Runner, tokenizer, texts: Sequence[str], max_seq_len: int, batc
     predictions = np.empty(len(texts), dtype=np.int64)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        logits = run(encode(tokenizer, [texts[i] for i in chunk], max_seq_len))
+        logits = run(encode(tokenizer, [texts[i] for i in chunk], max_seq_len))["logits"]
         predictions[chunk] = logits.argmax(axis=-1)
     return predictions
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from export.errors import BadOption
-from export.verify import at_positions, compare, encode, read_eval_file
+from export.verify import at_positions, compare, compare_outputs, encode, read_eval_file
 
 
 def test_fill_mask_probe_asks_for_every_real_token_and_never_padding():
@@ -62,3 +62,16 @@ def test_eval_file_with_unknown_label_names_the_line(tmp_path):
     path.write_text("good\t1\nbad\tmaybe\n")
     with pytest.raises(BadOption, match=r"dev.tsv:2: unknown label 'maybe'"):
         read_eval_file(path, {"negative": 0, "positive": 1})
+
+
+def test_a_graph_with_several_outputs_is_held_to_its_worst():
+    """Question answering's start and end logits: an export right on one and wrong on the other fails."""
+    start = np.array([[0.0, 3.0, 1.0], [2.0, 0.0, 0.0]])
+    end = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
+    wrong_end = end.copy()
+    wrong_end[1] = [9.0, 0.0, 5.0]
+    result = compare_outputs({"start_logits": start, "end_logits": end},
+                             {"start_logits": start.copy(), "end_logits": wrong_end})
+    assert result.max_abs_diff == pytest.approx(9.0) and result.top1_agreement == 0.5
+    missing = compare_outputs({"start_logits": start}, {"start_logits": start[:, :2]})
+    assert missing.max_abs_diff == float("inf")
