@@ -91,7 +91,7 @@ def prepare_model(quick: bool, work: Path) -> tuple[Path, Path]:
 @dataclass
 class System:
     name: str
-    server: servers.Server
+    server: servers.ServerProcess
     source: Iterator[bytes]  # its request bytes, cycled: each slice goes on where the last stopped
     is_service: bool
     bodies: Path | None = None  # the same bodies, one JSON per line, for wrk
@@ -184,7 +184,7 @@ def measure_interleaved(systems: list[System], levels: list[int], seconds: float
     return results, limits_by_level
 
 
-def soak_memory(server: servers.Server, source: Iterator[bytes], count: int, concurrency: int) -> dict:
+def soak_memory(server: servers.ServerProcess, source: Iterator[bytes], count: int, concurrency: int) -> dict:
     """RSS once every batch shape has been seen (after the load levels), then after `count` more requests.
 
     A leak grows with requests; the allocator's arenas grow only with new shapes, which the levels already made.
@@ -299,7 +299,7 @@ def markdown(report: dict) -> str:
             batch = f"{level['mean_batch']:.1f}" if level.get("mean_batch") else "–"
             padding = f"{level['mean_padding']:.0%}" if level.get("mean_padding") is not None else "–"
             lines.append(f"| {name} | {level['level']} | {level['requests_per_s']:.1f} | {level['p50_ms']:.1f} | "
-                         f"{level['p95_ms']:.1f} | {level['p99_ms']:.1f} | {batch} | {padding} | {system['memory_end']['peak_rss_mb']:.0f} |")
+                         f"{level['p95_ms']:.1f} | {level['p99_ms']:.1f} | {batch} | {padding} | {system['memory_end']['peak_mb']:.0f} |")
         if system.get("open_loop"):
             o = system["open_loop"]
             lines.append(f"| {name} | open {o['level']:.0f}/s | {o['requests_per_s']:.1f} | {o['p50_ms']:.1f} | {o['p95_ms']:.1f} | {o['p99_ms']:.1f} | | | |")

@@ -28,16 +28,13 @@ from bench.load import closed_loop, concurrency_level, encode_requests
 WORK = REPO / "build" / "bench"
 
 
-def checkout_server(name: str, checkout: Path, folder: Path, precision: str, env: dict[str, str]) -> servers.Server:
+def checkout_server(name: str, checkout: Path, folder: Path, precision: str, env: dict[str, str]) -> servers.ServerProcess:
     """`python -m app` with `checkout` first on sys.path, so its `app` package is the one that runs, and `env`
-    (ROBERTA_* settings) added to its environment."""
-    port = servers.free_port()
+    (ROBERTA_* settings; a pool's size among them) added to its environment."""
     launcher = f"import sys; sys.path.insert(0, {str(checkout.resolve())!r}); from app.__main__ import main; main()"
-    command = [sys.executable, "-c", launcher, "--classify-model", str(folder), "--precision", precision,
-               "--port", str(port), "--log-level", "warning"]
-    # processes=0: a pool's size (ROBERTA_PROCESSES in `env`) is read from its /info, so that it is paused and
-    # counted whole.
-    return servers.Server(name, command, port, WORK / "logs" / f"ab-{name}.log", env=env, processes=0)
+    return servers.ServerProcess("--classify-model", str(folder), "--precision", precision, launcher=[sys.executable, "-c", launcher],
+                                 port=servers.free_port(), log_level="warning", env=env, log=WORK / "logs" / f"ab-{name}.log",
+                                 name=name, processes=int(env.get("ROBERTA_PROCESSES", 1)))
 
 
 def main() -> None:

@@ -125,8 +125,8 @@ def cpu_seconds(pid: int) -> float:
     return float("nan") if spent is None else spent
 
 
-class Server(servers.AppProcess):
-    """bench.servers.AppProcess, killed at exit if a case left it running, with what these cases read from /info and
+class Server(servers.ServerProcess):
+    """bench.servers.ServerProcess, killed at exit if a case left it running, with what these cases read from /info and
     /metrics."""
 
     def __enter__(self) -> Server:

@@ -38,7 +38,7 @@ def cpu_times() -> list[int]:
     return [int(value) for value in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
 
 
-def measure_slice(server: servers.Server, bodies: Path, concurrency: int, seconds: float,
+def measure_slice(server: servers.ServerProcess, bodies: Path, concurrency: int, seconds: float,
                   start: int) -> tuple[LoadResult, float, list[float]]:
     """(the slice's answers, the machine's idle share, each serving process's CPU seconds) for one slice of load."""
     server.resume()

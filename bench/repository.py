@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 
-from bench.servers import REPO, Server, free_port
+from bench.servers import REPO, ServerProcess, free_port
 
 RESULTS = REPO / "bench" / "results"
 LOGS = REPO / "build" / "bench" / "logs"
@@ -35,11 +34,10 @@ TEXTS = [
 ]
 
 
-def serve(label: str, models: dict[str, Path] | Path) -> Server:
-    port = free_port()
+def serve(label: str, models: dict[str, Path] | Path) -> ServerProcess:
     target = ["--model-repository", str(models)] if isinstance(models, Path) else ["--models", ",".join(f"{n}={p}" for n, p in models.items())]
-    command = [sys.executable, "-m", "app", *target, "--port", str(port), "--log-level", "warning", "--max-wait-ms", "2"]
-    return Server(label, command, port, LOGS / f"repository-{label}.log")
+    return ServerProcess(*target, "--max-wait-ms", "2", port=free_port(), log_level="warning",
+                         log=LOGS / f"repository-{label}.log", name=label)
 
 
 def load(port: int, names: list[str], requests: int) -> float:
@@ -70,14 +68,14 @@ def main() -> None:
             warm = server.memory()["rss_mb"]
             seconds = load(server.port, [name], args.requests)
             separate[name] = {"rss_warm_mb": round(warm, 1), "rss_after_mb": round(server.memory()["rss_mb"], 1),
-                              "peak_mb": round(server.memory()["peak_rss_mb"], 1), "seconds": round(seconds, 1)}
+                              "peak_mb": round(server.memory()["peak_mb"], 1), "seconds": round(seconds, 1)}
             print(f"{name} alone: {separate[name]}", flush=True)
     with serve("all", args.repository) as server:
         warm = server.memory()["rss_mb"]
         per_model = {m["name"]: m["memory_bytes"] for m in httpx.get(f"http://127.0.0.1:{server.port}/models").json()["models"]}
         seconds = load(server.port, list(folders), args.requests)
         together = {"rss_warm_mb": round(warm, 1), "rss_after_mb": round(server.memory()["rss_mb"], 1),
-                    "peak_mb": round(server.memory()["peak_rss_mb"], 1), "seconds": round(seconds, 1),
+                    "peak_mb": round(server.memory()["peak_mb"], 1), "seconds": round(seconds, 1),
                     "per_model_mb": {name: round(value / 2**20, 1) for name, value in per_model.items() if value is not None}}
         print(f"all in one: {together}", flush=True)
 

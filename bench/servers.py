@@ -1,10 +1,9 @@
 """Servers as processes on 127.0.0.1, and what only the process knows (memory, CPU).
 
-`AppProcess` is the one way the tests and the studies start `python -m app`: its flags, its output
-read as it comes, its URL from the line that says it listens, readiness from /readyz, its memory
-and CPU, signals, and a stop that drains. `Server` runs any benchmarked system (this service,
-the naive server, infinity) from a command and a port, with its output in a log file, and can
-pause it (SIGSTOP) while another system is measured.
+`ServerProcess` is the one way the tests, the benchmarks and the studies start a server: `python -m
+app` with its flags, or any benchmarked system's command (the naive server, infinity); its output
+read as it comes (and copied to a log file), its URL, readiness, its memory and CPU, signals, a
+pause (SIGSTOP) while another system is measured, and a stop that drains.
 """
 
 from __future__ import annotations
@@ -61,30 +60,49 @@ def process_memory(pid: int) -> dict[str, float]:
     return {"rss_mb": round(int(found["VmRSS"].group(1)) / 1024, 1), "peak_mb": round(int(found["VmHWM"].group(1)) / 1024, 1)}
 
 
-class AppProcess:
-    """`python -m app --host 127.0.0.1 --port PORT --log-level info FLAGS` (or `launcher` with those flags), its URL
-    parsed from its output: uvicorn's "Uvicorn running on", or for a pool (--processes N > 1) the supervisor's
-    "all N processes ready on". `auth`: the API key readiness is asked with, where /readyz needs it."""
+class ServerProcess:
+    """One server as a process on 127.0.0.1, from start to a drained stop.
+
+    By default `python -m app --host 127.0.0.1 --port PORT --log-level LEVEL FLAGS` (or `launcher` with those flags);
+    `command` runs any other system instead (the naive server, infinity), listening on `port`. Its URL comes from
+    its output where it says it listens (uvicorn's "Uvicorn running on"; for a pool, --processes N > 1, the
+    supervisor's "all N processes ready on", once every process is ready), else from `port`. `processes`: the pool's
+size where the flags do not say it (ROBERTA_PROCESSES in `env`). Ready once
+    `ready_path` answers 200 (`auth`: the API key to ask with). Its output is kept line by line, and copied to
+    `log` where one is given. It runs in a session of its own, so that `pause` stops it and all its processes.
+    """
 
     def __init__(self, *flags: str, env: dict[str, str] | None = None, wait_ready: bool = True,
-                 launcher: list[str] | None = None, port: int = 0, auth: str | None = None, start_s: float = 180) -> None:
-        launcher = launcher or [sys.executable, "-m", "app"]
-        self.command = [*launcher, "--host", "127.0.0.1", "--port", str(port), "--log-level", "info", *flags]
-        pool = next((int(value) for flag, value in zip(flags, flags[1:]) if flag == "--processes"), 1) > 1
-        self.ready_line = POOL_READY_LINE if pool else READY_LINE
+                 launcher: list[str] | None = None, port: int = 0, auth: str | None = None, start_s: float = 180,
+                 log_level: str = "info", command: list[str] | None = None, ready_path: str = "/readyz",
+                 log: Path | None = None, name: str = "app", processes: int | None = None) -> None:
         self.env = app_env(env)
+        self.processes = 1  # above 1: the service's pool (app.serving.supervisor), ready once every process is
+        self.ready_line: re.Pattern | None = None
+        if command is None:
+            launcher = launcher or [sys.executable, "-m", "app"]
+            command = [*launcher, "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level, *flags]
+            self.processes = processes or pool_size(flags)
+            if log_level in ("debug", "info"):
+                self.ready_line = POOL_READY_LINE if self.processes > 1 else READY_LINE
+        if not port and self.ready_line is None:
+            raise ValueError("without a port, the server must say where it listens: run the app at log level info")
+        self.command, self.name, self.log, self.ready_path = command, name, log, ready_path
         self.auth_headers = {"Authorization": f"Bearer {auth}"} if auth else {}
         self._wait_ready = wait_ready
         self._start_s = start_s
         self.process: subprocess.Popen | None = None
         self.lines: list[str] = []  # its output so far, one entry a line
-        self.url = ""
+        self.url = "" if self.ready_line is not None else f"http://127.0.0.1:{port}"  # else from the line
         self.ready_lines = 0  # lines written before /readyz first said 200
         self.exited_at: float | None = None  # monotonic time the process was first seen to have exited
+        # A pool's processes, each in a process group of its own: paused, resumed, settled and counted with it.
+        self.members: list[int] = []
 
-    def __enter__(self) -> AppProcess:
+    def __enter__(self) -> ServerProcess:
         self.process = subprocess.Popen(
-            self.command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            self.command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
         )
         bound = threading.Event()
         threading.Thread(target=self._read_output, args=(bound,), daemon=True).start()
@@ -97,31 +115,49 @@ class AppProcess:
 
     def _wait(self, bound: threading.Event) -> None:
         deadline = time.monotonic() + self._start_s
-        while not bound.wait(timeout=0.2):
+        while self.ready_line is not None and not bound.wait(timeout=0.2):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 time.sleep(0.2)  # let the reader take the last lines
-                raise StartFailed("server did not start:\n" + self.output, self.process.poll(), self.lines)
+                raise StartFailed(f"{self.name} did not start:\n" + self.output, self.process.poll(), self.lines)
         if not self.url:
-            raise StartFailed("server did not start:\n" + self.output, self.process.poll(), self.lines)
+            raise StartFailed(f"{self.name} did not start:\n" + self.output, self.process.poll(), self.lines)
         while self._wait_ready:
             try:
-                if httpx.get(f"{self.url}/readyz", headers=self.auth_headers, timeout=5).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", headers=self.auth_headers, timeout=5).status_code == 200:
                     self.ready_lines = len(self.lines)
-                    return
+                    self.members = self._pool_members()
+                    if len(self.members) == self.processes or self.processes == 1:
+                        return
             except httpx.HTTPError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise StartFailed("server did not become ready:\n" + self.output, self.process.poll(), self.lines)
+                raise StartFailed(f"{self.name} did not become ready:\n" + self.output, self.process.poll(), self.lines)
             time.sleep(0.05)
 
     def _read_output(self, bound: threading.Event) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            found = self.ready_line.search(line)
-            if found and not bound.is_set():
-                self.url = found.group(1)
-                bound.set()
-        bound.set()  # the output ended: the process exited, whether it bound or not
+        copy = self.log.open("w") if self.log is not None else None
+        try:
+            for line in self.process.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if copy is not None:
+                    copy.write(line)
+                    copy.flush()
+                found = self.ready_line.search(line) if self.ready_line is not None else None
+                if found and not bound.is_set():
+                    self.url = found.group(1)
+                    bound.set()
+        finally:
+            bound.set()  # the output ended: the process exited, whether it bound or not
+            if copy is not None:
+                copy.close()
+
+    def _pool_members(self) -> list[int]:
+        """A pool's processes that say they are ready (roberta_ready has a `pid` label there, app.serving.metrics)."""
+        if self.processes == 1:
+            return []
+        text = httpx.get(f"{self.url}/metrics", headers=self.auth_headers, timeout=5).text
+        return sorted(int(sample.labels["pid"]) for family in text_string_to_metric_families(text) if family.name == "roberta_ready"
+                      for sample in family.samples if sample.value == 1.0 and "pid" in sample.labels)
 
     @property
     def output(self) -> str:
@@ -135,26 +171,70 @@ class AppProcess:
         return self.process.pid
 
     @property
+    def pids(self) -> list[int]:
+        """The processes that serve: its own, or its pool's."""
+        return self.members or [self.process.pid]
+
+    @property
+    def port(self) -> int:
+        return self.host_port[1]
+
+    @property
     def host_port(self) -> tuple[str, int]:
         host, port = self.url.removeprefix("http://").split(":")
         return host, int(port)
 
     def memory(self) -> dict[str, float]:
-        return process_memory(self.pid)
+        """Resident and peak memory in MB, summed over its process and that process's children (a pool's
+        processes, the supervisor's resource tracker): a sum counts shared pages in each, and adds peaks from
+        different moments. nan once it has exited."""
+        found = [process_memory(pid) for pid in (self.process.pid, *children(self.process.pid))]
+        return {key: round(sum(entry[key] for entry in found), 1) for key in ("rss_mb", "peak_mb")}
 
     def rss_bytes(self) -> int:
         return int(re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{self.pid}/status").read_text()).group(1)) * 1024
 
     def cpu(self) -> float:
-        """CPU seconds (user + system, every thread) the process has taken; nan once it has ended."""
-        spent = process_cpu(self.pid)
-        return float("nan") if spent is None else spent
+        """CPU seconds (user + system, every thread) its process and a pool's members have taken; nan once its
+        process has ended."""
+        spent = [process_cpu(pid) for pid in (self.process.pid, *self.members)]
+        return float("nan") if spent[0] is None else sum(seconds or 0.0 for seconds in spent)
 
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
 
     def sigterm(self) -> None:
-        self.signal(signal.SIGTERM)
+        self.signal(signal.SIGTERM)  # a pool's supervisor hands it on; one to each member would skip the drain
+
+    def pause(self) -> None:
+        """SIGSTOP the server's process group and its members: while another system is measured, this one takes
+        no CPU at all."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def settle(self, quiet_s: float = 0.05, most_s: float = 5.0) -> None:
+        """Return once the server has taken under a tenth of a core for `quiet_s` (at most `most_s`).
+
+        When a load ends, the batches already in the model still run for clients that are gone; paused
+        then, a server would spend the start of its next slice on them.
+        """
+        deadline = time.monotonic() + most_s
+        last = self.cpu()
+        while last == last and time.monotonic() < deadline:
+            time.sleep(quiet_s)
+            now = self.cpu()
+            if now != now or now - last < 0.1 * quiet_s:
+                return
+            last = now
+
+    def _signal_all(self, number: int) -> None:
+        for send, pid in [(os.killpg, self.process.pid), *((os.kill, member) for member in self.members)]:
+            try:
+                send(pid, number)
+            except ProcessLookupError:  # it has exited; __exit__ and its output say why
+                pass
 
     def wait(self, timeout: float) -> int:
         return self.process.wait(timeout=timeout)
@@ -175,8 +255,9 @@ class AppProcess:
         return round(max(0.0, self.exited_at - started), 2), self.process.returncode
 
     def kill(self) -> None:
+        """SIGKILL its process group and a pool's members, and reap it."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            self._signal_all(signal.SIGKILL)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -184,6 +265,7 @@ class AppProcess:
 
     def __exit__(self, *exc) -> None:
         if self.process.poll() is None:
+            self.resume()
             self.sigterm()
             try:
                 self.process.wait(timeout=30)
@@ -191,117 +273,20 @@ class AppProcess:
                 self.kill()
 
 
+def pool_size(flags: tuple[str, ...]) -> int:
+    """How many processes `python -m app FLAGS` runs: --processes N or --processes=N, else one."""
+    for flag, value in zip(flags, (*flags[1:], "")):
+        if flag == "--processes":
+            return int(value)
+        if flag.startswith("--processes="):
+            return int(flag.partition("=")[2])
+    return 1
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-class Server:
-    def __init__(self, name: str, command: list[str], port: int, log: Path, ready_path: str = "/readyz",
-                 env: dict[str, str] | None = None, processes: int = 1) -> None:
-        self.name, self.command, self.port, self.log, self.ready_path = name, command, port, log, ready_path
-        self.env = env or {}
-        self.process: subprocess.Popen | None = None
-        # Above 1: the service's pool (app.serving.supervisor), ready once every process is; 0: the service's own choice
-        # (app.engine.runtime), read from its /info once it answers.
-        self.processes = processes
-        # The pool's processes, each in a process group of its own: paused, resumed, settled and counted with it.
-        self.members: list[int] = []
-
-    def __enter__(self) -> Server:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = self.log.open("w")
-        self.process = subprocess.Popen(
-            self.command, cwd=REPO, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, **self.env},
-        )
-        deadline = time.monotonic() + 300
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: see {self.log}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2).status_code == 200:
-                    if not self.processes:
-                        self.processes = int(httpx.get(f"http://127.0.0.1:{self.port}/info", timeout=2).json().get("processes", 1))
-                    self.members = self._ready_processes()
-                    if len(self.members) == self.processes or self.processes == 1:
-                        return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not become ready: see {self.log}")
-            time.sleep(0.2)
-
-    def _ready_processes(self) -> list[int]:
-        """A pool's processes that say they are ready (roberta_ready has a `pid` label there, app.serving.metrics)."""
-        if self.processes == 1:
-            return []
-        text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
-        return sorted(int(sample.labels["pid"]) for family in text_string_to_metric_families(text) if family.name == "roberta_ready"
-                      for sample in family.samples if sample.value == 1.0 and "pid" in sample.labels)
-
-    @property
-    def pids(self) -> list[int]:
-        """The processes that serve: its own, or its pool's."""
-        return self.members or [self.process.pid]
-
-    def memory(self) -> dict:
-        """Resident and peak memory, summed over its process and that process's children (a pool's processes, the
-        supervisor's resource tracker). A sum of RSS counts shared pages in each; peaks from different moments."""
-        kb = {"VmRSS": 0, "VmHWM": 0}
-        for pid in (self.process.pid, *children(self.process.pid)):
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:  # it ended meanwhile
-                continue
-            for key in kb:
-                kb[key] += int(re.search(rf"{key}:\s+(\d+) kB", status).group(1))
-        return {"rss_mb": kb["VmRSS"] / 1024, "peak_rss_mb": kb["VmHWM"] / 1024}
-
-    def pause(self) -> None:
-        """SIGSTOP the server's process group: while another system is measured, this one takes no CPU at all."""
-        self._signal(signal.SIGSTOP)
-
-    def settle(self, quiet_s: float = 0.05, most_s: float = 5.0) -> None:
-        """Return once the server has taken under a tenth of a core for `quiet_s` (at most `most_s`).
-
-        When a load ends, the batches already in the model still run for clients that are gone; paused
-        then, a server would spend the start of its next slice on them.
-        """
-        deadline = time.monotonic() + most_s
-        last = self.cpu()
-        while last is not None and time.monotonic() < deadline:
-            time.sleep(quiet_s)
-            now = self.cpu()
-            if now is None or now - last < 0.1 * quiet_s:
-                return
-            last = now
-
-    def cpu(self) -> float | None:
-        """CPU seconds its process and members have taken; None once its process has ended."""
-        spent = [process_cpu(pid) for pid in (self.process.pid, *self.members)]
-        return None if spent[0] is None else sum(seconds or 0.0 for seconds in spent)
-
-    def resume(self) -> None:
-        self._signal(signal.SIGCONT)
-
-    def _signal(self, number: int, members: bool = True) -> None:
-        for send, pid in [(os.killpg, self.process.pid), *((os.kill, member) for member in self.members if members)]:
-            try:
-                send(pid, number)
-            except ProcessLookupError:  # it has exited; __exit__ and the log say why
-                pass
-
-    def __exit__(self, *exc) -> None:
-        self.resume()
-        self._signal(signal.SIGTERM, members=False)  # a pool's supervisor hands it on; a second one would skip the drain
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._signal(signal.SIGKILL)
-            self.process.wait()
-        self._log_file.close()
 
 
 def children(pid: int) -> list[int]:
@@ -316,29 +301,30 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def service(name: str, folder: Path, port: int, log: Path, task: str = "classify", **settings) -> Server:
+def service(name: str, folder: Path, port: int, log: Path, task: str = "classify", **settings) -> ServerProcess:
     """This service on `folder`, as its `task` model (classify or fill-mask), with `settings` as flags."""
-    flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
-    command = [sys.executable, "-m", "app", f"--{task}-model", str(folder), "--port", str(port), "--log-level", "warning", *flags]
-    return Server(name, command, port, log, processes=int(settings.get("processes", 0)))
+    return ServerProcess(f"--{task}-model", str(folder), *_flags(settings), port=port, log=log, name=name, log_level="warning")
 
 
-def naive(checkpoint: Path, port: int, log: Path, task: str = "text-classification") -> Server:
-    return Server("D", [sys.executable, "-m", "bench.naive_server", str(checkpoint), str(port), task], port, log)
+def naive(checkpoint: Path, port: int, log: Path, task: str = "text-classification") -> ServerProcess:
+    return ServerProcess(command=[sys.executable, "-m", "bench.naive_server", str(checkpoint), str(port), task],
+                         port=port, log=log, name="D")
 
 
-def service_of(name: str, models: dict[str, Path], port: int, log: Path, **settings) -> Server:
+def service_of(name: str, models: dict[str, Path], port: int, log: Path, **settings) -> ServerProcess:
     """This service on named model folders (`--models name=path,...`): any task, each served at its own route."""
-    flags = [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
     listed = ",".join(f"{model}={path}" for model, path in models.items())
-    command = [sys.executable, "-m", "app", "--models", listed, "--port", str(port), "--log-level", "warning", *flags]
-    return Server(name, command, port, log, processes=int(settings.get("processes", 0)))
+    return ServerProcess("--models", listed, *_flags(settings), port=port, log=log, name=name, log_level="warning")
+
+
+def _flags(settings: dict) -> list[str]:
+    return [f"--{key.replace('_', '-')}={value}" for key, value in settings.items()]
 
 
 INFINITY_VENV = REPO / "build" / "infinity-venv"
 
 
-def infinity(folder: Path, port: int, log: Path) -> Server:
+def infinity(folder: Path, port: int, log: Path) -> ServerProcess:
     """F: infinity-emb on its optimum (ONNX) engine, in its own venv, built on first use from bench/infinity-requirements.txt."""
     python = INFINITY_VENV / "bin" / "python"
     if not python.is_file():
@@ -346,7 +332,7 @@ def infinity(folder: Path, port: int, log: Path) -> Server:
         subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REPO / "bench" / "infinity-requirements.txt")], check=True)
     command = [str(python), str(REPO / "bench" / "infinity_shim.py"), "--model", str(folder), "--port", str(port), "--log-level", "warning"]
-    return Server("F", command, port, log, ready_path="/health")
+    return ServerProcess(command=command, port=port, log=log, name="F", ready_path="/health")
 
 
 def batch_counters(port: int) -> dict[str, float]:

@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 
 from app.main import create_app
-from bench.servers import AppProcess
+from bench.servers import ServerProcess  # noqa: F401  (the one harness, bench.servers)
 from app.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,10 +48,6 @@ class ServerThread:
     @property
     def state(self):
         return self.app.services
-
-
-# `python -m app` in its own process, for behaviour that belongs to the process: signals, memory, exit codes.
-ServerProcess = AppProcess
 
 
 def metric_value(url: str, sample_name: str, **labels: str) -> float:

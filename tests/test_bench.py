@@ -96,13 +96,12 @@ def test_a_generators_cpu_is_read_while_it_runs_and_not_once_it_is_gone():
 
 def test_settle_waits_for_a_server_to_finish_its_work_and_no_longer():
     import time
-    from pathlib import Path
 
-    from bench.servers import Server
+    from bench.servers import ServerProcess
 
     # busy for 0.6 s, then idle: a server answering the requests still in flight when a load ended
     child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 0.6\nwhile time.time() < end: pass\ntime.sleep(30)"])
-    server = Server("busy", [], 0, Path("unused.log"))
+    server = ServerProcess(command=[], port=1, name="busy")
     server.process = child
     try:
         time.sleep(0.15)  # the interpreter is up and spinning
