@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("app.http.server")
 
 ABORT_AFTER_CLOSE_S = 1.0  # after the deadline, how long a closing connection may flush before it is cut
-LATE_REQUEST_S = 1.0  # at shutdown, how long a connection between requests has for one to arrive
+LATE_REQUEST_S = 1.0  # at shutdown, how long a connection between requests has for one to arrive once no other is answered
 # Bytes reach the parser this many at a time (a body of known length whole), so that one read of pipelined
 # requests cannot queue thousands of them at once: the line is checked between slices.
 PIPELINED_SLICE = 1024
@@ -250,8 +250,14 @@ def limited_protocol(
             super().shutdown()
 
         def _close_if_idle(self) -> None:
-            if not self.transport.is_closing() and not self._begun and (self.cycle is None or self.cycle.response_complete):
-                self.transport.close()
+            if self.transport.is_closing() or self._begun or not (self.cycle is None or self.cycle.response_complete):
+                return
+            if self.tasks:
+                # Other requests are still being answered: the drain goes on, and a client slowed by the same load
+                # may still be sending. Wait with the rest (the shutdown deadline bounds it), then a moment more.
+                self.loop.call_later(LATE_REQUEST_S, self._close_if_idle)
+                return
+            self.transport.close()
 
         def close_after_answer(self) -> None:
             """The drain began: the answer being made, if any, says `Connection: close` (later ones do anyway)."""
