@@ -7,7 +7,7 @@ Systems: A this service fp32 with dynamic batching; B fp32 with batches of one; 
 service's default layout: on a model narrower than roberta-base, one process per core, app.engine.runtime); C1 (not run
 unless named) C in one process (`--processes 1`);
 D FastAPI + transformers.pipeline (PyTorch), one request at a time; F infinity-emb 0.0.78 on its optimum
-(ONNX) engine with the same fp32 file, in its own venv (bench/infinity_shim.py); E / E* ONNX Runtime alone,
+(ONNX) engine with the same fp32 file, in its own venv (bench/systems/infinity_shim.py); E / E* ONNX Runtime alone,
 batches of 32 in file order / sorted by length. Workload: single SST-2 dev sentences on /classify, closed loop
 at each concurrency, then an open loop at a fixed arrival rate. Every level is taken in slices, the systems and
 the limits in turn (see measure_interleaved). Then packed against padded execution on SST-2 and on a mixed-length

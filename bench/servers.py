@@ -307,7 +307,7 @@ def service(name: str, folder: Path, port: int, log: Path, task: str = "classify
 
 
 def naive(checkpoint: Path, port: int, log: Path, task: str = "text-classification") -> ServerProcess:
-    return ServerProcess(command=[sys.executable, "-m", "bench.naive_server", str(checkpoint), str(port), task],
+    return ServerProcess(command=[sys.executable, "-m", "bench.systems.naive_server", str(checkpoint), str(port), task],
                          port=port, log=log, name="D")
 
 
@@ -325,13 +325,13 @@ INFINITY_VENV = REPO / "build" / "infinity-venv"
 
 
 def infinity(folder: Path, port: int, log: Path) -> ServerProcess:
-    """F: infinity-emb on its optimum (ONNX) engine, in its own venv, built on first use from bench/infinity-requirements.txt."""
+    """F: infinity-emb on its optimum (ONNX) engine, in its own venv, built on first use from bench/systems/infinity-requirements.txt."""
     python = INFINITY_VENV / "bin" / "python"
     if not python.is_file():
         print(f"  building {INFINITY_VENV} (infinity-emb 0.0.78 and its pins; a few minutes, once)", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REPO / "bench" / "infinity-requirements.txt")], check=True)
-    command = [str(python), str(REPO / "bench" / "infinity_shim.py"), "--model", str(folder), "--port", str(port), "--log-level", "warning"]
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REPO / "bench" / "systems" / "infinity-requirements.txt")], check=True)
+    command = [str(python), str(REPO / "bench" / "systems" / "infinity_shim.py"), "--model", str(folder), "--port", str(port), "--log-level", "warning"]
     return ServerProcess(command=command, port=port, log=log, name="F", ready_path="/health")
 
 

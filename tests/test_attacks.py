@@ -1,6 +1,6 @@
 """What an adversarial client can make a real `python -m app` process spend, each case bounded in time and memory.
 
-Every case here once ran for seconds and took gigabytes (bench.abuse cases J-P, and
+Every case here once ran for seconds and took gigabytes (bench.studies.abuse cases J-P, and
 bench/results/abuse-bounds-before.md): a zero-shot template that repeats its field, a long text
 tokenized once per label, stride windows built before they were counted, pipelined requests
 nobody reads, two pools on one port. Now each is refused (or served) in milliseconds, and the

@@ -213,14 +213,14 @@ def test_the_report_names_the_cpu_and_the_vector_instructions_int8_depends_on(tm
 
 
 def test_replicas_share_the_port_and_both_answer():
-    """`python -m bench.replicas`, one short round: both layouts answer without an error, and the kernel deals the
+    """`python -m bench.studies.replicas`, one short round: both layouts answer without an error, and the kernel deals the
     connections out to every replica (each takes CPU), not to the first to bind. 32 connections: the kernel hashes
     each to a replica, and 8 would all land on one about once in 128 runs."""
     import pytest
 
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (.ci/run installs it)")
-    command = [sys.executable, "-m", "bench.replicas", "--seconds", "2", "--rounds", "1", "--concurrency", "32"]
+    command = [sys.executable, "-m", "bench.studies.replicas", "--seconds", "2", "--rounds", "1", "--concurrency", "32"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     row = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("{")))

@@ -1,9 +1,9 @@
 """The service from this checkout against the service from another, same model, same load, in turn.
 
-    python -m bench.ab ../other-checkout                      # embedded INT8 classifier, c=32 and 64, 20 s each
-    python -m bench.ab ../other-checkout --seconds 10 --concurrency 8
-    python -m bench.ab . --other-env ROBERTA_ONNX_SCHEDULER=idle     # a setting
-    python -m bench.ab . --folder NEW_EXPORT --other-folder OLD_EXPORT   # two exports of one model
+    python -m bench.studies.ab ../other-checkout                      # embedded INT8 classifier, c=32 and 64, 20 s each
+    python -m bench.studies.ab ../other-checkout --seconds 10 --concurrency 8
+    python -m bench.studies.ab . --other-env ROBERTA_ONNX_SCHEDULER=idle     # a setting
+    python -m bench.studies.ab . --folder NEW_EXPORT --other-folder OLD_EXPORT   # two exports of one model
 
 For a change to the serving path (the HTTP layer, the batcher) whose cost must be seen beside the
 code before it: both servers run `python -m app` with the same flags on the same exported folder,
@@ -38,7 +38,7 @@ def checkout_server(name: str, checkout: Path, folder: Path, precision: str, env
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.ab", description=__doc__.splitlines()[0])
     parser.add_argument("other", type=Path, help="another checkout of this repository (e.g. a git worktree)")
     parser.add_argument("--folder", type=Path, default=REPO / "build" / "onnx" / "roberta-mini-sst2",
                         help="exported classifier both serve (default: the embedded one, as serve-default.sh exports it)")

@@ -39,9 +39,9 @@ that directory first on sys.path). Models are exported on first use into build/a
 Data from ../shared/data (SST-2 dev sentences, the roberta-base tokenizer files, books/books_clean.txt).
 Run from a repo root:
 
-    python -m bench.abuse --out /tmp/abuse.json            # every case, ~10 min on two cores (A-I) + ~7 min (J-P)
-    python -m bench.abuse --cases B H --out /tmp/bh.json   # a subset
-    python -m bench.abuse --cases K --out /tmp/k.json      # one case
+    python -m bench.studies.abuse --out /tmp/abuse.json            # every case, ~10 min on two cores (A-I) + ~7 min (J-P)
+    python -m bench.studies.abuse --cases B H --out /tmp/bh.json   # a subset
+    python -m bench.studies.abuse --cases K --out /tmp/k.json      # one case
 
 stdout is a Markdown table (case, what was sent, what was observed); --out gets the same figures as
 JSON, case id -> dict. A case that fails records its error and the run goes on; every wait has a timeout
@@ -2078,7 +2078,7 @@ CASES: dict[str, Callable[[Context], None]] = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.abuse", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.studies.abuse", description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), type=str.upper, choices=list(CASES),
                         help="case letters to run (default: all)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")

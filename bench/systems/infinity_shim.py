@@ -13,7 +13,7 @@ ONNX files with target file name /abs/.../model.onnx"); the shim returns the bar
 warmup (which only logs timings) off.
 
 Usage (run with the infinity venv's interpreter):
-    build/infinity-venv/bin/python bench/infinity_shim.py --model <folder> --port 7997 [--batch-size 32]
+    build/infinity-venv/bin/python bench/systems/infinity_shim.py --model <folder> --port 7997 [--batch-size 32]
 Readiness: GET http://127.0.0.1:<port>/health returns 200 once the model is loaded.
 """
 

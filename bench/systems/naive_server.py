@@ -1,6 +1,6 @@
 """System D: the server users write first — FastAPI + `transformers.pipeline` in PyTorch, one request at a time.
 
-    python -m bench.naive_server CHECKPOINT PORT [TASK]     # TASK: text-classification (default), fill-mask,
+    python -m bench.systems.naive_server CHECKPOINT PORT [TASK]     # TASK: text-classification (default), fill-mask,
                                                            # token-classification; served where the service serves it
 """
 

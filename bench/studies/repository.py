@@ -1,6 +1,6 @@
 """Memory of many models in one process against one process per model, in the same run.
 
-    python -m bench.repository [--repository DIR] [--requests N]
+    python -m bench.studies.repository [--repository DIR] [--requests N]
 
 DIR holds one export per subfolder (default build/repo-bench/repository: three
 roberta-base-shaped models, see the README). First each model is served by its own process,

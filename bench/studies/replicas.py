@@ -1,7 +1,7 @@
 """One service process against N of them sharing a port, and E*, in turn: how to lay out a small model.
 
-    python -m bench.replicas                                  # embedded INT8 classifier, 2 replicas, c=32, 3 rounds
-    python -m bench.replicas --replicas 2 --concurrency 32 64 --rounds 4 --seconds 10
+    python -m bench.studies.replicas                                  # embedded INT8 classifier, 2 replicas, c=32, 3 rounds
+    python -m bench.studies.replicas --replicas 2 --concurrency 32 64 --rounds 4 --seconds 10
 
 One process runs everything through one event loop; on the embedded model the two cores sat 11-14% idle at
 c=32 while requests waited (bench/results/NOTES.md). `python -m app --processes N` (app.serving.supervisor) runs N
