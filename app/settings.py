@@ -37,9 +37,9 @@ class Settings(BaseSettings):
     fill_mask_model: Path | None = Field(
         None, description="exported fill-mask folder, named by its folder name; /fill-mask's default model"
     )
-    precision: Precision = Field("auto", description="auto: fp16 on CUDA if exported, else int8 on CPU if exported, else fp32")
+    precision: Precision = Field("auto", description="auto: fp16 on CUDA where the export has it, else INT8 on a CPU where it has it, else fp32; or name one")
     providers: Annotated[tuple[Provider, ...], NoDecode] = Field(
-        ("cuda", "cpu"), description="execution providers in order of preference, comma separated"
+        ("cuda", "cpu"), description="execution providers in order of preference; the CPU is always the last fallback, without a warning where ONNX Runtime has no CUDA"
     )
 
     execution: Literal["auto", "padded", "packed"] = Field(
@@ -49,14 +49,14 @@ class Settings(BaseSettings):
     )
 
     max_batch_size: int = Field(32, ge=1, le=1024, description="sequences per batch")
-    max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per batch (batch size x longest sequence)")
+    max_batch_tokens: int = Field(16384, ge=1, description="padded tokens per batch (batch size x longest sequence); a longer sequence runs alone")
     max_wait_ms: float = Field(
         0.0, ge=0, le=10_000, description="how long an idle model waits for company for a new request; batches form anyway while it is busy"
     )
-    max_queue: int = Field(1024, ge=1, description="sequences waiting per model; beyond it requests get 429")
+    max_queue: int = Field(1024, ge=1, description="sequences waiting per model; beyond it requests get 429. At least max_inputs: a request is queued whole")
     max_inputs: int = Field(
-        64, ge=1, description="texts per request (zero-shot: texts x labels); beyond it 413. Fill-mask answers "
-        "(texts x masks x top_k) are held to 32 per input allowed"
+        64, ge=1, description="sequences per request (texts; zero-shot: texts x labels; token classification with a stride: "
+        "windows); beyond it 413. Fill-mask answers (texts x masks x top_k) are held to 32 per input allowed"
     )
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request from arrival to answer")
     max_request_timeout_s: float = Field(
@@ -85,7 +85,10 @@ class Settings(BaseSettings):
         "service's cgroup wants (only where the service has its cgroup to itself: a container, a pod)",
     )
 
-    api_key: SecretStr | None = Field(None, description="when set, inference endpoints need `Authorization: Bearer <key>`")
+    api_key: SecretStr | None = Field(
+        None, description="when set, the inference endpoints need `Authorization: Bearer <key>` (compared in constant "
+        "time). Whitespace around it is dropped; a blank key, or one that is not printable ASCII, is refused at start-up"
+    )
     protect_health_and_metrics: bool = Field(
         False, description="with an API key set, /healthz, /readyz, /info, /metrics and the docs pages need it too"
     )
@@ -94,7 +97,10 @@ class Settings(BaseSettings):
     shutdown_delay_s: float = Field(
         0.0, ge=0, description="on SIGTERM, keep serving this long (readiness already 503) so load balancers can stop routing"
     )
-    shutdown_timeout_s: float = Field(30.0, gt=0, description="on SIGTERM, the longest wait for accepted requests to finish")
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="on SIGTERM, after the delay: the bound on everything left (accepted requests, answers "
+        "being written, uploads arriving); then the connections close and the process exits"
+    )
 
     processes: int = Field(
         1, ge=1, le=64,
@@ -103,7 +109,7 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to bind (python -m app)")
     port: int = Field(8000, ge=0, le=65535, description="port to bind (python -m app)")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="the least severe log line written")
 
     @field_validator("model_repository", "models", "classify_model", "fill_mask_model", mode="before")
     @classmethod

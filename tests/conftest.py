@@ -12,6 +12,17 @@ import tiny_models  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session")
+def default_exports(tmp_path_factory) -> Path:
+    """The two embedded models (models/), exported as scripts/serve-default.sh exports them: fp32 and INT8."""
+    from export.build import ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("default")
+    for name in ("roberta-mini-sst2", "roberta-mini-mlm"):
+        export_model(ExportOptions(model=str(REPO / "models" / name), output=root / name, quantize="int8"), log=lambda _: None)
+    return root
+
+
 def _export(tmp_path_factory, checkpoint: Path, name: str, **options) -> Path:
     from export.build import ExportOptions, export_model
 

@@ -23,16 +23,6 @@ POSITIVE = ["what a wonderful film", "a moving, beautifully acted story", "one o
 NEGATIVE = ["a dull, lifeless mess", "the worst film i have ever seen", "boring and far too long"]
 
 
-@pytest.fixture(scope="session")
-def default_exports(tmp_path_factory):
-    from export.build import ExportOptions, export_model
-
-    root = tmp_path_factory.mktemp("default")
-    for name in ("roberta-mini-sst2", "roberta-mini-mlm"):
-        export_model(ExportOptions(model=str(MODELS / name), output=root / name, quantize="int8"), log=lambda _: None)
-    return root
-
-
 @pytest.fixture(scope="session", params=["fp32", "int8"])
 def served_default(request, default_exports):
     settings = Settings(

@@ -4,7 +4,7 @@
     python -m bench.studies.replicas --replicas 2 --concurrency 32 64 --rounds 4 --seconds 10
 
 One process runs everything through one event loop; on the embedded model the two cores sat 11-14% idle at
-c=32 while requests waited (bench/results/NOTES.md). `python -m app --processes N` (app.serving.supervisor) runs N
+c=32 while requests waited (docs/decisions/one-process-by-default.md). `python -m app --processes N` (app.serving.supervisor) runs N
 processes, each with its share of the cores, bound to one port with SO_REUSEPORT: the kernel deals
 connections out among them, as a Service deals them out among pods. The load starts once every process
 is warm. The systems take each level in slices, one at a time, the others SIGSTOPped, so drift of these
