@@ -4,8 +4,7 @@
     python -m bench --quick         # the embedded model, short levels: a smoke run of the same report
 
 Systems: A this service fp32 with dynamic batching; B fp32 with batches of one; C INT8 with batching (each in the
-service's default layout: on a model narrower than roberta-base, one process per core, app.engine.runtime); C1 (not run
-unless named) C in one process (`--processes 1`);
+service's default layout, one process); C1 (not run unless named) C in one process (`--processes 1`);
 D FastAPI + transformers.pipeline (PyTorch), one request at a time; F infinity-emb 0.0.78 on its optimum
 (ONNX) engine with the same fp32 file, in its own venv (bench/systems/infinity_shim.py); E / E* ONNX Runtime alone,
 batches of 32 in file order / sorted by length. Workload: single SST-2 dev sentences on /classify, closed loop
@@ -43,7 +42,7 @@ EMBEDDED = REPO / "models" / "roberta-mini-sst2"
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="embedded model, 3 s per level")
-    parser.add_argument("--output", type=Path, default=None, help="default: bench/results (full) or build/bench-quick")
+    parser.add_argument("--output", type=Path, default=None, help="default: build/bench (full) or build/bench-quick; a report to keep goes to bench/results/<machine kind>")
     parser.add_argument("--seconds", type=float, default=None, help="per load level (default 20, quick 3)")
     parser.add_argument("--concurrency", type=concurrency_level, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--rate", type=float, default=None, help="open-loop arrivals per second (default 10, quick 30)")
@@ -394,7 +393,7 @@ def describe_machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 def main() -> None:
     args = parse_args()
     seconds = args.seconds or (3.0 if args.quick else 20.0)
-    output = args.output or (REPO / ("build/bench-quick" if args.quick else "bench/results"))
+    output = args.output or (REPO / ("build/bench-quick" if args.quick else "build/bench"))
     work = REPO / "build" / "bench"
     work.mkdir(parents=True, exist_ok=True)
     checkpoint, folder = prepare_model(args.quick, work)

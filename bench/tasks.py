@@ -109,11 +109,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=None, help="per level (default 12, quick 3)")
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--output", type=Path, default=None, help="default: bench/results (quick: build/bench-quick)")
+    parser.add_argument("--output", type=Path, default=None, help="default: build/bench (quick: build/bench-quick); a report to keep goes to bench/results/<machine kind>")
     args = parser.parse_args()
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
     seconds = args.seconds or (3.0 if args.quick else 12.0)
-    output = args.output or (REPO / ("build/bench-quick" if args.quick else "bench/results"))
+    output = args.output or (REPO / ("build/bench-quick" if args.quick else "build/bench"))
     workloads = {"fill-mask": masked_sentences(), "token-classification": sst2_dev()[0]}
     report = {"model": "tiny encoder, roberta-base vocabulary" if args.quick else "roberta-base shape, random weights",
               "when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, Python {platform.python_version()}",

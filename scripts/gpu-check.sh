@@ -10,7 +10,7 @@
 #   scripts/gpu-check.sh --prepare        # wheels for Python 3.12 + the embedded classifier exported with --fp16 --packed
 # The onnxruntime-gpu wheel is larger than one 64 MiB carry of the device tool: --prepare splits every wheel over
 # 60 MB into parts (NAME.whl.part-aa, -ab, ...), and this script joins them again before installing.
-# Output: the figures on stdout and in build/gpu-check/gpu-check.json (copy it to bench/results/).
+# Output: the figures on stdout and in build/gpu-check/gpu-check.json (a run to keep goes to bench/results/<machine kind>/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD

@@ -5,7 +5,7 @@
 DIR holds one export per subfolder (default build/repo-bench/repository: three
 roberta-base-shaped models, see the README). First each model is served by its own process,
 then all of them by one; each server gets the same requests per model, and its resident
-memory is read from /proc after warm-up and after the load. Writes bench/results/repository.{md,json}.
+memory is read from /proc after warm-up and after the load. Writes build/bench/repository.{md,json}.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import httpx
 
 from bench.servers import REPO, ServerProcess, free_port
 
-RESULTS = REPO / "bench" / "results"
+RESULTS = REPO / "build" / "bench"
 LOGS = REPO / "build" / "bench" / "logs"
 TEXTS = [
     f"{who} {verb} the {thing} in {place}, and it was {how}."
