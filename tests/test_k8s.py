@@ -285,6 +285,8 @@ def test_the_gpu_overlay_asks_for_a_gpu_and_runs_the_gpu_image(rendered):
     assert spec["image"].endswith(":gpu") and re.search(r"^FROM .* AS gpu$", (REPO / "Dockerfile").read_text(), flags=re.M)
     tolerations = one(rendered, "gpu", "Deployment")["spec"]["template"]["spec"]["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in tolerations
+    # The base's one run per requested core is for CPUs: on the GPU the service's own rule runs one at a time.
+    assert env(one(rendered, "gpu", "Deployment"))["ROBERTA_CONCURRENT_RUNS"] == {"name": "ROBERTA_CONCURRENT_RUNS", "value": "0"}
 
 
 def test_the_model_volume_is_the_model_repository(rendered):
