@@ -100,11 +100,12 @@ def test_settle_waits_for_a_server_to_finish_its_work_and_no_longer():
     from bench.servers import ServerProcess
 
     # busy for 0.6 s, then idle: a server answering the requests still in flight when a load ended
-    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 0.6\nwhile time.time() < end: pass\ntime.sleep(30)"])
+    spin = "import sys, time\nprint('spinning', flush=True)\nend = time.time() + 0.6\nwhile time.time() < end: pass\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
     server = ServerProcess(command=[], port=1, name="busy")
     server.process = child
     try:
-        time.sleep(0.15)  # the interpreter is up and spinning
+        assert child.stdout.readline() == "spinning\n"  # the interpreter is up: its busy loop starts now
         started = time.monotonic()
         server.settle()
         waited = time.monotonic() - started
@@ -187,7 +188,8 @@ def test_wrk_counts_the_answers_inside_its_run_at_the_rate_they_come():
         result = wrk.closed_loop(port, "/", bodies, 2, 3, [os.getpid()], account)
     first, last = wrk.count_window(3)
     assert (first, last) == (0.75, 2.95) and abs(result.seconds - (last - first)) < 0.1
-    assert 0.8 < result.in_window / result.seconds / 40 < 1.05, result.in_window
+    # Above 1.05 it would count answers from outside the window; a busy machine may answer more slowly.
+    assert 0.6 < result.in_window / result.seconds / 40 < 1.05, result.in_window
     assert result.in_window < result.ok and account.requests == result.in_window
 
 

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from app.errors import InvalidInput, TooManyAnswers
 from app.serving.model_folder import ModelFolderError
 from app.tasks.specs import SPECS
-from app.tasks.schemas import Strict, Text, encodable
+from app.tasks.schemas import Options, Strict, Text, encodable
 from app.settings import Settings
 from app.tasks.base import Answer, Cost, Model, Task, Work, check_not_blank, cost_of_texts, softmax, texts_of
 
@@ -52,7 +52,7 @@ class FillMaskRequest(BaseModel):
     model_config = Strict
     inputs: Text | list[Text]
     parameters: FillMaskParameters = Field(default_factory=FillMaskParameters)
-    options: dict | None = Field(None, description="accepted for Inference API compatibility; ignored")
+    options: Options = None
 
 
 class FillMaskAnswer(BaseModel):

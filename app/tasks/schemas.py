@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 Strict = ConfigDict(extra="forbid", strict=True)
 
@@ -25,6 +25,9 @@ def encodable(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(encodable)]
+
+# Every body's `options`: older Inference API clients send it ({"wait_for_model": true, ...}); nothing here uses it.
+Options = Annotated[dict | None, Field(description="accepted for Inference API compatibility; ignored")]
 
 
 class ErrorBody(BaseModel):

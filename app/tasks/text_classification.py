@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from app.tasks.specs import SPECS
-from app.tasks.schemas import Strict, Text
+from app.tasks.schemas import Options, Strict, Text
 from app.tasks.base import Answer, Cost, Model, Task, Work, check_not_blank, softmax
 from app.engine.tokenize import TextInput
 
@@ -38,7 +38,7 @@ class ClassifyRequest(BaseModel):
     model_config = Strict
     inputs: ClassifyInput | list[ClassifyInput]
     parameters: ClassifyParameters = Field(default_factory=ClassifyParameters)
-    options: dict | None = Field(None, description="accepted for Inference API compatibility; ignored")
+    options: Options = None
 
 
 class LabelScore(BaseModel):

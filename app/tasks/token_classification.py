@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from app.errors import InputTooLong, InvalidInput, TooManyInputs
 from app.tasks.specs import SPECS
-from app.tasks.schemas import Strict, Text
+from app.tasks.schemas import Options, Strict, Text
 from app.settings import Settings
 from app.tasks.base import Answer, Cost, Model, Task, Work, check_not_blank, softmax, texts_of
 from app.engine.tokenize import TextEncoder, Window
@@ -43,7 +43,7 @@ class TokenClassificationRequest(BaseModel):
     model_config = Strict
     inputs: Text | list[Text]
     parameters: TokenClassificationParameters = Field(default_factory=TokenClassificationParameters)
-    options: dict | None = Field(None, description="accepted for Inference API compatibility; ignored")
+    options: Options = None
 
 
 class Entity(BaseModel):

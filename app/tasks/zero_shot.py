@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from app.errors import InputTooLong, InvalidInput
 from app.serving.model_folder import ModelFolder
 from app.tasks.specs import SPECS
-from app.tasks.schemas import Strict, Text
+from app.tasks.schemas import Options, Strict, Text
 from app.tasks.base import Answer, Cost, Model, Task, Work, check_not_blank, texts_of
 from app.engine.tokenize import TextEncoder, Tokens
 
@@ -43,7 +43,7 @@ class ZeroShotRequest(BaseModel):
     model_config = Strict
     inputs: Text | list[Text]
     parameters: ZeroShotParameters
-    options: dict | None = Field(None, description="accepted for Inference API compatibility; ignored")
+    options: Options = None
 
 
 class ZeroShotAnswer(BaseModel):
