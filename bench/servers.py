@@ -255,13 +255,17 @@ size where the flags do not say it (ROBERTA_PROCESSES in `env`). Ready once
         return round(max(0.0, self.exited_at - started), 2), self.process.returncode
 
     def kill(self) -> None:
-        """SIGKILL its process group and a pool's members, and reap it."""
+        """SIGKILL its process alone (a pool's supervisor: what its members do then is the pool's to handle), and
+        reap it."""
         if self.process is not None and self.process.poll() is None:
-            self._signal_all(signal.SIGKILL)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+            self.process.kill()
+            self._reap()
+
+    def _reap(self) -> None:
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
 
     def __exit__(self, *exc) -> None:
         if self.process.poll() is None:
@@ -269,8 +273,9 @@ size where the flags do not say it (ROBERTA_PROCESSES in `env`). Ready once
             self.sigterm()
             try:
                 self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            except subprocess.TimeoutExpired:  # it did not drain: nothing of it is left behind
+                self._signal_all(signal.SIGKILL)
+                self._reap()
 
 
 def pool_size(flags: tuple[str, ...]) -> int:
