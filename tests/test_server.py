@@ -260,3 +260,45 @@ def test_a_client_that_pipelines_without_reading_has_a_bounded_line_and_every_re
     queued, paused, most, transport = asyncio.run(run())
     assert queued <= most and paused  # not 2,000 requests parsed and queued, and no more is read
     assert sum(send.count(b"HTTP/1.1 200") for send in transport.sends) == 2000  # nothing accepted is lost
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", data))
+
+    def writelines(self, pieces) -> None:
+        self.calls.append(("writelines", b"".join(pieces)))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_an_answers_head_leaves_with_its_body_in_one_write_and_nothing_waits_past_it():
+    from app.http.server import _HeadWithBody
+
+    transport = RecordingTransport()
+    answer = _HeadWithBody(transport)
+    answer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert transport.calls == []  # the head waits for the body
+    answer.write(b"{}")
+    assert transport.calls == [("writelines", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")]
+    answer.write(b"more")  # a streamed body's later chunks go straight out
+    assert transport.calls[-1] == ("write", b"more")
+
+    interim = RecordingTransport()
+    _HeadWithBody(interim).write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the client waits for it before its body
+    assert interim.calls == [("write", b"HTTP/1.1 100 Continue\r\n\r\n")]
+
+    closed = RecordingTransport()
+    cut = _HeadWithBody(closed)
+    cut.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    cut.close()  # an answer closed after its head: the head still leaves first
+    assert closed.calls == [("write", b"HTTP/1.1 500 Internal Server Error\r\n\r\n")] and closed.closed
+    assert cut.is_closing()
