@@ -75,41 +75,6 @@ def raw_response(status: int, error_type: str, message: str, extra_headers: tupl
     return b"".join([STATUS_LINE[status], *lines, b"\r\n", body])
 
 
-class _HeadWithBody:
-    """The transport one request's answer is written to: the status line and headers wait for the body's first
-    bytes and leave with them in one write.
-
-    uvicorn writes the head, then the body: two sends, and two wake-ups of the client for an answer of a few
-    hundred bytes. Nothing is held past the body's first write or a close, so nothing waits for a later step of
-    the event loop. `100 Continue` (an interim answer the client waits for) is never held; nor is the head of an
-    answer to HEAD (no body follows): the protocol leaves those requests on the plain transport.
-    """
-
-    __slots__ = ("_transport", "_head")
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self._head: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self._transport.writelines((head, data))
-        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
-            self._head = data
-        else:
-            self._transport.write(data)
-
-    def close(self) -> None:
-        if self._head is not None:
-            head, self._head = self._head, None
-            self._transport.write(head)
-        self._transport.close()
-
-    def __getattr__(self, name: str):
-        return getattr(self._transport, name)
-
-
 class _GatedFlow(FlowControl):
     """uvicorn's flow control, which reads on whenever a response completes or a handler asks for its body; here
     only while `may_read()` (no request-line full, no bytes held back from the parser)."""
@@ -247,8 +212,6 @@ def limited_protocol(
             self._body_left = int(length) if length is not None and length.isdigit() else None
             self._headers_done = True
             super().on_headers_complete()
-            if self.scope["method"] != "HEAD":
-                self.cycle.transport = _HeadWithBody(self.transport)
             if is_draining():
                 self.cycle.keep_alive = False  # the answer says `Connection: close`: the next request goes elsewhere
 
