@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -16,19 +15,9 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from commands import tool
 from conftest import REPO
 from server import ServerThread
-
-CI = os.environ.get("CI") == "true"
-
-
-def tool_or_skip(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
-    if path is None:
-        if CI:
-            pytest.fail(f"{name} is missing; CI installs it (.ci/run, the docs extra)")
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def docs_reference():
@@ -77,7 +66,7 @@ def test_the_api_page_has_a_section_for_every_route_and_no_other(exported_classi
 
 
 def test_the_site_builds_with_every_link_resolved(tmp_path):
-    mkdocs = tool_or_skip("mkdocs")
+    mkdocs = tool("mkdocs")
     quiet = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # the theme's banner about its future, not about this site
     result = subprocess.run([mkdocs, "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=REPO, env=quiet,
                             capture_output=True, text=True, timeout=300)
@@ -128,7 +117,7 @@ def run_curl(command: str, url: str) -> object:
 
 @pytest.mark.slow
 def test_the_readme_curl_examples_print_what_it_shows(default_exports, exported_ner, exported_nli):
-    tool_or_skip("curl")
+    tool("curl")
     examples = readme_examples()
     answered = [(command, shown) for command, shown in examples if not shown.startswith("keys:")]
     shaped = [(command, shown) for command, shown in examples if shown.startswith("keys:")]
