@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.serving.logs import configure_logging
 
-Precision = Literal["auto", "fp32", "int8", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "int8", "fp16"]
 Provider = Literal["cuda", "cpu"]
 
 
@@ -37,7 +37,18 @@ class Settings(BaseSettings):
     fill_mask_model: Path | None = Field(
         None, description="exported fill-mask folder, named by its folder name; /fill-mask's default model"
     )
-    precision: Precision = Field("auto", description="auto: fp16 on CUDA where the export has it, else INT8 on a CPU where it has it, else fp32; or name one")
+    backend: Literal["auto", "onnxruntime", "openvino"] = Field(
+        "auto",
+        description="the engine that runs the models. auto: OpenVINO where it is installed (the openvino extra), the "
+        "CPU computes in bf16 (AMX, AVX-512 BF16) and no GPU runs the model, and it can serve what precision and "
+        "execution ask; else ONNX Runtime",
+    )
+    precision: Precision = Field(
+        "auto",
+        description="auto: on OpenVINO the calibrated INT8 where the export has it (--openvino-int8), else bf16 where "
+        "the CPU computes in it, else fp32; on ONNX Runtime fp16 on CUDA where the export has it, else fp32. "
+        "ONNX Runtime's dynamic INT8 only when named: its answers move with their batchmates",
+    )
     providers: Annotated[tuple[Provider, ...], NoDecode] = Field(
         ("cuda", "cpu"), description="execution providers in order of preference; the CPU is always the last fallback, without a warning where ONNX Runtime has no CUDA"
     )

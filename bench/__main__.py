@@ -126,10 +126,10 @@ def one_slice(system: System, mode: str, level: float, seconds: float,
 
 def measure_interleaved(systems: list[System], levels: list[int], seconds: float, rate: float | None,
                         rounds: int, limits: Callable[[], LimitSlices],
-                        int8_limits: Callable[[], LimitSlices] | None = None) -> tuple[dict[str, dict], dict[int, dict]]:
+                        more_limits: dict[str, Callable[[], LimitSlices]] | None = None) -> tuple[dict[str, dict], dict[int, dict]]:
     """Every level as `rounds` slices per system, taken in turn, with the others SIGSTOPped;
     at each closed-loop level, slices of the fp32 limits (E, E* in both layouts, single) take their turns too,
-    and of the INT8 E* when `int8_limits` is given (its keys prefixed int8_).
+    and of the E* of each of `more_limits` (its keys prefixed with its name: int8_, openvino_bf16_, ...).
 
     These two cores are shared and their speed drifts by a fifth within minutes; slices taken
     in turn put that drift on every system alike, so the ratios hold even when the absolute
@@ -146,7 +146,7 @@ def measure_interleaved(systems: list[System], levels: list[int], seconds: float
         counters: dict[str, list] = {system.name: [] for system in systems}
         accounts = {system.name: wrk.CpuAccount() for system in systems}
         limit = limits() if mode == "closed" else None
-        int8_limit = int8_limits() if mode == "closed" and int8_limits else None
+        others = {prefix: make() for prefix, make in (more_limits or {}).items()} if mode == "closed" else {}
         for round_index in range(rounds):
             shift = round_index % len(systems)
             for system in systems[shift:] + systems[:shift]:
@@ -155,14 +155,14 @@ def measure_interleaved(systems: list[System], levels: list[int], seconds: float
                 counters[system.name].append(counters_pair)
             for kind in LimitSlices.KINDS if limit else ():
                 limit.run_for(kind, seconds / rounds)
-            if int8_limit:
-                int8_limit.run_for("E*", seconds / rounds)
-                int8_limit.run_for("E*1", seconds / rounds)
+            for other in others.values():
+                other.run_for("E*", seconds / rounds)
+                other.run_for("E*1", seconds / rounds)
         if limit:
             limits_by_level[int(level)] = limit.summary()
-            if int8_limit:
-                int8 = int8_limit.summary()
-                limits_by_level[int(level)] |= {f"int8_{key}": int8[key] for key in
+            for prefix, other in others.items():
+                summary = other.summary()
+                limits_by_level[int(level)] |= {f"{prefix}_{key}": summary[key] for key in
                                                 ("E_star_seq_per_s", "E_star_side_by_side_seq_per_s", "E_star_one_run_seq_per_s")}
             print(f"  limits at c={level}: {limits_by_level[int(level)]}", flush=True)
         for system in systems:

@@ -1,11 +1,13 @@
-"""E and E*: ONNX Runtime alone, in this process, no HTTP — the ceiling the service is measured against.
+"""E and E*: the engine alone (ONNX Runtime, or OpenVINO), in this process, no HTTP — the ceiling the service is
+measured against.
 
 E batches the sentences in file order (as they would arrive), E* after sorting them by token
 length; the gap between the two is padding, which a batcher can recover and HTTP cannot.
 Both run as the service runs a model on a CPU: one single-threaded run per core, side by side
-on one session (app.engine.runtime.run_layout). E* is also taken the way ONNX Runtime runs by default,
+on one session (app.engine.onnx_runtime.run_layout). E* is also taken the way ONNX Runtime runs by default,
 one run at a time on every core, and the better of the two is the limit: the service is held to
-the best ONNX Runtime alone does, not to the layout it chose.
+the best ONNX Runtime alone does, not to the layout it chose. OpenVINO's limits run its compiled model the same two
+ways: one stream per core with a request per thread, and one stream on every core.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from app.engine.batcher import right_pad
-from app.engine.runtime import run_layout
+from app.engine.onnx_runtime import run_layout
 from app.serving.model_folder import load_model_folder
 from app.engine.threads import usable_cores
 from app.engine.tokenize import TextEncoder
@@ -48,10 +51,35 @@ def measure_limits(folder: Path, model_file: str, texts: list[str], seconds: flo
     return {"model_file": model_file, **limits.summary()}
 
 
+Run = Callable[[dict[str, np.ndarray]], object]
+
+
 def _session(path: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_runtime(path: Path, runs: int, cores: int) -> tuple[Run, list[str]]:
+    """ONNX Runtime's session for `runs` batches at once: one thread each, or every core for one."""
+    session = _session(path, max(1, cores // runs))
+    return (lambda feeds: session.run(None, feeds)), [node.name for node in session.get_inputs()]
+
+
+def _openvino(path: Path, runs: int, cores: int, hint: str) -> tuple[Run, list[str]]:
+    """OpenVINO's compiled model with a stream per run and an infer request per calling thread."""
+    import openvino
+
+    properties = {"INFERENCE_PRECISION_HINT": hint, "NUM_STREAMS": str(runs), "INFERENCE_NUM_THREADS": str(cores)}
+    compiled = openvino.Core().compile_model(str(path), "CPU", properties)
+    local = threading.local()
+
+    def run(feeds):
+        if not hasattr(local, "request"):
+            local.request = compiled.create_infer_request()
+        return local.request.infer(feeds)
+
+    return run, [port.get_any_name() for port in openvino.Core().read_model(str(path)).inputs]
 
 
 def accuracy(folder: Path, model_file: str, texts: list[str], labels: list[int]) -> float:
@@ -78,14 +106,20 @@ class LimitSlices:
 
     KINDS = ("E", "E*", "E*1", "single")  # E*1: E*'s batches one run at a time, on every core
 
-    def __init__(self, folder: Path, model_file: str, texts: list[str], batch_size: int = 32) -> None:
+    def __init__(self, folder: Path, model_file: str, texts: list[str], batch_size: int = 32, *,
+                 engine: str = "onnxruntime", hint: str = "f32") -> None:
+        """`engine` onnxruntime, or openvino at the INFERENCE_PRECISION_HINT `hint` (f32, bf16)."""
         cores = usable_cores()
-        self.runs, threads = run_layout(0, 0, cores, on_cuda=False)
-        self._session = _session(folder / model_file, threads)
-        self._one_run = _session(folder / model_file, cores)  # ONNX Runtime's default layout
+        self.runs, _ = run_layout(0, 0, cores, on_cuda=False)
+        if engine == "openvino":
+            (self._session, inputs), (self._one_run, _) = (_openvino(folder / model_file, runs, cores, hint)
+                                                           for runs in (self.runs, 1))
+        else:
+            (self._session, inputs), (self._one_run, _) = (_onnx_runtime(folder / model_file, runs, cores)
+                                                           for runs in (self.runs, 1))  # 1: ONNX Runtime's default
         encoder = _encoder(folder)
         # A fill-mask graph computes its head at the masks only (mask_positions), as the service asks it to.
-        self._mask_id = encoder.mask_id if "mask_positions" in {i.name for i in self._session.get_inputs()} else None
+        self._mask_id = encoder.mask_id if "mask_positions" in inputs else None
         ids = [e.ids for e in encoder.encode(texts)]
         file_order = _batches(ids, batch_size, encoder.pad_id)
         by_length = _batches(sorted(ids, key=len), batch_size, encoder.pad_id)
@@ -107,11 +141,11 @@ class LimitSlices:
             for index in range(2):
                 self._run(session, *file_order[index])  # warm up
 
-    def _run(self, session: ort.InferenceSession, input_ids: np.ndarray, mask: np.ndarray) -> None:
+    def _run(self, run: Run, input_ids: np.ndarray, mask: np.ndarray) -> None:
         feeds = {"input_ids": input_ids, "attention_mask": mask}
         if self._mask_id is not None:
             feeds["mask_positions"] = np.argwhere(input_ids == self._mask_id).astype(np.int64)
-        session.run(None, feeds)
+        run(feeds)
 
     def run_for(self, kind: str, seconds: float) -> None:
         """Whole runs until `seconds` have passed (the last ones finish): E and E* on `runs` threads at once,

@@ -73,7 +73,7 @@ def measure(task: str, source: Path, texts: list[str], levels: list[int], second
             systems.append(system)
         by_system, limits = measure_interleaved(
             systems, levels, seconds, None, rounds, lambda: LimitSlices(folder, "model.onnx", texts),
-            lambda: LimitSlices(folder, "model.int8.onnx", texts),
+            {"int8": lambda: LimitSlices(folder, "model.int8.onnx", texts)},
         )
         for system in systems:
             by_system[system.name]["memory_end"] = system.server.memory()

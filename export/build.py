@@ -26,6 +26,7 @@ from export.source import (
     check_supported,
     check_tokenizer,
     default_max_seq_len,
+    file_sha256,
     fingerprint,
     resolve_checkpoint,
     resolve_task,
@@ -39,7 +40,10 @@ FILENAMES = {
     "packed-fp32": "model.packed.onnx",
     "packed-int8": "model.packed.int8.onnx",
     "packed-fp16": "model.packed.fp16.onnx",
+    # OpenVINO's calibrated INT8 (--openvino-int8): the IR's .xml, its weights in the .bin beside it.
+    "openvino-int8": "model.openvino-int8.xml",
 }
+CALIBRATION_TEXTS = 300  # the most calibration texts read: NNCF's default subset size
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ExportOptions:
     max_seq_len: int | None = None
     atol: float = 1e-4
     eval_file: Path | None = None
+    openvino_int8: Path | None = None  # calibration texts (TSV) for OpenVINO's static INT8
     force: bool = False
     reuse: bool = False  # keep an existing export of the same source made with the same options
     revision: str | None = None
@@ -72,6 +77,9 @@ class ExportOptions:
             "max_seq_len": self.max_seq_len,
             "atol": self.atol,
             "packed": self.packed,
+            # the calibration texts decide the INT8 file: their sha256 (a missing file is refused later)
+            "openvino_int8": None if self.openvino_int8 is None else (
+                file_sha256(Path(self.openvino_int8)) if Path(self.openvino_int8).is_file() else str(self.openvino_int8)),
         }
 
 
@@ -100,6 +108,11 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = _stderr) -
             raise BadOption("--eval-file measures classification accuracy; it needs --task text-classification")
         if not Path(options.eval_file).is_file():
             raise SourceNotFound(f"no such eval file: {options.eval_file}")
+    if options.openvino_int8 is not None:
+        if not Path(options.openvino_int8).is_file():
+            raise SourceNotFound(f"no such calibration file: {options.openvino_int8}")
+        if not convert.openvino_installed():
+            raise BadOption("--openvino-int8 needs OpenVINO and NNCF: pip install '.[export,openvino]'")
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
@@ -161,6 +174,19 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
         variants["fp16"] = step("convert FP16", convert.convert_fp16, fp32, staging / FILENAMES["fp16"], config)
         results["fp16"] = step("verify FP16", _verify, variants["fp16"], batch, reference)
 
+    if options.openvino_int8 is not None:
+        texts = verify.read_calibration_file(Path(options.openvino_int8), CALIBRATION_TEXTS)
+        inputs = convert.input_names(fp32)
+        calibration = [
+            {name: value for name, value in verify.encode(tokenizer, [text], max_seq_len, task).items() if name in inputs}
+            for text in texts
+        ]
+        variants["openvino-int8"] = step(
+            f"quantize OpenVINO INT8 on {len(texts)} texts", convert.quantize_openvino_int8, fp32,
+            staging / FILENAMES["openvino-int8"], calibration,
+        )
+        results["openvino-int8"] = step("verify OpenVINO INT8", _verify, variants["openvino-int8"], batch, reference)
+
     if options.packed and EXPORTED[task].packed:
         _build_packed(model, task, options, staging, batch, reference, variants, results, step, config)
 
@@ -187,10 +213,8 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
         "opset": convert.opset_of(fp32),
         "inputs": convert.input_names(fp32),
         "optimized": options.optimize,
-        "quantization": {"int8": {"weight_type": "QInt8", "per_channel": options.per_channel, "dynamic": True}}
-        if "int8" in variants
-        else {},
-        "files": {name: {"path": path.name, **file_entry(path)} for name, path in variants.items()},
+        "quantization": _quantization(options, variants),
+        "files": {name: _file(path) for name, path in variants.items()},
         "verification": {"atol": options.atol, "probe_texts": len(batch["input_ids"]), **results},
         "evaluation": evaluation,
         "options": options.recipe(),
@@ -200,6 +224,24 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
     write_manifest(staging, manifest)
     _summarise(manifest, log)
     return manifest
+
+
+def _quantization(options: ExportOptions, variants: dict[str, Path]) -> dict:
+    recorded = {}
+    if "int8" in variants:
+        recorded["int8"] = {"weight_type": "QInt8", "per_channel": options.per_channel, "dynamic": True}
+    if "openvino-int8" in variants:
+        recorded["openvino-int8"] = {"tool": "nncf", "preset": "transformer", "dynamic": False,
+                                     "calibration_file": Path(options.openvino_int8).name}
+    return recorded
+
+
+def _file(path: Path) -> dict:
+    """A file's manifest entry; an OpenVINO IR's weights (.bin) beside it."""
+    entry = {"path": path.name, **file_entry(path)}
+    if path.suffix == ".xml":
+        entry["weights"] = {"path": path.with_suffix(".bin").name, **file_entry(path.with_suffix(".bin"))}
+    return entry
 
 
 def _build_packed(model, task, options, staging, batch, reference, variants, results, step, config) -> None:
@@ -252,7 +294,7 @@ def _load_pytorch(checkpoint: Checkpoint, task: str):
 
 
 def _verify(path: Path, batch, reference: verify.Outputs, padding_idx: int = 1) -> dict:
-    candidate = verify.onnx_runner(path, padding_idx, tuple(reference))(batch)
+    candidate = verify.runner_for(path, padding_idx, tuple(reference))(batch)
     return verify.compare_outputs(reference, candidate).as_dict()
 
 
@@ -261,7 +303,7 @@ def _evaluate(eval_file: Path, model, tokenizer, variants: dict[str, Path], conf
     texts, labels = verify.read_eval_file(Path(eval_file), label2id)
     runners = {"pytorch": verify.torch_runner(model)}
     padding_idx = int(config.get("pad_token_id", 1))
-    runners.update({name: verify.onnx_runner(path, padding_idx) for name, path in variants.items()})
+    runners.update({name: verify.runner_for(path, padding_idx) for name, path in variants.items()})
     accuracy = {
         name: round(float((verify.predict(run, tokenizer, texts, max_seq_len) == labels).mean()), 6)
         for name, run in runners.items()
@@ -321,7 +363,8 @@ def _publish(staging: Path, output: Path) -> None:
 def _summarise(manifest: dict, log) -> None:
     for name, result in manifest["verification"].items():
         if isinstance(result, dict):
-            size = manifest["files"][name]["size_bytes"] / 1e6
+            entry = manifest["files"][name]
+            size = (entry["size_bytes"] + entry.get("weights", {}).get("size_bytes", 0)) / 1e6
             log(
                 f"{name}: {size:.1f} MB, max |logit diff| {result['max_abs_diff']:.2e}, "
                 f"top-1 agreement {result['top1_agreement']:.1%}"

@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-seq-len", type=int, help="longest input the service accepts (default: the model's)")
     parser.add_argument("--atol", type=float, default=1e-4, help="fp32 tolerance on logits (default 1e-4)")
     parser.add_argument("--eval-file", type=Path, help="TSV text<TAB>label: record accuracy of each variant")
+    parser.add_argument(
+        "--openvino-int8", type=Path, metavar="CALIBRATION_TSV",
+        help="also write model.openvino-int8.xml/.bin: OpenVINO's static INT8, calibrated on the file's texts (one per "
+        "row, or text<TAB>label; the first 300)",
+    )
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--force", action="store_true", help="replace an existing export folder")
     parser.add_argument(
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         max_seq_len=args.max_seq_len,
         atol=args.atol,
         eval_file=args.eval_file,
+        openvino_int8=args.openvino_int8,
         force=args.force,
         reuse=args.reuse,
         revision=args.revision,

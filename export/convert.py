@@ -79,6 +79,31 @@ def quantize_int8(source: Path, target: Path, *, per_channel: bool) -> Path:
     return target
 
 
+def openvino_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("openvino", "nncf"))
+
+
+def quantize_openvino_int8(source: Path, target: Path, calibration: list[dict]) -> Path:
+    """OpenVINO's static INT8 by NNCF's post-training quantization: activation scales calibrated once on
+    `calibration` (feeds of one sequence each), so a run's answer does not depend on its batchmates. NNCF's
+    transformer preset keeps the operators that INT8 would hurt (softmax, layer norms) in floating point.
+
+    Writes `target` (the IR's .xml) and its weights beside it (.bin).
+    """
+    import nncf
+    import openvino
+
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    model = openvino.Core().read_model(str(source))
+    quantized = nncf.quantize(
+        model, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration)
+    )
+    openvino.save_model(quantized, str(target))
+    return target
+
+
 def _untie_gemm_weights(model) -> bool:
     """Feed a Gemm whose weight another node also reads through a Transpose node; True if any was found.
 

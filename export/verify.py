@@ -100,6 +100,48 @@ def onnx_runner(path: Path, padding_idx: int = 1, outputs: Sequence[str] = ("log
     return run
 
 
+def openvino_runner(path: Path, outputs: Sequence[str] = ("logits",)) -> Runner:
+    """An OpenVINO model (an IR's .xml, or an ONNX file) on the CPU at fp32 precision, as the service runs INT8."""
+    import openvino
+
+    core = openvino.Core()
+    model = core.read_model(str(path))
+    wanted = [port.get_any_name() for port in model.inputs]
+    names = [port.get_any_name() for port in model.outputs]  # a compiled port has fused operators' names too
+    request = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+
+    def run(batch: Batch) -> Outputs:
+        missing = [name for name in wanted if name not in batch]
+        if missing:
+            raise BadOption(f"{path.name} wants inputs {missing} that the tokenizer does not produce")
+        request.infer({name: batch[name] for name in wanted})
+        values = {name: np.array(request.get_output_tensor(index).data) for index, name in enumerate(names)}
+        return {name: at_positions(values[name].astype(np.float32), batch) for name in outputs}
+
+    return run
+
+
+def runner_for(path: Path, padding_idx: int = 1, outputs: Sequence[str] = ("logits",)) -> Runner:
+    """The engine that serves a file: OpenVINO for its IR (.xml), ONNX Runtime for an ONNX file."""
+    return openvino_runner(path, outputs) if path.suffix == ".xml" else onnx_runner(path, padding_idx, outputs)
+
+
+def read_calibration_file(path: Path, most: int) -> list[str]:
+    """The first `most` texts of a TSV: one text per row, or text<TAB>label as --eval-file takes (only the first
+    column is read); a header row whose first cell is `text` or `sentence` is skipped."""
+    texts = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        for number, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+            if not row or not row[0].strip() or (number == 1 and row[0].strip().lower() in ("text", "sentence")):
+                continue
+            texts.append(row[0].strip())
+            if len(texts) == most:
+                break
+    if not texts:
+        raise BadOption(f"{path} has no texts to calibrate on (one text per row, or text<TAB>label)")
+    return texts
+
+
 def compare_outputs(reference: Outputs, candidate: Outputs) -> Comparison:
     """Every output against the reference; the worst of them (largest difference, lowest agreement) counts."""
     each = [compare(reference[name], candidate[name]) for name in reference]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,6 +11,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The engines every task's parity tests run on. OpenVINO is an optional install (the openvino extra, which the test
+# command installs): where it is missing its half is skipped.
+BACKENDS = [
+    pytest.param("onnxruntime"),
+    pytest.param("openvino", marks=pytest.mark.skipif(
+        importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed (the openvino extra)")),
+]
 
 
 @pytest.fixture(scope="session")
@@ -86,3 +95,25 @@ def model_repository(tmp_path_factory, exported_classifier, exported_mlm, export
     (root / "notes").mkdir()  # not an export: left alone
     (root / ".ner.partial-x").mkdir()  # an export in progress: hidden, left alone
     return root
+
+
+CALIBRATION_TEXTS = [
+    "the film was good.", "a dull, slow and forgettable evening", "I loved every minute of it",
+    "the plot made no sense at all", "Paris in the spring", "what a waste of a fine cast",
+    "an honest, moving story", "not bad, not great", "the acting was brilliant but the plot felt slow", "meh",
+] * 4
+
+
+@pytest.fixture(scope="session")
+def calibration_file(tmp_path_factory) -> Path:
+    """Calibration texts for OpenVINO's INT8 (`--openvino-int8`): a TSV of text<TAB>label, as --eval-file takes."""
+    path = tmp_path_factory.mktemp("calibration") / "calibration.tsv"
+    path.write_text("text\tlabel\n" + "".join(f"{text}\t{i % 2}\n" for i, text in enumerate(CALIBRATION_TEXTS)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported_openvino_int8(tmp_path_factory, tiny_classifier, calibration_file) -> Path:
+    """The tiny classifier with OpenVINO's calibrated INT8 beside its fp32 (where OpenVINO is installed)."""
+    openvino = importlib.util.find_spec("openvino") is not None
+    return _export(tmp_path_factory, tiny_classifier, "cls-ov", openvino_int8=calibration_file if openvino else None)

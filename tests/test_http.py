@@ -14,16 +14,18 @@ from transformers import pipeline
 
 from app.serving.metrics import HTTP_REFUSALS
 from app.settings import Settings
+from conftest import BACKENDS
 from server import ServerThread, metric_value
 
 TEXTS = ["the film was good.", "this movie is awful, sadly.", "a", "her voice felt moving and I loved it from start to finish."]
 
 
-@pytest.fixture(scope="module")
-def served(exported_classifier, exported_mlm):
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request, exported_classifier, exported_mlm):
     settings = Settings(
         classify_model=exported_classifier,
         fill_mask_model=exported_mlm,
+        backend=request.param,
         precision="fp32",
         max_wait_ms=20,
         max_batch_size=16,
@@ -268,7 +270,8 @@ def test_metrics_parse_and_name_what_the_readme_lists(served):
     requests = {tuple(sorted(s.labels.items())): s.value for s in families["roberta_requests"].samples if s.name.endswith("_total")}
     assert requests[(("endpoint", "/classify"), ("model", "cls"), ("status", "200"))] >= 1
     providers = [s.labels for s in families["roberta_model_info"].samples]
-    assert {"model": "cls", "task": "text-classification", "precision": "fp32", "provider": "cpu"} in providers
+    backend = served.state.models.get("cls").engine.backend
+    assert {"model": "cls", "task": "text-classification", "backend": backend, "precision": "fp32", "provider": "cpu"} in providers
     refused = {s.labels["reason"]: s.value for s in families["roberta_http_refused"].samples if s.name.endswith("_total")}
     assert set(refused) == set(HTTP_REFUSALS), "every reason is there from the start, at 0, for rate() and alerts"
     capacity = {s.labels["model"]: s.value for s in families["roberta_queue_capacity"].samples}

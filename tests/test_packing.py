@@ -15,7 +15,7 @@ import pytest
 from app.engine.batcher import batch_positions, right_pad
 from app.serving.model_folder import ModelFolderError, load_model_folder
 from app.engine.packing import pack
-from app.engine.runtime import ModelRuntime, SessionConfig
+from app.engine.onnx_runtime import OnnxRuntimeEngine, EngineConfig
 from app.settings import Settings
 from server import ServerThread
 
@@ -76,7 +76,7 @@ def test_packed_and_padded_sessions_give_the_same_rows(packed, task):
         positions = batch_positions([np.arange(1, len(s), 3) for s in batch])
     runs = {}
     for execution in ("packed", "padded"):
-        runtime = ModelRuntime(folder, SessionConfig(precision="fp32", execution=execution), name=execution)
+        runtime = OnnxRuntimeEngine(folder, EngineConfig(precision="fp32", execution=execution), name=execution)
         try:
             assert runtime.packed is (execution == "packed")
             out = runtime.run_sync(ids, mask, positions)["logits"]
@@ -92,8 +92,8 @@ def test_packed_and_padded_sessions_give_the_same_rows(packed, task):
 def test_packed_execution_needs_a_packed_export(exported_classifier):
     folder = load_model_folder(exported_classifier)
     with pytest.raises(ModelFolderError, match="--packed"):
-        ModelRuntime(folder, SessionConfig(precision="fp32", execution="packed"), name="cls")
-    runtime = ModelRuntime(folder, SessionConfig(precision="int8"), name="cls")  # auto: the padded graph it has
+        OnnxRuntimeEngine(folder, EngineConfig(precision="fp32", execution="packed"), name="cls")
+    runtime = OnnxRuntimeEngine(folder, EngineConfig(precision="int8"), name="cls")  # auto: the padded graph it has
     try:
         assert not runtime.packed
     finally:
@@ -104,7 +104,7 @@ def test_auto_runs_the_packed_graph_for_int8_only_and_padded_when_asked(packed):
     folder = load_model_folder(packed["text-classification"])
     for execution, precision, expected in (("auto", "int8", "model.packed.int8.onnx"), ("auto", "fp32", "model.onnx"),
                                            ("padded", "int8", "model.int8.onnx"), ("packed", "fp32", "model.packed.onnx")):
-        runtime = ModelRuntime(folder, SessionConfig(precision=precision, execution=execution), name="cls")
+        runtime = OnnxRuntimeEngine(folder, EngineConfig(precision=precision, execution=execution), name="cls")
         try:
             assert runtime.file.name == expected and runtime.packed is ("packed" in expected), (execution, precision)
         finally:

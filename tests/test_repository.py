@@ -25,7 +25,7 @@ TEXT = "Marie Curie moved from Warsaw to Paris, and the film about her is wonder
 
 @pytest.fixture(scope="module")
 def served(model_repository):
-    with ServerThread(Settings(model_repository=model_repository, max_wait_ms=1)) as server:
+    with ServerThread(Settings(model_repository=model_repository, backend="onnxruntime", max_wait_ms=1)) as server:
         yield server
 
 
@@ -52,7 +52,7 @@ def test_old_settings_name_models_by_folder_and_make_them_defaults(exported_clas
     with pytest.raises(NotFound, match="no fill-mask model is loaded; the models are: tags, cls"):
         repository.default("fill-mask")
     for model in repository:
-        model.runtime.close()
+        model.engine.close()
 
 
 def test_one_name_for_two_folders_is_refused(exported_classifier, exported_mlm):
@@ -90,9 +90,9 @@ def test_models_lists_every_model_with_its_task_labels_precision_provider_and_re
 
 def test_every_model_has_its_own_session_batcher_and_metrics(served):
     models = list(served.state.models)
-    assert len({id(model.batcher) for model in models}) == len({id(model.runtime) for model in models}) == 4
+    assert len({id(model.batcher) for model in models}) == len({id(model.engine) for model in models}) == 4
     for model in models:  # several sessions share the cores: their threads must not spin on each other's
-        options = model.runtime._session.get_session_options()
+        options = model.engine._session.get_session_options()
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     for name in ("sentiment", "ner"):
         before = metric_value(served.url, "roberta_batch_size_count", model=name)

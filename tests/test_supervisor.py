@@ -175,7 +175,7 @@ def test_a_port_taken_stops_the_pool_before_any_model_loads(exported_classifier,
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot bind" in errors[0] and "ROBERTA_PORT" in errors[0], result.stderr
-    assert "app.engine.runtime" not in result.stderr  # no model was loaded
+    assert "app.engine.onnx_runtime" not in result.stderr  # no model was loaded
 
 
 def test_multiprocess_metrics_refuse_a_client_imported_without_the_folder(tmp_path):

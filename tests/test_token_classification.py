@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from conftest import BACKENDS
 from server import ServerThread
 
 TEXTS = [
@@ -24,9 +25,10 @@ LONG = " ".join(["Marie Curie moved from Warsaw to Paris in 1891 and studied phy
 STRATEGIES = ["none", "simple", "first", "average", "max"]
 
 
-@pytest.fixture(scope="module")
-def served(exported_ner):
-    with ServerThread(Settings(models=f"ner={exported_ner}", precision="fp32", max_wait_ms=1)) as server:
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request, exported_ner):
+    settings = Settings(models=f"ner={exported_ner}", backend=request.param, precision="fp32", max_wait_ms=1)
+    with ServerThread(settings) as server:
         yield server
 
 
@@ -130,6 +132,8 @@ def test_one_small_model_alone_does_not_spin(served):
     # The tiny test models are far narrower than app.serving.model_folder.WIDE_HIDDEN_SIZE: like the embedded model, they
     # run faster with ONNX Runtime's threads waiting instead of spinning.
     model = served.state.models.get("ner")
-    assert model.runtime.folder.hidden_size < 512
-    options = model.runtime._session.get_session_options()
+    if model.engine.backend != "onnxruntime":
+        pytest.skip("spinning is ONNX Runtime's")
+    assert model.engine.folder.hidden_size < 512
+    options = model.engine._session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -6,14 +6,16 @@ import httpx
 import pytest
 
 from app.settings import Settings
+from conftest import BACKENDS
 from server import ServerThread, metric_value
 
 TEXT = "The new phone's battery lasts two days, but the camera is poor. 🙂"
 
 
-@pytest.fixture(scope="module")
-def served(exported_nli):
-    with ServerThread(Settings(models=f"nli={exported_nli}", max_wait_ms=1, max_inputs=16)) as server:
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request, exported_nli):
+    settings = Settings(models=f"nli={exported_nli}", backend=request.param, precision="fp32", max_wait_ms=1, max_inputs=16)
+    with ServerThread(settings) as server:
         yield server
 
 

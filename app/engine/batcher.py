@@ -8,7 +8,7 @@ cost least to run (see plan_batch), and the batch that holds the oldest sequence
 next: similar lengths ride together, so little compute goes to padding, and nobody waits
 behind a stream of newcomers.
 The next batch is cut when a run is free: `concurrency` batches run at once (one per core
-on a CPU, see app.engine.runtime.run_layout). When nothing else runs or waits, a batch is shared
+on a CPU, see app.engine.onnx_runtime.run_layout). When nothing else runs or waits, a batch is shared
 out among the runs, or, with fewer sequences than runs, runs alone in every run's place,
 so the model may give it every core.
 Sequences whose deadline passed, or whose caller left, are dropped before the model

@@ -104,7 +104,7 @@ class Metrics:
         self.provider = Gauge(
             "roberta_model_info",
             "1 for each loaded model, labelled with what runs it",
-            ["model", "task", "precision", "provider"],
+            ["model", "task", "backend", "precision", "provider"],
             registry=r,
             multiprocess_mode="livemax",
         )

@@ -1,4 +1,4 @@
-"""One served model: its folder, tokenizer, ONNX Runtime session and batcher. It knows no task.
+"""One served model: its folder, tokenizer, engine and batcher. It knows no task and no engine.
 
 Tasks (app.tasks) turn a request into sequences, hand them to `infer`, and shape the
 rows that come back. Work that grows with the input (tokenizing, postprocessing) goes
@@ -21,7 +21,7 @@ from app.engine.batcher import Batcher, BatchLimits
 from app.errors import DeadlineExceeded, InputTooLong, ServiceError
 from app.serving.metrics import ModelMetrics
 from app.serving.model_folder import ModelFolder
-from app.engine.runtime import CPU_RUN_OVERHEAD_TOKENS, GPU_RUN_OVERHEAD_TOKENS, ModelRuntime, warm_up_shapes
+from app.engine.engine import Engine, warm_up_shapes
 from app.engine.tokenize import Encoded, TextEncoder, TextInput, Tokens
 from app.engine.threads import ThreadPool
 
@@ -37,7 +37,7 @@ class ServedModel:
         name: str,
         folder: ModelFolder,
         encoder: TextEncoder,
-        runtime: ModelRuntime,
+        engine: Engine,
         limits: BatchLimits,
         metrics: ModelMetrics,
         executor: ThreadPool,
@@ -47,10 +47,10 @@ class ServedModel:
         self.name = name
         self.folder = folder
         self.encoder = encoder
-        self.runtime = runtime
+        self.engine = engine
         self.metrics = metrics
         self.batcher = Batcher(
-            runtime.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics, concurrency=runtime.concurrent_runs
+            engine.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics, concurrency=engine.concurrent_runs
         )
         self._executor = executor
         self.memory_bytes = memory_bytes
@@ -62,7 +62,7 @@ class ServedModel:
 
     @property
     def takes_positions(self) -> bool:
-        return self.runtime.takes_positions
+        return self.engine.takes_positions
 
     async def encode(self, inputs: list[TextInput], truncation: bool, deadline: float, shorten: str = SHORTEN) -> list[Encoded]:
         """Token ids of every input with its special tokens, refused (413) when one is longer than the model takes
@@ -191,21 +191,19 @@ class ServedModel:
         self.batcher.start()
 
     async def warm_up(self) -> None:
-        """Run the shapes first requests would pay for; then, for a padding-free graph, measure what its runs cost."""
+        """Run the shapes first requests would pay for; then take what a run costs on the engine."""
         limits = self.batcher.limits
         shapes = warm_up_shapes(
-            limits.max_batch_size, limits.max_batch_tokens, self.folder.max_seq_len, on_cuda=self.runtime.provider == "cuda"
+            limits.max_batch_size, limits.max_batch_tokens, self.folder.max_seq_len, on_cuda=self.engine.device == "cuda"
         )
         before = resident_bytes()
-        seconds = await self.runtime.warm_up(shapes, self.encoder.pad_id)
+        seconds = await self.engine.warm_up(shapes, self.encoder.pad_id)
         log.info("%s warm in %.2f s over shapes %s", self.name, seconds, shapes)
-        if self.runtime.packed:
-            overhead, attention = await self.runtime.measure_packed_costs(self.encoder.pad_id, limits.max_batch_tokens)
-            limits = replace(limits, attention_tokens=attention)
-            log.info("%s: padding-free; a padded slot's attention costs a token at rows of %.0f", self.name, attention)
-        else:
-            overhead = GPU_RUN_OVERHEAD_TOKENS if self.runtime.provider == "cuda" else CPU_RUN_OVERHEAD_TOKENS
-        limits = replace(limits, run_overhead_tokens=overhead)
+        costs = await self.engine.run_costs(self.encoder.pad_id, limits.max_batch_tokens)
+        if costs.attention_tokens is not None:
+            limits = replace(limits, attention_tokens=costs.attention_tokens)
+            log.info("%s: padding-free; a padded slot's attention costs a token at rows of %.0f", self.name, costs.attention_tokens)
+        limits = replace(limits, run_overhead_tokens=costs.overhead_tokens)
         log.info("%s: a run costs %.0f tokens of work beyond its tokens", self.name, limits.run_overhead_tokens)
         self.batcher.limits = limits  # its own batcher, before it serves
         after = resident_bytes()
@@ -217,7 +215,7 @@ class ServedModel:
 
     async def stop(self) -> None:
         await self.batcher.stop()
-        self.runtime.close()
+        self.engine.close()
 
     def info(self) -> dict:
         limits = self.batcher.limits
@@ -225,14 +223,7 @@ class ServedModel:
             "name": self.name,
             "task": self.task,
             "labels": list(self.folder.labels) or None,
-            "precision": self.runtime.precision,
-            "provider": self.runtime.provider,
-            "providers": self.runtime.providers_in_use,
-            "file": self.runtime.file.name,
-            "execution": self.runtime.execution,
-            "concurrent_runs": self.runtime.concurrent_runs,
-            "intra_op_threads": self.runtime.intra_op_threads,
-            "solo_session": self.runtime.solo,
+            **self.engine.info(),
             "max_seq_len": self.folder.max_seq_len,
             "memory_bytes": self.memory_bytes,
             "batching": {

@@ -12,11 +12,14 @@ from pathlib import Path
 PRECISION_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
 # The padding-free graphs (`python -m export --packed`, export/packed_graph.py), by precision.
 PACKED_FILES = {"fp32": "model.packed.onnx", "int8": "model.packed.int8.onnx", "fp16": "model.packed.fp16.onnx"}
+# OpenVINO's own files (`python -m export --openvino-int8`), by precision: the IR's .xml, its weights in the .bin beside
+# it. OpenVINO's fp32 and bf16 read model.onnx.
+OPENVINO_FILES = {"int8": "model.openvino-int8.xml"}
 
 
 # roberta-base is 768 wide. From 512 up, each operator's work is large enough for threads to share one run (spinning
 # between operators pays, a lone batch gains from every core) and one event loop keeps the cores busy; the 256-wide
-# embedded model measured the other way on each count (docs/decisions/solo-session-and-spinning.md). app.engine.runtime
+# embedded model measured the other way on each count (docs/decisions/solo-session-and-spinning.md). app.engine.onnx_runtime
 # decides by it.
 WIDE_HIDDEN_SIZE = 512
 
@@ -47,6 +50,7 @@ class ModelFolder:
     hidden_size: int | None = None  # config.json's width of the encoder: how large each operator's work is
     pad_token_id: int = 1  # where RoBERTa's position ids start (transformers' padding_idx)
     packed_files: dict[str, Path] = field(default_factory=dict)  # precision -> padding-free ONNX file that exists
+    openvino_files: dict[str, Path] = field(default_factory=dict)  # precision -> OpenVINO IR (.xml) whose .bin exists
 
     @property
     def tokenizer_file(self) -> Path:
@@ -101,6 +105,8 @@ def load_model_folder(path: Path, expected_task: str | None = None) -> ModelFold
         hidden_size=_int_or_none(config.get("hidden_size")),
         pad_token_id=1 if _int_or_none(config.get("pad_token_id")) is None else config["pad_token_id"],
         packed_files={name: path / filename for name, filename in PACKED_FILES.items() if (path / filename).is_file()},
+        openvino_files={name: path / filename for name, filename in OPENVINO_FILES.items()
+                        if (path / filename).is_file() and (path / filename).with_suffix(".bin").is_file()},
     )
 
 

@@ -1,7 +1,7 @@
 """Which model folders the settings name, and under which names, read without loading any of them.
 
 Kept apart from app.serving.repository, which builds the models (and so imports ONNX Runtime): `python -m app`
-reads the folders first to lay out its processes (app.engine.runtime), and a pool's supervisor loads no model.
+reads the folders first to lay out its processes (app.engine.onnx_runtime), and a pool's supervisor loads no model.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Models come (app.serving.model_sources) from ROBERTA_MODEL_REPOSITORY (every subfolder holding an export, named by
 the subfolder), ROBERTA_MODELS (name=folder,...), and the older ROBERTA_CLASSIFY_MODEL and
 ROBERTA_FILL_MASK_MODEL (named by their folder; the default model of their task). Every
-model gets its own tokenizer, ONNX Runtime session, batcher and queue. Start-up loads them
+model gets its own tokenizer, engine (ONNX Runtime or OpenVINO), batcher and queue. Start-up loads them
 all or fails with one line naming the model that could not be loaded.
 """
 
@@ -19,7 +19,9 @@ from app.serving.metrics import Metrics
 from app.serving.model import ServedModel, resident_bytes
 from app.serving.model_folder import ModelFolderError, load_model_folder
 from app.serving.model_sources import ModelSource, model_sources
-from app.engine.runtime import ModelRuntime, SessionConfig, spins
+from app.engine.backends import open_engine
+from app.engine.engine import EngineConfig
+from app.engine.onnx_runtime import spins
 from app.settings import Settings
 from app.tasks.base import Task
 from app.engine.threads import usable_cores
@@ -47,7 +49,8 @@ class ModelRepository:
             max_wait_s=settings.max_wait_ms / 1000,
             max_queue=settings.max_queue,
         )
-        session = SessionConfig(
+        session = EngineConfig(
+            backend=settings.backend,
             precision=settings.precision,
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
@@ -68,7 +71,7 @@ class ModelRepository:
                     raise ModelFolderError(f"model {source.name!r} ({source.setting}): {exc}") from exc
         except BaseException:
             for model in models.values():
-                model.runtime.close()
+                model.engine.close()
             raise
         defaults = {}
         for task in tasks.values():
@@ -130,10 +133,10 @@ def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, 
         encoder = TextEncoder(folder.tokenizer_file, folder.max_seq_len, folder.tokenizer_config)
     except Exception as exc:  # tokenizers raises plain Exceptions for unreadable files
         raise ModelFolderError(f"{folder.tokenizer_file} could not be read ({type(exc).__name__}); re-export the model") from exc
-    runtime = ModelRuntime(folder, session, name=source.name)
+    engine = open_engine(folder, session, source.name)
     after = resident_bytes()
     model = ServedModel(
-        source.name, folder, encoder, runtime, limits, metrics.for_model(source.name), executor,
+        source.name, folder, encoder, engine, limits, metrics.for_model(source.name), executor,
         memory_bytes=after - before if before is not None and after is not None else None,
     )
     try:
@@ -141,8 +144,8 @@ def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, 
             if task.serves(folder):
                 task.check(model)
     except BaseException:
-        runtime.close()
+        engine.close()
         raise
-    metrics.provider.labels(source.name, folder.task, runtime.precision, runtime.provider).set(1)
+    metrics.provider.labels(source.name, folder.task, engine.backend, engine.precision, engine.device).set(1)
     metrics.queue_capacity.labels(source.name).set(limits.max_queue)
     return model

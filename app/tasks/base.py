@@ -1,6 +1,6 @@
 """What a task is: one module that turns a request body into sequences for a model and the rows back into an answer.
 
-The serving core (app.serving.model, app.engine.batcher, app.engine.runtime, app.serving.state) knows no task; each
+The serving core (app.serving.model, app.engine.batcher, app.engine.onnx_runtime, app.serving.state) knows no task; each
 task module owns its request schema, its options and their checks, which output rows it
 keeps, its postprocessing and what /models says about it. transformers' pipelines split a
 task the same way (parameters, preprocess, forward, postprocess). Here a task writes two

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from app.serving.model_folder import ModelFolder, ModelFolderError, is_wide
+from app.engine.engine import EngineConfig, RunCosts, first_of_each_row, median_seconds
 from app.engine.packing import pack
+from app.serving.model_folder import ModelFolder, ModelFolderError, is_wide
 from app.engine.threads import ThreadPool, usable_cores
 from app.tasks.specs import MASK_POSITIONS
 
-log = logging.getLogger("app.engine.runtime")
+log = logging.getLogger("app.engine.onnx_runtime")
 
 PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 # A graph with this input computes its output rows only at the (batch row, token index) pairs it is given
@@ -29,28 +29,6 @@ PROVIDER_NAMES = {"cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"
 # for every token, as exports before format 2 do, and the rows are picked here.
 POSITIONS_INPUT = MASK_POSITIONS
 SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    precision: str = "auto"
-    providers: tuple[str, ...] = ("cuda", "cpu")
-    intra_op_threads: int = 0  # 0: see run_layout
-    concurrent_runs: int = 0  # batches of the model that run at once; 0: see run_layout
-    cores: int | None = None  # the cores to lay threads out on; None: usable_cores()
-    # A second session on every core for a batch that runs alone (see ModelRuntime.run). It holds its own copy of
-    # the weights.
-    solo: bool = False
-    # The operator named the providers. The default ("cuda,cpu") means "the GPU if this build has one":
-    # on a CPU-only onnxruntime, running on the CPU is then what was asked for, not a fallback to warn about.
-    providers_chosen: bool = False
-    # Worker threads spin between operators (ONNX Runtime's default). With several models in one process, the
-    # threads of one session spin on the cores another session needs: then they wait instead (see `spins`).
-    spin: bool = True
-    # ROBERTA_ONNX_SCHEDULER=idle: the model's threads under SCHED_IDLE (see name_native_thread).
-    idle: bool = False
-    # ROBERTA_EXECUTION: the padding-free graph or the padded one (see choose_execution).
-    execution: str = "auto"
 
 
 def run_layout(concurrent_runs: int, intra_op_threads: int, cores: int, on_cuda: bool) -> tuple[int, int]:
@@ -78,6 +56,11 @@ def spins(models_loaded: int, hidden_size: int | None) -> bool:
     return models_loaded == 1 and is_wide(hidden_size)
 
 
+def cuda_wanted(config: EngineConfig) -> bool:
+    """The settings ask for CUDA and this onnxruntime build has it (it may still find no GPU: see _start)."""
+    return "cuda" in config.providers and PROVIDER_NAMES["cuda"] in ort.get_available_providers()
+
+
 def requested_providers(wanted: tuple[str, ...], available: list[str]) -> list[str]:
     """ONNX Runtime names of the wanted providers this build has, CPU always last as the fallback."""
     chosen = [PROVIDER_NAMES[name] for name in wanted if PROVIDER_NAMES[name] in available]
@@ -87,7 +70,11 @@ def requested_providers(wanted: tuple[str, ...], available: list[str]) -> list[s
 
 
 def choose_precision(requested: str, exported: set[str], on_cuda: bool) -> str:
-    """auto: fp16 on CUDA if exported, int8 on CPU if exported, else fp32."""
+    """auto: fp16 on CUDA if exported, else fp32. INT8 only when named: its dynamic quantization takes each run's
+    activation scales from the whole batch, so a text's answer moves with its batchmates
+    (docs/decisions/precision-and-batchmates.md)."""
+    if requested == "bf16":
+        raise ModelFolderError("bf16 runs on OpenVINO: pip install '.[openvino]' and set ROBERTA_BACKEND=openvino or auto")
     if requested != "auto":
         if requested not in exported:
             raise ModelFolderError(
@@ -95,10 +82,10 @@ def choose_precision(requested: str, exported: set[str], on_cuda: bool) -> str:
                 f"re-export with {'--fp16' if requested == 'fp16' else '--quantize int8'} or set ROBERTA_PRECISION=auto"
             )
         return requested
-    preferred = ("fp16", "fp32") if on_cuda else ("int8", "fp32")
-    for name in preferred:
-        if name in exported:
-            return name
+    if on_cuda and "fp16" in exported:
+        return "fp16"
+    if "fp32" in exported:
+        return "fp32"
     return sorted(exported)[0]
 
 
@@ -125,8 +112,10 @@ def model_file(folder: ModelFolder, precision: str, packed: bool) -> Path:
     return (folder.packed_files if packed else folder.files)[precision]
 
 
-class ModelRuntime:
-    def __init__(self, folder: ModelFolder, config: SessionConfig, name: str | None = None) -> None:
+class OnnxRuntimeEngine:
+    backend = "onnxruntime"
+
+    def __init__(self, folder: ModelFolder, config: EngineConfig, name: str | None = None) -> None:
         self.folder = folder
         self.name = name or folder.path.name
         # The session is created and run on this one thread: ONNX Runtime's pool threads, started when the
@@ -139,13 +128,13 @@ class ModelRuntime:
             self._executor.shutdown(wait=False)
             raise
         log.info(
-            "%s: %s, %s on %s (%s), %d run(s) at once on %s thread(s) each%s",
+            "%s: %s, ONNX Runtime %s on %s (%s), %d run(s) at once on %s thread(s) each%s",
             self.name, folder.task, self.precision, ",".join(self.providers_in_use), self.file.name,
             self.concurrent_runs, self.intra_op_threads or "ONNX Runtime's default",
             f", a lone batch on all {cores}" if self.solo else "",
         )
 
-    def _start(self, folder: ModelFolder, config: SessionConfig, cores: int) -> None:
+    def _start(self, folder: ModelFolder, config: EngineConfig, cores: int) -> None:
         available = ort.get_available_providers()
         providers = requested_providers(config.providers, available)
         cuda_wanted = "cuda" in config.providers
@@ -162,7 +151,7 @@ class ModelRuntime:
         self.output_names = [node.name for node in self._session.get_outputs()]
         self.takes_positions = POSITIONS_INPUT in self.input_names
 
-    def _load(self, folder: ModelFolder, config: SessionConfig, providers: list[str], cores: int, on_cuda: bool) -> None:
+    def _load(self, folder: ModelFolder, config: EngineConfig, providers: list[str], cores: int, on_cuda: bool) -> None:
         self.precision = choose_precision(config.precision, set(folder.files), on_cuda)
         self.packed = choose_execution(config.execution, folder, self.precision)
         self.concurrent_runs, self.intra_op_threads = run_layout(config.concurrent_runs, config.intra_op_threads, cores, on_cuda)
@@ -186,12 +175,25 @@ class ModelRuntime:
         return self._solo is not None
 
     @property
-    def provider(self) -> str:
+    def device(self) -> str:
         """The provider that runs the model's heavy operators (the first one in use)."""
         return self.providers_in_use[0]
 
+    def info(self) -> dict:
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "provider": self.device,
+            "providers": self.providers_in_use,
+            "file": self.file.name,
+            "execution": self.execution,
+            "concurrent_runs": self.concurrent_runs,
+            "intra_op_threads": self.intra_op_threads,
+            "solo_session": self.solo,
+        }
+
     @staticmethod
-    def _open(path: Path, providers: list[str], config: SessionConfig, intra_op_threads: int) -> ort.InferenceSession:
+    def _open(path: Path, providers: list[str], config: EngineConfig, intra_op_threads: int) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
@@ -214,7 +216,7 @@ class ModelRuntime:
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
         if self.takes_positions:
-            feeds[POSITIONS_INPUT] = positions if positions is not None else _first_of_each_row(len(input_ids))
+            feeds[POSITIONS_INPUT] = positions if positions is not None else first_of_each_row(len(input_ids))
         session = self._solo if alone and self._solo is not None else self._session
         return dict(zip(self.output_names, session.run(self.output_names, {name: feeds[name] for name in self.input_names})))
 
@@ -253,18 +255,16 @@ class ModelRuntime:
                    (np.arange(length)[None, :] < np.array(lengths)[:, None]).astype(np.int64))
             for name, (batch, length, lengths) in cases.items()
         }
-        median = await self._median_seconds(batches, repeats)
+        median = await median_seconds(self, batches, repeats)
         return packed_costs(median, rows=rows, width=width, short=short, cap=max_batch_tokens)
 
-    async def _median_seconds(self, batches: dict, repeats: int) -> dict:
-        """Each (input_ids, attention_mask) run `repeats` times, in turn: its median seconds, by the same key."""
-        times: dict = {key: [] for key in batches}
-        for _ in range(repeats):
-            for key, (ids, mask) in batches.items():
-                started = time.perf_counter()
-                await self.run(ids, mask)
-                times[key].append(time.perf_counter() - started)
-        return {key: sorted(values)[repeats // 2] for key, values in times.items()}
+    async def run_costs(self, pad_id: int, max_batch_tokens: int) -> RunCosts:
+        """A padding-free graph's costs are measured (measure_packed_costs); a padded graph's overhead is the
+        figure measured once for ONNX Runtime (see CPU_RUN_OVERHEAD_TOKENS)."""
+        if self.packed:
+            overhead, attention = await self.measure_packed_costs(pad_id, max_batch_tokens)
+            return RunCosts(overhead, attention)
+        return RunCosts(GPU_RUN_OVERHEAD_TOKENS if self.device == "cuda" else CPU_RUN_OVERHEAD_TOKENS)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -275,23 +275,6 @@ class ModelRuntime:
 # a run costs about the same whatever its size, more than any padding, so that batches fill to the token budget.
 CPU_RUN_OVERHEAD_TOKENS = 27.0
 GPU_RUN_OVERHEAD_TOKENS = 1e9
-
-
-def _first_of_each_row(rows: int) -> np.ndarray:
-    """One position per sequence, for runs that only time the model (warm-up, overhead)."""
-    return np.stack([np.arange(rows), np.zeros(rows, dtype=np.int64)], axis=1).astype(np.int64)
-
-
-def warm_up_shapes(max_batch_size: int, max_batch_tokens: int, max_seq_len: int, on_cuda: bool) -> list[tuple[int, int]]:
-    lengths = sorted({min(16, max_seq_len), min(64, max_seq_len), max_seq_len})
-    budget = max_batch_tokens if on_cuda else min(max_batch_tokens, 2048)  # keep CPU start-up short
-    shapes = []
-    for length in lengths:
-        for batch in sorted({1, max_batch_size}):
-            batch = min(batch, max(1, budget // length))
-            if (batch, length) not in shapes:
-                shapes.append((batch, length))
-    return shapes
 
 
 ATTENTION_FREE = 1e9  # attention_tokens when attention did not show in the timings

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine.runtime import run_layout
-from app.engine.runtime import choose_precision, requested_providers, spins
+from app.engine.onnx_runtime import run_layout
+from app.engine.onnx_runtime import choose_precision, requested_providers, spins
+from app.serving.model_folder import ModelFolderError
 
 
 def test_cpu_is_always_the_fallback_provider():
@@ -16,17 +17,20 @@ def test_cpu_is_always_the_fallback_provider():
     ]
 
 
-def test_auto_precision_prefers_int8_on_cpu_and_fp16_on_cuda():
-    assert choose_precision("auto", {"fp32", "int8", "fp16"}, on_cuda=False) == "int8"
+def test_auto_precision_is_fp16_on_cuda_and_fp32_on_a_cpu_where_dynamic_int8_is_only_taken_when_named():
+    assert choose_precision("auto", {"fp32", "int8", "fp16"}, on_cuda=False) == "fp32"
     assert choose_precision("auto", {"fp32", "int8", "fp16"}, on_cuda=True) == "fp16"
     assert choose_precision("auto", {"fp32"}, on_cuda=True) == "fp32"
+    assert choose_precision("int8", {"fp32", "int8"}, on_cuda=False) == "int8"
+    with pytest.raises(ModelFolderError, match="bf16 runs on OpenVINO"):
+        choose_precision("bf16", {"fp32"}, on_cuda=False)
 
 
 def test_a_session_that_should_not_spin_is_told_so(exported_classifier):
-    from app.engine.runtime import ModelRuntime, SessionConfig
+    from app.engine.onnx_runtime import OnnxRuntimeEngine, EngineConfig
     from app.serving.model_folder import load_model_folder
 
-    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", spin=False), name="cls")
+    runtime = OnnxRuntimeEngine(load_model_folder(exported_classifier), EngineConfig(precision="fp32", spin=False), name="cls")
     try:
         assert runtime._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     finally:
@@ -49,7 +53,7 @@ def test_a_session_spins_only_alone_and_wide():
 
 
 def test_packed_costs_are_fitted_from_three_timings():
-    from app.engine.runtime import ATTENTION_FREE, packed_costs
+    from app.engine.onnx_runtime import ATTENTION_FREE, packed_costs
 
     # 2 ms a run, 10 us a real token, 20 ns per padded slot per row length: a slot of a 500-long row costs a token.
     def seconds(real, rows, width):
@@ -82,9 +86,9 @@ def test_concurrent_runs_on_one_session_answer_as_one_run_at_a_time(exported_cla
     import numpy as np
 
     from app.serving.model_folder import load_model_folder
-    from app.engine.runtime import ModelRuntime, SessionConfig
+    from app.engine.onnx_runtime import OnnxRuntimeEngine, EngineConfig
 
-    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", cores=2), name="two")
+    runtime = OnnxRuntimeEngine(load_model_folder(exported_classifier), EngineConfig(precision="fp32", cores=2), name="two")
     try:
         assert (runtime.concurrent_runs, runtime.intra_op_threads) == (2, 1)
         assert runtime._session.get_session_options().intra_op_num_threads == 1
@@ -114,9 +118,9 @@ def test_a_lone_batch_runs_on_the_solo_session_on_every_core(exported_classifier
     import numpy as np
 
     from app.serving.model_folder import load_model_folder
-    from app.engine.runtime import ModelRuntime, SessionConfig
+    from app.engine.onnx_runtime import OnnxRuntimeEngine, EngineConfig
 
-    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", cores=2, solo=solo), name="solo")
+    runtime = OnnxRuntimeEngine(load_model_folder(exported_classifier), EngineConfig(precision="fp32", cores=2, solo=solo), name="solo")
     try:
         assert runtime.solo is solo
         if solo:
@@ -126,7 +130,7 @@ def test_a_lone_batch_runs_on_the_solo_session_on_every_core(exported_classifier
                                    runtime.run_sync(ids, np.ones_like(ids))["logits"], atol=1e-5)
     finally:
         runtime.close()
-    one = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", cores=2, solo=True, concurrent_runs=1), name="one")
+    one = OnnxRuntimeEngine(load_model_folder(exported_classifier), EngineConfig(precision="fp32", cores=2, solo=True, concurrent_runs=1), name="one")
     try:
         assert not one.solo  # one run already has every core
     finally:
@@ -140,13 +144,13 @@ def test_the_model_threads_run_under_sched_idle_when_asked(exported_classifier):
     import numpy as np
 
     from app.serving.model_folder import load_model_folder
-    from app.engine.runtime import ModelRuntime, SessionConfig
+    from app.engine.onnx_runtime import OnnxRuntimeEngine, EngineConfig
 
     def policies(prefix: str) -> list[int]:
         return [os.sched_getscheduler(tid) for tid in native_threads(prefix)]
 
-    runtime = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", intra_op_threads=2, cores=2, idle=True), name="idle")
-    normal = ModelRuntime(load_model_folder(exported_classifier), SessionConfig(precision="fp32", intra_op_threads=2, cores=2), name="normal")
+    runtime = OnnxRuntimeEngine(load_model_folder(exported_classifier), EngineConfig(precision="fp32", intra_op_threads=2, cores=2, idle=True), name="idle")
+    normal = OnnxRuntimeEngine(load_model_folder(exported_classifier), EngineConfig(precision="fp32", intra_op_threads=2, cores=2), name="normal")
     try:
         # the run threads and the pool thread ONNX Runtime started on the one that created the session
         idle = policies("onnx-idle_")
