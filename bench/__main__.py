@@ -3,8 +3,10 @@
     python -m bench                 # roberta-base shape (random weights, real tokenizer), full load levels
     python -m bench --quick         # the embedded model, short levels: a smoke run of the same report
 
-Systems: A this service fp32 with dynamic batching; B fp32 with batches of one; C INT8 with batching (each in the
-service's default layout, one process); C1 (not run unless named) C in one process (`--processes 1`);
+Systems: A this service on ONNX Runtime fp32 with dynamic batching; B fp32 with batches of one; C ONNX Runtime's
+dynamic INT8 with batching (each in the service's default layout, one process); C1 (not run unless named) C in one
+process (`--processes 1`); V this service on OpenVINO bf16 and W on OpenVINO's calibrated INT8 (where OpenVINO is
+installed; their limits are OpenVINO alone on the same sorted batches);
 D FastAPI + transformers.pipeline (PyTorch), one request at a time; F infinity-emb 0.0.78 on its optimum
 (ONNX) engine with the same fp32 file, in its own venv (bench/systems/infinity_shim.py); E / E* ONNX Runtime alone,
 batches of 32 in file order / sorted by length. Workload: single SST-2 dev sentences on /classify, closed loop
@@ -36,6 +38,7 @@ from bench.load import LoadResult, closed_loop, concurrency_level, encode_reques
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
+TRAIN = REPO.parent / "shared" / "data" / "sst2" / "train.tsv"  # its first 300 texts calibrate OpenVINO's INT8
 EMBEDDED = REPO / "models" / "roberta-mini-sst2"
 
 
@@ -46,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="per load level (default 20, quick 3)")
     parser.add_argument("--concurrency", type=concurrency_level, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--rate", type=float, default=None, help="open-loop arrivals per second (default 10, quick 30)")
-    parser.add_argument("--systems", nargs="+", default=["A", "B", "C", "D", "F"])
+    parser.add_argument("--systems", nargs="+", default=["A", "B", "C", "D", "F", *(("V", "W") if openvino_installed() else ())])
     parser.add_argument("--rounds", type=int, default=4, help="slices per system and level, taken in turn (default 4)")
     parser.add_argument("--soak", type=int, default=None,
                         help="requests sent to --soak-system after its levels to check RSS growth (default 10000, quick 500)")
@@ -59,6 +62,12 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def openvino_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
+
+
 def sst2_dev() -> tuple[list[str], list[int]]:
     """SST-2 dev sentences and their labels (0 negative, 1 positive), in file order."""
     rows = [row.rsplit("\t", 1) for row in DEV.read_text(encoding="utf-8").splitlines()[1:] if row.strip()]
@@ -66,12 +75,13 @@ def sst2_dev() -> tuple[list[str], list[int]]:
 
 
 def export(checkpoint: Path, work: Path) -> Path:
-    """The exported ONNX folder (fp32 + INT8, padded and packed) of `checkpoint`, reused when up to date."""
+    """The exported folder (fp32 + INT8, padded and packed, and OpenVINO's INT8 where it is installed) of `checkpoint`,
+    reused when up to date."""
     from export.build import ExportOptions, export_model
 
     folder = work / f"{checkpoint.name}-onnx"
-    export_model(ExportOptions(model=str(checkpoint), output=folder, quantize="int8", packed=True, reuse=True),
-                 log=lambda _: None)
+    export_model(ExportOptions(model=str(checkpoint), output=folder, quantize="int8", packed=True, reuse=True,
+                               openvino_int8=TRAIN if openvino_installed() else None), log=lambda _: None)
     return folder
 
 
@@ -244,6 +254,14 @@ def targets(report: dict) -> dict:
         "A(c64) / E* (stretch)": (ratio(a64, limit(64, "E_star_seq_per_s")), ">=", 0.95),
         "C(c64) / INT8 E*": (ratio(throughput(report, "C", 64), limit(64, "int8_E_star_seq_per_s")), ">=", 0.9),
     }
+    if "V" in report["systems"]:
+        v64 = throughput(report, "V", 64)
+        rows["V / A (c64): OpenVINO bf16 against ONNX Runtime fp32"] = (ratio(v64, a64), ">=", 3.5)
+        rows["V(c64) / OpenVINO bf16 E*"] = (ratio(v64, limit(64, "openvino_bf16_E_star_seq_per_s")), ">=", 0.9)
+    if "W" in report["systems"]:
+        w64 = throughput(report, "W", 64)
+        rows["W / C (c64): OpenVINO INT8 against ONNX Runtime INT8"] = (ratio(w64, throughput(report, "C", 64)), ">=", 1.4)
+        rows["W(c64) / OpenVINO INT8 E*"] = (ratio(w64, limit(64, "openvino_int8_E_star_seq_per_s")), ">=", 0.9)
     if report["model"].startswith("embedded"):
         rows["C(c32) / INT8 E* (embedded)"] = (ratio(throughput(report, "C", 32), limit(32, "int8_E_star_seq_per_s")), ">=", 0.7)
     for name in ("A", "C", "C1"):
@@ -280,8 +298,9 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | {limits['fp32'][key]:.1f} | {limits['int8'][key]:.1f} | |")
     lines.append(f"| single sequence p50 (ms) | {limits['fp32']['single_p50_ms']:.1f} | {limits['int8']['single_p50_ms']:.1f} | |")
     lines += ["", "fp32 limits in slices taken in turn with the systems, per level (the targets use these):", "",
-              "| level | E seq/s | E* seq/s (side by side / one run) | single p50 ms | INT8 E* seq/s (side by side / one run) |",
-              "| --- | --- | --- | --- | --- |"]
+              "| level | E seq/s | E* seq/s (side by side / one run) | single p50 ms | INT8 E* seq/s (side by side / one run) "
+              "| OpenVINO bf16 E* | OpenVINO INT8 E* |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
 
     def layouts(values: dict, prefix: str = "") -> str:
         best, side, one = (values.get(f"{prefix}E_star{key}seq_per_s") for key in ("_", "_side_by_side_", "_one_run_"))
@@ -290,7 +309,8 @@ def markdown(report: dict) -> str:
         return f"{best:.1f}" + (f" ({side:.1f} / {one:.1f})" if side and one else "")
 
     for level, values in report["limits_by_level"].items():
-        lines.append(f"| c={level} | {values['E_seq_per_s']:.1f} | {layouts(values)} | {values['single_p50_ms']:.1f} | {layouts(values, 'int8_')} |")
+        lines.append(f"| c={level} | {values['E_seq_per_s']:.1f} | {layouts(values)} | {values['single_p50_ms']:.1f} | "
+                     f"{layouts(values, 'int8_')} | {layouts(values, 'openvino_bf16_')} | {layouts(values, 'openvino_int8_')} |")
     lines += ["", "| system | concurrency | req/s | p50 ms | p95 ms | p99 ms | mean batch | padding | peak RSS MB |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, system in report["systems"].items():
@@ -423,10 +443,12 @@ def main() -> None:
     bodies = {"service": wrk.bodies_file([{"inputs": text} for text in texts]),
               "F": wrk.bodies_file([{"input": [text]} for text in texts])} if args.generator == "wrk" else {}
     configs = {
-        "A": dict(precision="fp32"),
-        "B": dict(precision="fp32", max_batch_size=1),
-        "C": dict(precision="int8"),
-        "C1": dict(precision="int8", processes=1),
+        "A": dict(backend="onnxruntime", precision="fp32"),
+        "B": dict(backend="onnxruntime", precision="fp32", max_batch_size=1),
+        "C": dict(backend="onnxruntime", precision="int8"),
+        "C1": dict(backend="onnxruntime", precision="int8", processes=1),
+        "V": dict(backend="openvino", precision="bf16"),
+        "W": dict(backend="openvino", precision="int8"),
     }
     rate = args.rate or (30.0 if args.quick else 10.0)
     report["open_loop_rate"] = rate
@@ -450,9 +472,14 @@ def main() -> None:
             report["systems"][name] = {"memory_after_warmup": server.memory()}
             server.pause()
             systems.append(system)
+        more_limits = {"int8": lambda: LimitSlices(folder, "model.int8.onnx", texts)}
+        if "V" in args.systems:
+            more_limits["openvino_bf16"] = lambda: LimitSlices(folder, "model.onnx", texts, engine="openvino", hint="bf16")
+        if "W" in args.systems:
+            more_limits["openvino_int8"] = lambda: LimitSlices(folder, "model.openvino-int8.xml", texts, engine="openvino")
         by_system, report["limits_by_level"] = measure_interleaved(
             systems, args.concurrency, seconds, rate, args.rounds, lambda: LimitSlices(folder, "model.onnx", texts),
-            lambda: LimitSlices(folder, "model.int8.onnx", texts),
+            more_limits,
         )
         for name, result in by_system.items():
             report["systems"][name].update(result)

@@ -4,9 +4,10 @@
     python -m bench.tasks --quick         # tiny-encoder checkpoints, 3 s a level: a smoke run of the same report
 
 Per task, in one run, every level taken in slices in turn (bench.__main__'s measure_interleaved):
-S the service fp32, S8 the service INT8 (both dynamic batching), D FastAPI + transformers.pipeline
-one request at a time, and the limits: ONNX Runtime alone on batches of 32 in file order (E) and
-sorted by length (E*, fp32 and INT8), and one sequence at a time. Workloads: SST-2 dev sentences,
+S the service fp32, S8 the service INT8 (both on ONNX Runtime, dynamic batching), V the service on OpenVINO bf16
+(where OpenVINO is installed and the CPU computes in bf16), D FastAPI + transformers.pipeline one request at a
+time, and the limits: ONNX Runtime alone on batches of 32 in file order (E) and sorted by length (E*, fp32 and
+INT8), OpenVINO bf16 alone on the sorted batches, and one sequence at a time. Workloads: SST-2 dev sentences,
 for fill-mask with the middle word masked (one mask each, top_k 5 as both servers default to);
 for token classification as they are (no aggregation, both servers' default).
 """
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 from bench import servers, wrk
-from bench.__main__ import REPO, System, export, measure_interleaved, sst2_dev, write_report
+from bench.__main__ import REPO, System, export, measure_interleaved, openvino_installed, sst2_dev, write_report
 from bench.limits import LimitSlices
 from bench.load import closed_loop, encode_requests
 
@@ -58,14 +59,16 @@ def measure(task: str, source: Path, texts: list[str], levels: list[int], second
     wrk_bodies = wrk.bodies_file(bodies) if wrk.available() else None
     with contextlib.ExitStack() as stack:
         systems = []
-        for name in ("S", "S8", "D"):
+        names = ("S", "S8", *(("V",) if bf16_cpu() else ()), "D")
+        for name in names:
             port = servers.free_port()
             log = WORK / "logs" / f"tasks-{task}-{name}.log"
             if name == "D":
                 server, is_service = servers.naive(source, port, log, task), False
             else:
-                precision = "int8" if name == "S8" else "fp32"
-                server, is_service = servers.service_of(name, {"model": folder}, port, log, precision=precision), True
+                backend, precision = {"S": ("onnxruntime", "fp32"), "S8": ("onnxruntime", "int8"), "V": ("openvino", "bf16")}[name]
+                server = servers.service_of(name, {"model": folder}, port, log, backend=backend, precision=precision)
+                is_service = True
             stack.enter_context(server)
             system = System(name, server, itertools.cycle(requests), is_service, wrk_bodies, ROUTES[task])
             asyncio.run(closed_loop("127.0.0.1", port, system.source, 1, min(2.0, seconds)))  # warm the path
@@ -73,11 +76,21 @@ def measure(task: str, source: Path, texts: list[str], levels: list[int], second
             systems.append(system)
         by_system, limits = measure_interleaved(
             systems, levels, seconds, None, rounds, lambda: LimitSlices(folder, "model.onnx", texts),
-            {"int8": lambda: LimitSlices(folder, "model.int8.onnx", texts)},
+            {"int8": lambda: LimitSlices(folder, "model.int8.onnx", texts),
+             **({"openvino_bf16": lambda: LimitSlices(folder, "model.onnx", texts, engine="openvino", hint="bf16")}
+                if "V" in names else {})},
         )
         for system in systems:
             by_system[system.name]["memory_end"] = system.server.memory()
     return {"systems": by_system, "limits_by_level": limits}
+
+
+def bf16_cpu() -> bool:
+    if not openvino_installed():
+        return False
+    from app.engine.openvino_runtime import bf16_supported
+
+    return bf16_supported()
 
 
 def markdown(report: dict) -> str:
@@ -96,6 +109,17 @@ def markdown(report: dict) -> str:
                 f"{d['requests_per_s']:.1f} | {e:.1f} | {e8:.1f} | {level['requests_per_s'] / e:.2f} | "
                 f"{s8['requests_per_s'] / e8:.2f} | {level['requests_per_s'] / d['requests_per_s']:.2f} | "
                 f"{level['p50_ms']:.1f} | {d['p50_ms']:.1f} |")
+    openvino = [(task, entry) for task, entry in report["tasks"].items() if "V" in entry["systems"]]
+    if openvino:
+        lines += ["", "| task | concurrency | V OpenVINO bf16 req/s | OpenVINO bf16 E* seq/s | V / its E* | V / S |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for task, entry in openvino:
+            for index, level in enumerate(entry["systems"]["V"]["levels"]):
+                s = entry["systems"]["S"]["levels"][index]
+                limit = entry["limits_by_level"].get(level["level"], entry["limits_by_level"].get(str(level["level"]), {}))
+                e = limit.get("openvino_bf16_E_star_seq_per_s")
+                lines.append(f"| {task} | {level['level']} | {level['requests_per_s']:.1f} | {e:.1f} | "
+                             f"{level['requests_per_s'] / e:.2f} | {level['requests_per_s'] / s['requests_per_s']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -66,13 +66,16 @@ def process_cpu(pid: int) -> float | None:
 
 def thread_role(pid: int, tid: int, name: str) -> str:
     """What a server thread does: the event loop is the main thread; the app names the threads it starts
-    (tokenize, onnx-<model>), and the threads those start (ONNX Runtime's pool, tokenizers' own) keep the name."""
+    (tokenize, onnx-<model>, openvino-<model>), and the threads those start (ONNX Runtime's pool, tokenizers' own)
+    keep the name. OpenVINO's own worker threads do not: they count as other."""
     if tid == pid:
         return "event loop"
     if name.startswith("tokenize"):
         return "tokenizer"
     if name.startswith("onnx-"):
         return "onnx runtime"
+    if name.startswith("openvino-"):
+        return "openvino"
     return "other"
 
 

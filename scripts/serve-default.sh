@@ -16,7 +16,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null && [ -n "$TORCH_INDEX" ]; th
     echo "note: $TORCH_INDEX does not answer; torch comes from the package index as configured" >&2
   fi
 fi
-.venv/bin/pip install -q -e '.[cpu,export]'
+# OpenVINO (about 60 MB to download): on a CPU that computes in bf16 the embedded models run on it (ROBERTA_BACKEND=auto).
+.venv/bin/pip install -q -e '.[cpu,openvino,export]'
 for model in roberta-mini-sst2 roberta-mini-mlm; do
   .venv/bin/python -m export "models/$model" --output "build/onnx/$model" --quantize int8 --reuse
 done

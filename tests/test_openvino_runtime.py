@@ -14,6 +14,7 @@ from app.engine.batcher import right_pad
 from app.engine.engine import EngineConfig
 from app.engine.tokenize import TextEncoder
 from app.serving.model_folder import ModelFolderError, load_model_folder
+from conftest import REPO
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
 
@@ -157,3 +158,37 @@ def test_onnx_runtimes_dynamic_int8_is_the_precision_whose_answers_move_with_the
         assert _logits_alone_and_with_batchmates(engine, encoder, np.random.default_rng(0)) > 1e-4
     finally:
         engine.close()
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_on_sst2_dev_bf16_agrees_with_fp32_on_the_embedded_classifier(default_exports):
+    from app.engine.tokenize import TextEncoder as Encoder
+
+    if not openvino_runtime.bf16_supported():
+        pytest.skip("this CPU does not compute in bf16")
+    dev = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
+    if not dev.is_file():
+        pytest.skip("../shared/data is not beside the checkout")
+    texts = [row.rsplit("\t", 1)[0].strip() for row in dev.read_text(encoding="utf-8").splitlines()[1:] if row.strip()]
+    folder = load_model_folder(default_exports / "roberta-mini-sst2")
+    encoder = Encoder(folder.tokenizer_file, folder.max_seq_len, folder.tokenizer_config)
+    ids = sorted((e.ids for e in encoder.encode(texts)), key=len)
+    logits = {}
+    for precision in ("fp32", "bf16"):
+        engine = open_engine(folder, EngineConfig(backend="openvino" if precision == "bf16" else "onnxruntime",
+                                                  precision=precision), "cls")
+
+        async def every_batch(engine=engine):
+            rows = [(await engine.run(*right_pad(ids[at : at + 32], encoder.pad_id)))["logits"]
+                    for at in range(0, len(ids), 32)]
+            return np.concatenate(rows)
+
+        try:
+            logits[precision] = asyncio.run(every_batch())
+        finally:
+            engine.close()
+    agreement = float((logits["fp32"].argmax(-1) == logits["bf16"].argmax(-1)).mean())
+    print(f"bf16 against fp32 on SST-2 dev: top-1 agreement {agreement:.4f}, "
+          f"largest logit difference {np.abs(logits['fp32'] - logits['bf16']).max():.3g}")
+    assert agreement >= 0.995

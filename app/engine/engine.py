@@ -111,16 +111,15 @@ async def median_seconds(engine: Engine, batches: dict, repeats: int) -> dict:
 
 async def measured_overhead(engine: Engine, pad_id: int, max_seq_len: int, max_batch_tokens: int,
                             repeats: int = 3) -> float:
-    """A run's fixed cost in tokens of work: the line through a one-row run and a full one (medians of `repeats`),
-    read at zero tokens. An engine whose runs cost more to start (matrix units that want large tiles) gets larger
-    batches from the batcher."""
-    short = min(16, max_seq_len)
-    length = min(64, max_seq_len)
-    rows = max(1, min(32, max_batch_tokens // length))
-    shapes = {"small": (1, short), "large": (rows, length)}
+    """A run's fixed cost in tokens of work: the line through a one-row run and a full one of the same row length
+    (medians of `repeats`), read at zero tokens. Rows of one length keep attention's share of each token equal, so
+    that the line's slope is a token's cost and its intercept the run's."""
+    length = min(32, max_seq_len)
+    rows = max(2, min(32, max_batch_tokens // length))
+    shapes = {"small": (1, length), "large": (rows, length)}
     batches = {key: (np.full(shape, pad_id, dtype=np.int64), np.ones(shape, dtype=np.int64)) for key, shape in shapes.items()}
     seconds = await median_seconds(engine, batches, repeats)
-    return overhead_tokens(seconds["small"], short, seconds["large"], rows * length, cap=max_batch_tokens)
+    return overhead_tokens(seconds["small"], length, seconds["large"], rows * length, cap=max_batch_tokens)
 
 
 def overhead_tokens(small_s: float, small_tokens: int, large_s: float, large_tokens: int, *, cap: float) -> float:
