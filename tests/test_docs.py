@@ -123,7 +123,7 @@ def test_the_readme_curl_examples_print_what_it_shows(default_exports, exported_
     shaped = [(command, shown) for command, shown in examples if shown.startswith("keys:")]
     assert len(answered) >= 2 and len(shaped) >= 2 and all(shown for _, shown in examples)
     # As ./scripts/serve-default.sh serves them, at fp32: the README says that the precision a machine gets (bf16,
-    # INT8) may move them in the third decimal.
+    # INT8) may move a score in the third decimal.
     embedded = Settings(classify_model=default_exports / "roberta-mini-sst2", fill_mask_model=default_exports / "roberta-mini-mlm",
                         backend="onnxruntime", precision="fp32")
     with ServerThread(embedded) as server:
