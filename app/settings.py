@@ -40,8 +40,8 @@ class Settings(BaseSettings):
     backend: Literal["auto", "onnxruntime", "openvino"] = Field(
         "auto",
         description="the engine that runs the models. auto: OpenVINO where it is installed (the openvino extra), the "
-        "CPU computes in bf16 (AMX, AVX-512 BF16) and no GPU runs the model, and it can serve what precision and "
-        "execution ask; else ONNX Runtime",
+        "CPU computes in bf16 (AMX, AVX-512 BF16) and no GPU runs the model, it can serve what precision and "
+        "execution ask, and providers (ONNX Runtime's) are not named; else ONNX Runtime",
     )
     precision: Precision = Field(
         "auto",

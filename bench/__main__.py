@@ -395,7 +395,8 @@ def plot(report: dict, path: Path) -> bool:
 
 def describe_machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU by name and its vector instructions. ONNX Runtime's INT8 kernels gain most where VNNI is (INT8 E*
-    3.3x fp32's in the 01:35 report, 1.2-1.4x on an AVX2-only EPYC): reports compare only on the same kind of core."""
+    3.3x fp32's in the 01:35 report, 1.2-1.4x on an AVX2-only EPYC), OpenVINO's bf16 where AMX is: reports compare
+    only on the same kind of core."""
     name, flags = platform.processor() or platform.machine(), set()
     with contextlib.suppress(OSError):
         for line in cpuinfo.read_text().splitlines():
@@ -405,7 +406,8 @@ def describe_machine(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
             elif key.strip() == "flags":
                 flags = set(value.split())
                 break
-    vector = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if flag in flags]
+    vector = [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+              if flag in flags]
     isa = f" ({', '.join(vector)})" if vector else ""
     return f"{name}{isa}, {os.cpu_count()} cores, Python {platform.python_version()}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ FAULTY_APP = [sys.executable, str(Path(__file__).with_name("faulty_app.py"))]
 def test_cuda_requested_without_cuda_falls_back_to_cpu_and_says_so(exported_classifier):
     with ServerProcess("--classify-model", str(exported_classifier), "--providers", "cuda,cpu") as process:
         info = httpx.get(f"{process.url}/info").json()["models"]["cls"]
-        assert info["providers"] == ["cpu"] and info["precision"] == "int8"  # auto picks INT8 on the CPU
+        # Naming providers asks for ONNX Runtime, whose auto precision on a CPU is fp32
+        assert info["backend"] == "onnxruntime" and info["providers"] == ["cpu"] and info["precision"] == "fp32"
         running = metric_value(process.url, "roberta_model_info", model="cls", provider="cpu")
         assert running == 1
         assert httpx.post(f"{process.url}/classify", json={"inputs": "good"}).status_code == 200
@@ -30,8 +32,15 @@ def test_cuda_requested_without_cuda_falls_back_to_cpu_and_says_so(exported_clas
 
 def test_a_default_cpu_start_says_what_runs_and_warns_about_nothing(exported_classifier):
     with ServerProcess("--classify-model", str(exported_classifier)) as process:
-        pass
-    assert "cls: text-classification, int8 on cpu (model.int8.onnx)" in process.output
+        info = httpx.get(f"{process.url}/info").json()["models"]["cls"]
+    # fp32 and ONNX Runtime's INT8 are exported: auto takes fp32, on OpenVINO in bf16 where the CPU computes in it
+    if info["backend"] == "openvino":
+        assert info["precision"] in ("bf16", "fp32")
+        line = f"cls: text-classification, OpenVINO {info['precision']} on the CPU (model.onnx)"
+    else:
+        assert info["precision"] == "fp32"
+        line = "cls: text-classification, ONNX Runtime fp32 on cpu (model.onnx)"
+    assert line in process.output
     assert "WARNING" not in process.output, process.output
 
 
@@ -75,20 +84,25 @@ def test_every_start_up_error_is_one_line_and_exit_1_on_every_entry_point(comman
     assert_one_error_line(run_and_fail(command, env), expected)
 
 
+OPENVINO = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")
+
+
 @pytest.mark.parametrize(
-    "broken, precision, expected",
+    "broken, backend, precision, expected",
     [
-        ("model.onnx", "fp32", "could not be loaded by ONNX Runtime"),
-        ("model.int8.onnx", "auto", "could not be loaded by ONNX Runtime"),
-        ("tokenizer.json", "fp32", "tokenizer.json could not be read"),
-        ("config.json", "fp32", "config.json is not valid JSON"),
+        ("model.onnx", "onnxruntime", "fp32", "could not be loaded by ONNX Runtime"),
+        ("model.int8.onnx", "onnxruntime", "int8", "could not be loaded by ONNX Runtime"),
+        pytest.param("model.onnx", "openvino", "fp32", "could not be loaded by OpenVINO", marks=OPENVINO),
+        ("tokenizer.json", "auto", "fp32", "tokenizer.json could not be read"),
+        ("config.json", "auto", "fp32", "config.json is not valid JSON"),
     ],
 )
-def test_a_corrupt_model_file_exits_non_zero_with_one_clear_line(exported_classifier, tmp_path, broken, precision, expected):
+def test_a_corrupt_model_file_exits_non_zero_with_one_clear_line(exported_classifier, tmp_path, broken, backend,
+                                                                 precision, expected):
     folder = tmp_path / "model"
     shutil.copytree(exported_classifier, folder)
     (folder / broken).write_bytes(b"\x00garbage, not what this file should hold")
-    result = start_and_fail("--classify-model", str(folder), "--precision", precision)
+    result = start_and_fail("--classify-model", str(folder), "--backend", backend, "--precision", precision)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and expected in last, result.stderr

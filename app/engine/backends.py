@@ -25,7 +25,8 @@ def open_engine(folder: ModelFolder, config: EngineConfig, name: str) -> Engine:
         if cuda_engine.device == "cuda" or config.backend == "onnxruntime":
             return cuda_engine
         cuda_engine.close()  # onnxruntime-gpu without a GPU: the CPU's engine is chosen below
-    if config.backend == "auto" and not openvino_runtime.serves(folder, config):
+    # Providers are ONNX Runtime's: naming them (ROBERTA_PROVIDERS) asks for ONNX Runtime.
+    if config.backend == "auto" and (config.providers_chosen or not openvino_runtime.serves(folder, config)):
         backend = "onnxruntime"
     else:
         openvino = openvino_runtime.installed()
