@@ -112,7 +112,8 @@ def test_a_corrupt_model_file_exits_non_zero_with_one_clear_line(exported_classi
 @pytest.fixture()
 def faulty(exported_classifier, tmp_path):
     flag = tmp_path / "fail-now"
-    flags = ["--classify-model", str(exported_classifier), "--max-wait-ms", "1"]
+    # The fault is injected into ONNX Runtime's sessions (tests/faulty_app.py)
+    flags = ["--classify-model", str(exported_classifier), "--max-wait-ms", "1", "--backend", "onnxruntime"]
     with ServerProcess(*flags, launcher=FAULTY_APP, env={"FAULT_FLAG": str(flag)}) as process:
         yield process, flag
 
