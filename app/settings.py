@@ -87,7 +87,8 @@ class Settings(BaseSettings):
         "each on one thread, unless intra_op_threads is set; on a GPU one). Each may hold max_batch_tokens",
     )
     intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime threads inside each run (0: the cores shared out among the concurrent runs)"
+        0, ge=0, description="threads inside each run, ONNX Runtime's or an OpenVINO stream's (0: the cores shared out "
+        "among the concurrent runs)"
     )
     onnx_scheduler: Literal["normal", "idle"] = Field(
         "normal",

@@ -19,7 +19,6 @@ def open_engine(folder: ModelFolder, config: EngineConfig, name: str) -> Engine:
     """The model on the engine the settings ask for (see choose_backend), or one line saying why it cannot run."""
     if config.backend == "openvino" and not openvino_runtime.installed():
         raise ModelFolderError("ROBERTA_BACKEND=openvino but OpenVINO is not installed; pip install '.[openvino]'")
-    cuda_engine = None
     if config.backend != "openvino" and onnx_runtime.cuda_wanted(config):
         cuda_engine = onnx_runtime.OnnxRuntimeEngine(folder, config, name)
         if cuda_engine.device == "cuda" or config.backend == "onnxruntime":
@@ -35,5 +34,3 @@ def open_engine(folder: ModelFolder, config: EngineConfig, name: str) -> Engine:
     if backend == "openvino":
         return openvino_runtime.OpenVinoEngine(folder, config, name)
     return onnx_runtime.OnnxRuntimeEngine(folder, config, name)
-
-

@@ -104,17 +104,18 @@ class OpenVinoEngine:
         cores = config.cores or usable_cores()
         self.precision = choose_precision(config.precision, folder, bf16_supported())
         self.file = folder.openvino_files["int8"] if self.precision == "int8" else folder.files["fp32"]
-        # One stream per run, each with its share of the cores (see the module's docstring).
-        self.concurrent_runs = config.concurrent_runs or cores
-        self.threads = max(1, cores // self.concurrent_runs) if config.intra_op_threads == 0 else config.intra_op_threads
+        # One stream per run, each with its share of the cores (see the module's docstring); as on ONNX Runtime,
+        # naming the threads per run without the runs keeps one run.
+        self.concurrent_runs = config.concurrent_runs or (1 if config.intra_op_threads else cores)
+        self.threads = config.intra_op_threads or max(1, cores // self.concurrent_runs)
         properties = {
             "INFERENCE_PRECISION_HINT": HINTS[self.precision],
             # Never quantize activations at run time: a scale taken from the batch would tie an answer to its
             # batchmates (docs/decisions/precision-and-batchmates.md).
             "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0",
             # OpenVINO keeps what it prepared for each input shape it has run; the batcher makes hundreds of shapes
-            # (rows x length), and the default capacity let a process grow by a gigabyte (roberta-base INT8) where
-            # this one levels off at no measured cost in speed (docs/decisions/openvino-on-the-cpu.md).
+            # (rows x length), and with the default capacity the process grew with every new one; this one levels
+            # off at no measured cost in speed (docs/decisions/openvino-on-the-cpu.md).
             "CPU_RUNTIME_CACHE_CAPACITY": str(SHAPES_KEPT),
             "NUM_STREAMS": str(self.concurrent_runs),
             "INFERENCE_NUM_THREADS": str(self.threads * self.concurrent_runs),
