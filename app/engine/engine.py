@@ -8,7 +8,6 @@ description of what really runs. app.engine.backends chooses the engine for a mo
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,6 @@ from typing import Protocol
 
 import numpy as np
 
-
-log = logging.getLogger("app.engine.engine")
 
 @dataclass(frozen=True)
 class RunCosts:
