@@ -60,17 +60,30 @@ def test_a_cpu_with_bf16_serves_with_openvino_in_bf16(exported_classifier, monke
 
 
 @needs_openvino
-def test_auto_keeps_onnx_runtime_for_what_openvino_cannot_serve(exported_classifier, monkeypatch):
+@pytest.mark.parametrize("config", [
+    EngineConfig(precision="int8"),  # the folder has ONNX Runtime's INT8 only
+    EngineConfig(precision="fp32", execution="packed"),  # the padding-free graph is ONNX Runtime's
+    EngineConfig(precision="fp32", providers=("cpu",), providers_chosen=True),  # providers are ONNX Runtime's
+], ids=["int8-not-exported-for-openvino", "packed", "providers-named"])
+def test_auto_keeps_onnx_runtime_for_what_openvino_cannot_serve(tiny_classifier, tmp_path_factory, monkeypatch, config):
+    from export.build import ExportOptions, export_model
+
     monkeypatch.setattr(openvino_runtime, "bf16_supported", lambda: True)
-    folder = load_model_folder(exported_classifier)  # fp32 and ONNX Runtime's INT8; no OpenVINO INT8
-    for config in (EngineConfig(precision="int8"), EngineConfig(execution="packed", precision="fp32")):
-        if config.execution == "packed" and "fp32" not in folder.packed_files:
-            continue
-        engine = open_engine(folder, config, "cls")
-        try:
-            assert engine.backend == "onnxruntime"
-        finally:
-            engine.close()
+    path = tmp_path_factory.getbasetemp() / "cls-int8-packed"
+    if not path.exists():
+        export_model(ExportOptions(model=str(tiny_classifier), output=path, quantize="int8", packed=True), log=lambda _: None)
+    folder = load_model_folder(path)
+    assert "int8" not in folder.openvino_files and "fp32" in folder.packed_files
+    engine = open_engine(folder, config, "cls")
+    try:
+        assert (engine.backend, engine.precision) == ("onnxruntime", config.precision)
+    finally:
+        engine.close()
+    otherwise = open_engine(folder, EngineConfig(precision="fp32"), "cls")
+    try:
+        assert otherwise.backend == "openvino"
+    finally:
+        otherwise.close()
 
 
 @needs_openvino

@@ -15,6 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
+from app.tasks.specs import MASK_POSITIONS
+
 
 @dataclass(frozen=True)
 class RunCosts:
@@ -88,6 +90,18 @@ def warm_up_shapes(max_batch_size: int, max_batch_tokens: int, max_seq_len: int,
             if (batch, length) not in shapes:
                 shapes.append((batch, length))
     return shapes
+
+
+def graph_feeds(feeds: dict[str, np.ndarray], input_names: list[str], positions: np.ndarray | None,
+                rows: int) -> dict[str, np.ndarray]:
+    """The inputs a graph takes from a batch of `rows` sequences: `feeds`, zero token types where the graph asks for
+    them, and the positions to compute rows at where it takes them (a run that only times the model gets the first
+    of each row)."""
+    if "token_type_ids" in input_names:
+        feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+    if MASK_POSITIONS in input_names:
+        feeds[MASK_POSITIONS] = positions if positions is not None else first_of_each_row(rows)
+    return {name: feeds[name] for name in input_names}
 
 
 def first_of_each_row(rows: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from app.engine.engine import EngineConfig, RunCosts, first_of_each_row, median_seconds
+from app.engine.engine import EngineConfig, RunCosts, graph_feeds, median_seconds
 from app.engine.packing import pack
 from app.serving.model_folder import ModelFolder, ModelFolderError, is_wide
 from app.engine.threads import ThreadPool, usable_cores
@@ -213,12 +213,9 @@ class OnnxRuntimeEngine:
             feeds = pack(input_ids, attention_mask, self.folder.pad_token_id)
         else:
             feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        if self.takes_positions:
-            feeds[POSITIONS_INPUT] = positions if positions is not None else first_of_each_row(len(input_ids))
         session = self._solo if alone and self._solo is not None else self._session
-        return dict(zip(self.output_names, session.run(self.output_names, {name: feeds[name] for name in self.input_names})))
+        inputs = graph_feeds(feeds, self.input_names, positions, rows=len(input_ids))
+        return dict(zip(self.output_names, session.run(self.output_names, inputs)))
 
     async def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray | None = None,
                   alone: bool = False) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from app.engine.engine import EngineConfig, RunCosts, first_of_each_row, measured_overhead
+from app.engine.engine import EngineConfig, RunCosts, graph_feeds, measured_overhead
 from app.engine.threads import ThreadPool, usable_cores
 from app.serving.model_folder import ModelFolder, ModelFolderError
 from app.tasks.specs import MASK_POSITIONS
@@ -156,11 +156,7 @@ class OpenVinoEngine:
         if request is None:  # one per executor thread, made on first use
             request = self._local.request = self._compiled.create_infer_request()
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        if self.takes_positions:
-            feeds[MASK_POSITIONS] = positions if positions is not None else first_of_each_row(len(input_ids))
-        request.infer({name: feeds[name] for name in self.input_names})
+        request.infer(graph_feeds(feeds, self.input_names, positions, rows=len(input_ids)))
         # The request's output tensors are reused by its next run: the rows handed back are copies.
         return {name: np.array(request.get_output_tensor(index).data) for index, name in enumerate(self.output_names)}
 
