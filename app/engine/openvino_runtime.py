@@ -2,23 +2,22 @@
 
 OpenVINO reads the export's model.onnx itself, and runs it in fp32 or, on a CPU that computes in bf16 (Intel AMX,
 AVX-512 BF16), in bf16 on those units; a calibrated INT8 export (model.openvino-int8.xml) runs in INT8. The model
-is compiled with one stream per concurrent run, each stream a share of the cores, and every thread of the model's
-executor keeps its own infer request: the batcher keeps `concurrent_runs` batches in flight, as it does for ONNX
-Runtime's runs side by side (docs/decisions/openvino-on-the-cpu.md).
+is compiled with one stream per concurrent run, each stream a share of the cores, with as many infer requests, made
+at start-up; the batcher keeps `concurrent_runs` batches in flight, as it does for ONNX Runtime's runs side by side
+(docs/decisions/openvino-on-the-cpu.md).
 
 openvino is an optional install (the `openvino` extra): this module imports it only when a model is loaded on it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import importlib.util
 import logging
 import os
-import threading
 import time
+from queue import SimpleQueue
 
 import numpy as np
 
@@ -131,7 +130,10 @@ class OpenVinoEngine:
             self._executor.shutdown(wait=False)
             raise ModelFolderError(f"{self.file} could not be loaded by OpenVINO ({type(exc).__name__}); re-export it") from exc
         self.takes_positions = MASK_POSITIONS in self.input_names
-        self._local = threading.local()
+        # One infer request per concurrent run, made here on one thread: the batcher never has more runs in flight.
+        self._requests: SimpleQueue = SimpleQueue()
+        for _ in range(self.concurrent_runs):
+            self._requests.put(self._compiled.create_infer_request())
         log.info(
             "%s: %s, OpenVINO %s on the CPU (%s), %d run(s) at once on %d thread(s) each",
             self.name, folder.task, self.precision, self.file.name, self.concurrent_runs, self.threads,
@@ -152,24 +154,25 @@ class OpenVinoEngine:
 
     def run_sync(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray | None = None,
                  alone: bool = False) -> dict[str, np.ndarray]:
-        request = getattr(self._local, "request", None)
-        if request is None:  # one per executor thread, made on first use
-            request = self._local.request = self._compiled.create_infer_request()
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        request.infer(graph_feeds(feeds, self.input_names, positions, rows=len(input_ids)))
-        # The request's output tensors are reused by its next run: the rows handed back are copies.
-        return {name: np.array(request.get_output_tensor(index).data) for index, name in enumerate(self.output_names)}
+        request = self._requests.get()
+        try:
+            feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+            request.infer(graph_feeds(feeds, self.input_names, positions, rows=len(input_ids)))
+            # The request's output tensors are reused by its next run: the rows handed back are copies.
+            return {name: np.array(request.get_output_tensor(index).data) for index, name in enumerate(self.output_names)}
+        finally:
+            self._requests.put(request)
 
     async def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray | None = None,
                   alone: bool = False) -> dict[str, np.ndarray]:
         return await self._executor.run(self.run_sync, input_ids, attention_mask, positions, alone)
 
     async def warm_up(self, shapes: list[tuple[int, int]], pad_id: int) -> float:
-        """Every shape once on every stream's thread: OpenVINO prepares a new shape on first use."""
+        """Every shape once, one run at a time: OpenVINO prepares a new shape on first use."""
         started = time.perf_counter()
         for batch, length in shapes:
             ids = np.full((batch, length), pad_id, dtype=np.int64)
-            await asyncio.gather(*(self.run(ids, np.ones_like(ids)) for _ in range(self.concurrent_runs)))
+            await self.run(ids, np.ones_like(ids))
         return time.perf_counter() - started
 
     async def run_costs(self, pad_id: int, max_batch_tokens: int) -> RunCosts:
