@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export import convert, verify
+from export.embedding import POOLINGS, Embedding, read_embedding
 from export.errors import BadOption, OutputExists, SourceNotFound, TaskMismatch, UnsupportedModel, VerificationFailed
 from export.manifest import FORMAT_VERSION, MANIFEST_NAME, file_entry, tool_versions, write_manifest
 from app.tasks.specs import EXPORTED
@@ -61,6 +62,8 @@ class ExportOptions:
     atol: float = 1e-4
     eval_file: Path | None = None
     openvino_int8: Path | None = None  # calibration texts (TSV) for OpenVINO's static INT8
+    pooling: str | None = None  # feature-extraction from a plain encoder: mean, cls, max
+    normalize: bool = False  # feature-extraction from a plain encoder: unit-length vectors by default
     force: bool = False
     reuse: bool = False  # keep an existing export of the same source made with the same options
     revision: str | None = None
@@ -77,6 +80,8 @@ class ExportOptions:
             "max_seq_len": self.max_seq_len,
             "atol": self.atol,
             "packed": self.packed,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
             # the calibration texts decide the INT8 file: their sha256 (a missing file is refused later)
             "openvino_int8": None if self.openvino_int8 is None else (
                 file_sha256(Path(self.openvino_int8)) if Path(self.openvino_int8).is_file() else str(self.openvino_int8)),
@@ -102,7 +107,14 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = _stderr) -
     check_supported(checkpoint)
     task = resolve_task(checkpoint, options.task)
     check_tokenizer(checkpoint)
-    max_seq_len = _max_seq_len(checkpoint, options.max_seq_len)
+    embedding = None
+    if task == "feature-extraction":
+        if options.pooling is not None and options.pooling not in POOLINGS:
+            raise BadOption(f"--pooling {options.pooling} is not served; use one of {', '.join(POOLINGS)}")
+        embedding = read_embedding(checkpoint.path, checkpoint.config, options.pooling, options.normalize)
+    elif options.pooling is not None or options.normalize:
+        raise BadOption("--pooling and --normalize are for --task feature-extraction (sentence embeddings)")
+    max_seq_len = _max_seq_len(checkpoint, options.max_seq_len, embedding)
     if options.eval_file is not None:
         if task != "text-classification":
             raise BadOption("--eval-file measures classification accuracy; it needs --task text-classification")
@@ -117,7 +129,7 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = _stderr) -
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
     try:
-        manifest = _build(checkpoint, task, max_seq_len, options, staging, log)
+        manifest = _build(checkpoint, task, max_seq_len, options, staging, log, embedding)
         _publish(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -126,7 +138,8 @@ def export_model(options: ExportOptions, log: Callable[[str], None] = _stderr) -
     return manifest
 
 
-def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportOptions, staging: Path, log) -> dict:
+def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportOptions, staging: Path, log,
+           embedding: Embedding | None) -> dict:
     timings: dict[str, float] = {}
 
     def step(name: str, fn, *args, **kwargs):
@@ -143,6 +156,10 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
     fp32 = staging / FILENAMES["fp32"]
     if task == "fill-mask":
         step("export fp32 ONNX", convert.export_fill_mask_fp32, checkpoint.path, fp32, options.opset)
+    elif embedding is not None:
+        from export.embedding_graph import PooledEncoder, export_pooled
+
+        step("export fp32 ONNX", export_pooled, model, embedding.pooling, fp32, options.opset)
     else:
         step("export fp32 ONNX", convert.export_fp32, checkpoint.path, task, staging, options.opset)
     if options.optimize:
@@ -154,7 +171,7 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
 
     batch = verify.encode(tokenizer, verify.probe_texts(task, tokenizer.mask_token), max_seq_len, task)
     outputs = EXPORTED[task].outputs
-    reference = verify.torch_runner(model, outputs)(batch)
+    reference = verify.torch_runner(model if embedding is None else PooledEncoder(model, embedding.pooling), outputs)(batch)
     variants = {"fp32": fp32}
     results = {"fp32": step("verify fp32", _verify, fp32, batch, reference)}
     if results["fp32"]["max_abs_diff"] > options.atol or results["fp32"]["top1_agreement"] < 1.0:
@@ -209,6 +226,8 @@ def _build(checkpoint: Checkpoint, task: str, max_seq_len: int, options: ExportO
         },
         "labels": _labels(config) if EXPORTED[task].labelled else None,
         "problem_type": config.get("problem_type"),
+        "activation": _cross_encoder_activation(config),
+        "embedding": None if embedding is None else embedding.as_dict(),
         "max_seq_len": max_seq_len,
         "opset": convert.opset_of(fp32),
         "inputs": convert.input_names(fp32),
@@ -234,6 +253,15 @@ def _quantization(options: ExportOptions, variants: dict[str, Path]) -> dict:
         recorded["openvino-int8"] = {"tool": "nncf", "preset": "transformer", "dynamic": False,
                                      "calibration_file": Path(options.openvino_int8).name}
     return recorded
+
+
+def _cross_encoder_activation(config: dict) -> str | None:
+    """What sentence-transformers' CrossEncoder applies to a classifier's logits when its config names it (its
+    default otherwise: sigmoid for one label, as the text-classification pipeline's rule too)."""
+    named = (config.get("sentence_transformers") or {}).get("activation_fn") or config.get(
+        "sbert_ce_default_activation_function")
+    known = {"torch.nn.modules.activation.Sigmoid": "sigmoid", "torch.nn.modules.linear.Identity": "none"}
+    return known.get(str(named)) if named else None
 
 
 def _file(path: Path) -> dict:
@@ -277,8 +305,15 @@ def _load_pytorch(checkpoint: Checkpoint, task: str):
 
     transformers.logging.set_verbosity_error()
     model_class = getattr(transformers, EXPORTED[task].auto_class)
-    model, info = model_class.from_pretrained(str(checkpoint.path), output_loading_info=True, local_files_only=True)
-    missing = [key for key in info["missing_keys"] if not key.endswith("position_ids")]
+    # The embedding graph is traced from this model: eager attention traces to the MatMul/Softmax pattern that ONNX
+    # Runtime's fusions recognise.
+    traced = {"attn_implementation": "eager"} if task == "feature-extraction" else {}
+    model, info = model_class.from_pretrained(str(checkpoint.path), output_loading_info=True, local_files_only=True,
+                                              **traced)
+    # An encoder saved without its pooler (sentence-transformers may drop it) is whole: the embedding graph does
+    # not use the pooler.
+    unused = ("position_ids", "pooler.dense.weight", "pooler.dense.bias") if task == "feature-extraction" else ("position_ids",)
+    missing = [key for key in info["missing_keys"] if not key.endswith(unused)]
     if missing:
         raise TaskMismatch(
             f"the checkpoint has no trained weights for {', '.join(missing[:3])}: it was not trained for {task}; "
@@ -316,10 +351,11 @@ def _labels(config: dict) -> list[str]:
     return [id2label[i] for i in range(len(id2label))]
 
 
-def _max_seq_len(checkpoint: Checkpoint, requested: int | None) -> int:
+def _max_seq_len(checkpoint: Checkpoint, requested: int | None, embedding: Embedding | None = None) -> int:
     limit = default_max_seq_len(checkpoint)
     if requested is None:
-        return limit
+        # sentence-transformers cuts inputs at its own max_seq_length: its vectors are those of the cut text
+        return min(limit, embedding.max_seq_length) if embedding is not None and embedding.max_seq_length else limit
     if not 1 <= requested <= limit:
         raise BadOption(f"--max-seq-len must be between 1 and {limit} for this checkpoint (got {requested})")
     return requested

@@ -41,6 +41,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also write model.openvino-int8.xml/.bin: OpenVINO's static INT8, calibrated on the file's texts (one per "
         "row, or text<TAB>label; the first 300)",
     )
+    parser.add_argument(
+        "--pooling", choices=["mean", "cls", "max"],
+        help="feature-extraction from a plain encoder (RobertaModel): how its tokens become one vector (a "
+        "sentence-transformers folder says it itself)",
+    )
+    parser.add_argument(
+        "--normalize", action="store_true",
+        help="feature-extraction from a plain encoder: unit-length vectors unless a request asks otherwise",
+    )
     parser.add_argument("--revision", help="hub revision (branch, tag or commit)")
     parser.add_argument("--force", action="store_true", help="replace an existing export folder")
     parser.add_argument(
@@ -69,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         atol=args.atol,
         eval_file=args.eval_file,
         openvino_int8=args.openvino_int8,
+        pooling=args.pooling,
+        normalize=args.normalize,
         force=args.force,
         reuse=args.reuse,
         revision=args.revision,

@@ -72,7 +72,11 @@ def torch_runner(model, outputs: Sequence[str] = ("logits",)) -> Runner:
         with torch.inference_mode():
             inputs = {name: torch.from_numpy(value) for name, value in batch.items() if name in MODEL_INPUTS}
             result = model(**inputs)
-            return {name: at_positions(getattr(result, name).float().numpy(), batch) for name in outputs}
+            if isinstance(result, torch.Tensor):  # a graph of one output (the embedding graph's module)
+                result = dict(zip(outputs, [result]))
+            else:
+                result = {name: getattr(result, name) for name in outputs}
+            return {name: at_positions(value.float().numpy(), batch) for name, value in result.items()}
 
     return run
 

@@ -67,6 +67,29 @@ def tiny_nli(tmp_path_factory, tiny_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_embedder(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A sentence-transformers folder (mean pooling, Normalize, two prompts)."""
+    return tiny_models.build_sentence_transformer(tmp_path_factory.mktemp("ckpt") / "embedder", tiny_tokenizer, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A cross-encoder: a text classifier of one label, as sentence-transformers' CrossEncoder saves one."""
+    folder = tmp_path_factory.mktemp("ckpt") / "reranker"
+    return tiny_models.build_checkpoint(folder, "text-classification", tiny_tokenizer, num_labels=1, seed=3)
+
+
+@pytest.fixture(scope="session")
+def exported_embedder(tmp_path_factory, tiny_embedder) -> Path:
+    return _export(tmp_path_factory, tiny_embedder, "embedder", quantize="int8")
+
+
+@pytest.fixture(scope="session")
+def exported_reranker(tmp_path_factory, tiny_reranker) -> Path:
+    return _export(tmp_path_factory, tiny_reranker, "reranker")
+
+
+@pytest.fixture(scope="session")
 def exported_classifier(tmp_path_factory, tiny_classifier) -> Path:
     return _export(tmp_path_factory, tiny_classifier, "cls", quantize="int8")
 

@@ -48,7 +48,9 @@ CHECKPOINTS: dict[str, dict] = {
     "text-classification": {"labels": LABELS, "spread": ("classifier.out_proj.weight", 40.0)},
     "fill-mask": {"labels": None, "spread": None},
     "token-classification": {"labels": NER_LABELS, "spread": ("classifier.weight", 30.0)},
+    "feature-extraction": {"labels": None, "spread": None},
 }
+PROMPTS = {"query": "query: ", "passage": "passage: "}
 
 
 def build_checkpoint(
@@ -83,4 +85,19 @@ def build_checkpoint(
             model.get_parameter(name).mul_(factor)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+def build_sentence_transformer(folder: Path, tokenizer, *, pooling: str = "mean", normalize: bool = True,
+                               prompts: dict[str, str] | None = None, seed: int = 0) -> Path:
+    """A tiny sentence-transformers folder as `SentenceTransformer.save` writes one: the encoder at its root, a
+    Pooling module, a Normalize module when `normalize`, the prompts in config_sentence_transformers.json."""
+    from sentence_transformers import SentenceTransformer, models
+
+    encoder = build_checkpoint(folder.with_name(folder.name + "-encoder"), "feature-extraction", tokenizer, seed=seed)
+    transformer = models.Transformer(str(encoder))
+    modules = [transformer, models.Pooling(32, pooling)]  # build_checkpoint's hidden_size
+    if normalize:
+        modules.append(models.Normalize())
+    SentenceTransformer(modules=modules, prompts=PROMPTS if prompts is None else prompts, device="cpu").save(str(folder))
     return folder

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("app.http")
 
 DOCS_ROUTES = ("/docs", "/redoc", "/openapi.json")
+OPENAI_PREFIX = "/v1/"  # routes in OpenAI's shape (and Cohere's /v1/rerank): errors too
 
 
 class ServiceApp:
@@ -84,7 +85,7 @@ class ServiceApp:
             try:
                 response = await self._answer(scope, receive)
             except Exception as exc:  # a ServiceError as its table says; anything else a logged 500
-                response = error_response(exc)
+                response = error_response(exc, openai=scope["path"].startswith(OPENAI_PREFIX))
             await response(scope, receive, send_and_record)
         finally:
             self._record(scope, status, time.perf_counter() - started)

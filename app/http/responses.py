@@ -21,13 +21,22 @@ def json_response(content, status_code: int = 200, headers: dict[str, str] | Non
     return Response(render_json(content), status_code=status_code, media_type="application/json", headers=headers)
 
 
-def error_response(error: Exception) -> Response:
-    """The answer to anything a handler raised: a ServiceError as its table says, anything else a logged 500."""
+def error_response(error: Exception, openai: bool = False) -> Response:
+    """The answer to anything a handler raised: a ServiceError as its table says, anything else a logged 500.
+    `openai`: in OpenAI's error shape, which the openai SDK reads (the /v1/ routes)."""
     if not isinstance(error, ServiceError):
         log.error("unhandled error", exc_info=error)
-        return Response(error_json("internal error", "internal"), status_code=500, media_type="application/json")
-    return Response(error_json(error.message, error.error_type), status_code=status_of(error),
-                    media_type="application/json", headers=error.headers)
+        error = ServiceError("internal error")
+    status = status_of(error)
+    body = openai_error_json(error.message, error.error_type, status) if openai else error_json(error.message, error.error_type)
+    return Response(body, status_code=status, media_type="application/json", headers=error.headers)
+
+
+def openai_error_json(message: str, error_type: str, status: int) -> bytes:
+    """`{"error": {"message", "type", "param", "code"}}`: the SDK raises the status's error class with `.message`,
+    `.type` and `.code` from it. `code` is the service's own error type."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return _dumps({"error": {"message": message, "type": kind, "param": None, "code": error_type}})
 
 
 async def json_off_loop(content, executor: ThreadPool, headers: dict[str, str] | None = None) -> Response:

@@ -22,7 +22,7 @@ from app.http import validation
 from app.errors import InvalidInput, NotReady, error_json
 from app.http.requests import deadline_of, read_json, request_headers, unless_disconnected
 from app.http.responses import json_off_loop, json_response
-from app.tasks.base import Task, answer_request
+from app.tasks.base import Answer, Dialect, Task, Work, answer_request
 
 if TYPE_CHECKING:  # annotations only: handlers use the state the app hands them
     from app.serving.model import ServedModel
@@ -75,6 +75,33 @@ def task_route(task: Task, rules: validation.BodyRules) -> Route:
                  task=task, body=task.request, answer=task.response, errors=INFERENCE_ERRORS)
 
 
+def dialect_route(task: Task, dialect: Dialect) -> Route:
+    """Another API's route for a task (OpenAI's /v1/embeddings): its body becomes the task's, the task answers, and
+    the answer goes back in that API's shape. The model is the one the body names, else the task's default."""
+    rules = validation.BodyRules(dialect.request, dialect.expected)
+
+    async def answer(call: Call) -> Response:
+        state, settings = call.state, call.state.settings
+        headers = request_headers(call.scope)
+        raw = await read_json(headers, call.receive, settings.max_body_bytes)
+        body = _validate(dialect.request, raw, rules)
+        deadline = deadline_of(headers, call.arrived, settings.request_timeout_s, settings.max_request_timeout_s)
+        name = dialect.model_name(body)
+        model = state.model(name, task=task.name)
+        if not task.serves(model.folder):
+            raise InvalidInput(f"model {model.name!r} is a {model.task} model; {dialect.route} needs a {task.name} model "
+                               f"({', '.join(m.name for m in state.models if task.serves(m.folder)) or 'none is loaded'})")
+        task_body = dialect.task_body(body, model)
+
+        def render(work: Work, answer: Answer) -> Answer:
+            return dialect.render(model, body, work, answer)
+
+        return await run_task(call, task, model, task_body, deadline, render)
+
+    return Route("POST", dialect.route, answer, dialect.summary, inference=True, task=task, body=dialect.request,
+                 answer=dialect.response, errors=INFERENCE_ERRORS)
+
+
 async def post_model(call: Call) -> Response:
     state, settings = call.state, call.state.settings
     headers = request_headers(call.scope)
@@ -91,13 +118,14 @@ async def post_model(call: Call) -> Response:
     return await run_task(call, task, model, body, deadline)
 
 
-async def run_task(call: Call, task: Task, model: ServedModel, body: BaseModel, deadline: float) -> Response:
+async def run_task(call: Call, task: Task, model: ServedModel, body: BaseModel, deadline: float,
+                   render: Callable[[Work, Answer], Answer] | None = None) -> Response:
     """The one path every inference request takes once its body is valid: counted and admitted before anything
-    of it is built, run while the client stays, answered."""
+    of it is built, run while the client stays, answered (in a dialect's shape with `render`)."""
     state = call.state
     call.scope.setdefault("state", {})["model"] = model.name  # for the request metrics' model label
     with state.admit(model, task.cost(body, model), task.counted):
-        answer = await unless_disconnected(call.receive, answer_request(task, model, body, deadline))
+        answer = await unless_disconnected(call.receive, answer_request(task, model, body, deadline, render))
     if task.large_answers:  # up to megabytes: rendered off the event loop
         return await json_off_loop(answer.content, state.executor, headers=answer.headers)
     return json_response(answer.content, headers=answer.headers)
@@ -127,6 +155,12 @@ async def list_models(call: Call) -> Response:
 
 async def get_model(call: Call) -> Response:
     return json_response(describe_model(call.state, call.state.models.get(call.name)))
+
+
+async def openai_models(call: Call) -> Response:
+    """The models in OpenAI's list shape (the openai SDK's models.list): their names are what `model` takes."""
+    return json_response({"object": "list", "data": [
+        {"id": model.name, "object": "model", "created": 0, "owned_by": "roberta-serve"} for model in call.state.models]})
 
 
 async def healthz(call: Call) -> Response:
@@ -170,10 +204,12 @@ def build_routes(tasks: Mapping[str, Task]) -> list[Route]:
     return [
         *(task_route(task, validation.BodyRules(task.request, task.expected, validation.parameters_of(tasks, {name}), every))
           for name, task in tasks.items()),
+        *(dialect_route(task, dialect) for task in tasks.values() for dialect in task.dialects),
         Route("POST", MODEL_ROUTE, post_model, "Run the named model on a body of its task", inference=True,
               body=[task.request for task in tasks.values()], errors=INFERENCE_ERRORS),
         Route("GET", "/models", list_models, "The models served, with their tasks and state", inference=False),
         Route("GET", MODEL_ROUTE, get_model, "One model", inference=False, errors=(404,)),
+        Route("GET", "/v1/models", openai_models, "The models, in OpenAI's list shape", inference=False),
         Route("GET", "/healthz", healthz, "Liveness: the process answers", inference=False),
         Route("GET", "/readyz", readyz, "Readiness: models loaded, warm and healthy", inference=False, errors=(503,)),
         Route("GET", "/info", info, "Version, limits, and every model", inference=False),

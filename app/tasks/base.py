@@ -84,6 +84,30 @@ def cost_of_texts(texts: Sequence[str]) -> Cost:
     return Cost(len(texts), sum(map(len, texts)))
 
 
+class Dialect(ABC):
+    """Another API's body and answer for a task, at a route of its own (OpenAI's /v1/embeddings, Cohere's
+    /v1/rerank): the body is turned into the task's own, the task does the work, and its answer is turned back.
+    No work of its own, so a dialect cannot answer differently from the task."""
+
+    route: ClassVar[str]
+    summary: ClassVar[str]
+    request: ClassVar[type[BaseModel]]
+    response: ClassVar[Any]
+    expected: ClassVar[Mapping[str, str]] = {}
+
+    def model_name(self, body: BaseModel) -> str | None:
+        """The model the body names (OpenAI's and Cohere's `model`); None: the task's default model."""
+        return None
+
+    @abstractmethod
+    def task_body(self, body: BaseModel, model: Model) -> BaseModel:
+        """The task's own body for this one; raise InvalidInput for what the task cannot be asked."""
+
+    @abstractmethod
+    def render(self, model: Model, body: BaseModel, work: Work, answer: Answer) -> Answer:
+        """The task's answer in this API's shape (`work`: the sequences run, for token counts)."""
+
+
 class Task(ABC):
     """The interface every task implements; the defaults fit a task that is its models' own task."""
 
@@ -96,6 +120,7 @@ class Task(ABC):
     response: ClassVar[Any]  # for the OpenAPI document
     expected: ClassVar[Mapping[str, str]]  # what a union field accepts, for validation messages (app.http.validation)
     large_answers: ClassVar[bool] = False  # answers may be megabytes: shaped and rendered off the event loop
+    dialects: ClassVar[tuple[Dialect, ...]] = ()  # the other APIs' routes that this task answers
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -138,14 +163,21 @@ class Task(ABC):
         return {}
 
 
-async def answer_request(task: Task, model: Model, body: BaseModel, deadline: float) -> Answer:
+async def answer_request(task: Task, model: Model, body: BaseModel, deadline: float,
+                         render: Callable[[Work, Answer], Answer] | None = None) -> Answer:
     """The path every task's request takes once it is admitted: its sequences, the model's rows for them, the
-    answer."""
+    answer (in a dialect's shape when `render` is given)."""
     work = await task.prepare(model, body, deadline)
     rows = await model.infer(work.sequences, deadline, work.positions)
     if task.large_answers:
-        return await model.off_loop(task.answer, model, body, work, rows)
-    return task.answer(model, body, work, rows)
+        return await model.off_loop(_answer, task, model, body, work, rows, render)
+    return _answer(task, model, body, work, rows, render)
+
+
+def _answer(task: Task, model: Model, body: BaseModel, work: Work, rows: list[dict[str, np.ndarray]],
+            render: Callable[[Work, Answer], Answer] | None) -> Answer:
+    answer = task.answer(model, body, work, rows)
+    return answer if render is None else render(work, answer)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ MASK_POSITIONS = "mask_positions"  # the fill-mask graph's third input: (batch r
 
 @dataclass(frozen=True)
 class TaskSpec:
-    name: str  # transformers' pipeline name
+    name: str  # the Hub's pipeline tag (transformers' pipeline name where it has one)
     route: str  # the endpoint that serves the task's default model
     module: str  # app.tasks.<module> holds its Task (app.tasks.registry finds it there)
     # The checkpoint head it is exported from, as `architectures` names end, and the Auto class that loads it;
@@ -61,6 +61,12 @@ SPECS: dict[str, TaskSpec] = {
         TaskSpec("token-classification", "/token-classification", "token_classification", "ForTokenClassification",
                  "AutoModelForTokenClassification", labelled=True, outputs=("logits",), per_token=True, packed=True,
                  probes=PROBES),
+        # A bare encoder (RobertaModel, XLMRobertaModel; a sentence-transformers folder holds one): its graph pools
+        # the tokens into one vector per text (export/embedding_graph.py).
+        TaskSpec("feature-extraction", "/embed", "feature_extraction", "Model", "AutoModel", labelled=False,
+                 outputs=("sentence_embedding",), probes=PROBES),
+        # A cross-encoder is a text classifier of one label; this task pairs a query with each document.
+        TaskSpec("text-ranking", "/rerank", "rerank", None, None, labelled=True, outputs=("logits",)),
     )
 }
 
