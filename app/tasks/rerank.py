@@ -100,7 +100,8 @@ class Document(BaseModel):
 
 class CohereRerankRequest(BaseModel):
     model_config = Strict
-    model: str = Field(description="the name of a served cross-encoder (GET /v1/models)")
+    model: str | None = Field(None, description="the name of a served cross-encoder (GET /v1/models); default: the "
+                              "default reranker")
     query: Text
     documents: Annotated[list[Text | Document], Field(min_length=1)] = Field(
         description="the documents: strings, or {text} objects")
@@ -127,7 +128,7 @@ class CohereRerank(Dialect):
     response = CohereRerankAnswer
     expected = {"documents": "a list of strings or {text} objects", "documents[]": "a string or a {text} object"}
 
-    def model_name(self, body: CohereRerankRequest) -> str:
+    def model_name(self, body: CohereRerankRequest) -> str | None:
         return body.model
 
     def task_body(self, body: CohereRerankRequest, model: Model) -> RerankRequest:
