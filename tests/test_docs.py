@@ -51,8 +51,10 @@ def documented_routes() -> set[tuple[str, str]]:
     return routes
 
 
-def test_the_api_page_has_a_section_for_every_route_and_no_other(exported_classifier, exported_mlm, exported_ner, exported_nli):
-    every_task = Settings(classify_model=exported_classifier, fill_mask_model=exported_mlm, models=f"ner={exported_ner},nli={exported_nli}")
+def test_the_api_page_has_a_section_for_every_route_and_no_other(exported_classifier, exported_mlm, exported_ner, exported_nli,
+                                                                 exported_embedder, exported_reranker):
+    every_task = Settings(classify_model=exported_classifier, fill_mask_model=exported_mlm,
+                          models=f"ner={exported_ner},nli={exported_nli},embedder={exported_embedder},reranker={exported_reranker}")
     with ServerThread(every_task) as server:
         document = httpx.get(f"{server.url}/openapi.json").json()
         for page in ("/docs", "/redoc"):
@@ -60,6 +62,7 @@ def test_the_api_page_has_a_section_for_every_route_and_no_other(exported_classi
     served = {(method.upper(), path) for path, methods in document["paths"].items() for method in methods}
     served |= {("GET", "/docs"), ("GET", "/redoc"), ("GET", "/openapi.json")}  # the document's own pages
     assert ("POST", "/token-classification") in served and ("POST", "/zero-shot-classification") in served
+    assert ("POST", "/v1/embeddings") in served and ("POST", "/v1/rerank") in served
     documented = documented_routes()
     assert served - documented == set(), "routes without a section in docs/api.md"
     assert documented - served == set(), "sections in docs/api.md for routes the service does not have"

@@ -43,6 +43,8 @@ def test_path_like_names_that_do_not_exist_are_not_sent_to_the_hub(name):
         (["RobertaForMaskedLM"], "fill-mask", "fill-mask"),
         (["RobertaForTokenClassification"], None, "token-classification"),
         ([], "fill-mask", "fill-mask"),
+        (["RobertaModel"], None, "feature-extraction"),  # a bare encoder: sentence embeddings
+        (["XLMRobertaModel"], "feature-extraction", "feature-extraction"),
     ],
 )
 def test_task_comes_from_the_head(architectures, requested, expected):
@@ -53,8 +55,8 @@ def test_task_comes_from_the_head(architectures, requested, expected):
     ("architectures", "requested", "message"),
     [
         (["RobertaForSequenceClassification"], "fill-mask", "pass --task text-classification"),
-        (["RobertaModel"], "fill-mask", "ForMaskedLM head"),
-        (["RobertaModel"], None, "pass --task"),
+        (["RobertaModel"], "fill-mask", "pass --task feature-extraction"),
+        (["RobertaForMaskedLM"], "feature-extraction", "pass --task fill-mask"),
         ([], None, "pass --task"),
     ],
 )
