@@ -329,14 +329,16 @@ def _flags(settings: dict) -> list[str]:
 INFINITY_VENV = REPO / "build" / "infinity-venv"
 
 
-def infinity(folder: Path, port: int, log: Path) -> ServerProcess:
-    """F: infinity-emb on its optimum (ONNX) engine, in its own venv, built on first use from bench/systems/infinity-requirements.txt."""
+def infinity(folder: Path, port: int, log: Path, *flags: str) -> ServerProcess:
+    """F: infinity-emb on its optimum (ONNX) engine, in its own venv, built on first use from
+    bench/systems/infinity-requirements.txt; `flags` go to the shim (and on to `infinity_emb v2`)."""
     python = INFINITY_VENV / "bin" / "python"
     if not python.is_file():
         print(f"  building {INFINITY_VENV} (infinity-emb 0.0.78 and its pins; a few minutes, once)", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(INFINITY_VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(REPO / "bench" / "systems" / "infinity-requirements.txt")], check=True)
-    command = [str(python), str(REPO / "bench" / "systems" / "infinity_shim.py"), "--model", str(folder), "--port", str(port), "--log-level", "warning"]
+    command = [str(python), str(REPO / "bench" / "systems" / "infinity_shim.py"), "--model", str(folder), "--port", str(port),
+               "--log-level", "warning", *flags]
     return ServerProcess(command=command, port=port, log=log, name="F", ready_path="/health")
 
 

@@ -28,7 +28,6 @@ _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.txt", "*.model"]
 # Heads of the family that transformers knows, by class-name suffix, for the message that names one the service does
 # not serve. A head with a task spec (app.tasks.specs) is served and never looked up here.
 FAMILY_HEADS = {
-    "ForQuestionAnswering": "extractive question answering",
     "ForMultipleChoice": "multiple choice",
     "ForCausalLM": "causal language modelling",
 }

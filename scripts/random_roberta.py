@@ -16,7 +16,10 @@ DEFAULT_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "dat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=["text-classification", "fill-mask", "token-classification"], default="text-classification")
+    parser.add_argument("--task", default="text-classification",
+                        choices=["text-classification", "fill-mask", "token-classification", "feature-extraction", "text-ranking"],
+                        help="feature-extraction: a sentence-transformers folder (mean pooling, Normalize); text-ranking: a "
+                        "cross-encoder (a classifier of one label)")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--tokenizer", type=Path, default=DEFAULT_TOKENIZER)
     parser.add_argument("--seed", type=int, default=0)
@@ -30,6 +33,7 @@ def main() -> None:
     from transformers import (
         RobertaConfig,
         RobertaForMaskedLM,
+        RobertaModel,
         RobertaForSequenceClassification,
         RobertaForTokenClassification,
         RobertaTokenizerFast,
@@ -45,6 +49,10 @@ def main() -> None:
     elif args.task == "token-classification":
         labels = dict(enumerate(["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]))
         model = RobertaForTokenClassification(RobertaConfig(id2label=labels, label2id={v: k for k, v in labels.items()}, **shape))
+    elif args.task == "feature-extraction":
+        model = RobertaModel(RobertaConfig(**shape), add_pooling_layer=False)
+    elif args.task == "text-ranking":
+        model = RobertaForSequenceClassification(RobertaConfig(num_labels=1, **shape))
     else:
         labels = {0: "negative", 1: "positive"}
         model = RobertaForSequenceClassification(
@@ -52,6 +60,12 @@ def main() -> None:
         )
     model.save_pretrained(args.output)
     tokenizer.save_pretrained(args.output)
+    if args.task == "feature-extraction":  # the encoder at the folder's root, as SentenceTransformer.save lays it out
+        from sentence_transformers import SentenceTransformer, models
+
+        transformer = models.Transformer(str(args.output))
+        modules = [transformer, models.Pooling(model.config.hidden_size, "mean"), models.Normalize()]
+        SentenceTransformer(modules=modules, device="cpu").save(str(args.output))
     print(f"wrote {args.output}")
 
 

@@ -80,6 +80,16 @@ def tiny_reranker(tmp_path_factory, tiny_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qa(tmp_path_factory, tiny_tokenizer) -> Path:
+    return tiny_models.build_checkpoint(tmp_path_factory.mktemp("ckpt") / "qa", "question-answering", tiny_tokenizer, seed=5)
+
+
+@pytest.fixture(scope="session")
+def exported_qa(tmp_path_factory, tiny_qa) -> Path:
+    return _export(tmp_path_factory, tiny_qa, "qa", quantize="int8")
+
+
+@pytest.fixture(scope="session")
 def exported_embedder(tmp_path_factory, tiny_embedder) -> Path:
     return _export(tmp_path_factory, tiny_embedder, "embedder", quantize="int8")
 

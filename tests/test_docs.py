@@ -119,7 +119,8 @@ def run_curl(command: str, url: str) -> object:
 
 
 @pytest.mark.slow
-def test_the_readme_curl_examples_print_what_it_shows(default_exports, exported_ner, exported_nli):
+def test_the_readme_curl_examples_print_what_it_shows(default_exports, exported_ner, exported_nli, exported_embedder,
+                                                      exported_reranker):
     tool("curl")
     examples = readme_examples()
     answered = [(command, shown) for command, shown in examples if not shown.startswith("keys:")]
@@ -134,7 +135,8 @@ def test_the_readme_curl_examples_print_what_it_shows(default_exports, exported_
             actual = run_curl(command, server.url)
             assert close(actual, json.loads(shown)), f"{command}\nREADME: {shown}\nserved: {json.dumps(actual)}"
     # The tasks no embedded model does, on tiny models under the README's names: the answer's keys.
-    with ServerThread(Settings(models=f"ner={exported_ner},nli={exported_nli}")) as server:
+    tiny = f"ner={exported_ner},nli={exported_nli},embedder={exported_embedder},reranker={exported_reranker}"
+    with ServerThread(Settings(models=tiny)) as server:
         for command, shown in shaped:
             keys = set(re.findall(r'"(\w+)"', shown))
             actual = run_curl(command, server.url)

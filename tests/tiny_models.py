@@ -49,6 +49,7 @@ CHECKPOINTS: dict[str, dict] = {
     "fill-mask": {"labels": None, "spread": None},
     "token-classification": {"labels": NER_LABELS, "spread": ("classifier.weight", 30.0)},
     "feature-extraction": {"labels": None, "spread": None},
+    "question-answering": {"labels": None, "spread": ("qa_outputs.weight", 30.0)},
 }
 PROMPTS = {"query": "query: ", "passage": "passage: "}
 

@@ -46,6 +46,7 @@ class Tokens:
     ids: np.ndarray  # int64
     offsets: np.ndarray | None = None  # [n, 2] character offsets into the text, when asked for
     complete: bool = True  # False: the text has more tokens than these
+    words: np.ndarray | None = None  # with the offsets: each token's word, as the tokenizer's pre-tokenizer split them
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -142,7 +143,8 @@ class TextEncoder:
             if not complete:
                 e.truncate(most)
             where = np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2) if offsets else None
-            found.append(Tokens(np.asarray(e.ids, dtype=np.int64), where, complete))
+            words = np.asarray([-1 if w is None else w for w in e.word_ids], dtype=np.int64) if offsets else None
+            found.append(Tokens(np.asarray(e.ids, dtype=np.int64), where, complete, words))
         return found
 
     def next_cut(self, text: str, start: int, size: int) -> int:
@@ -178,11 +180,18 @@ class TextEncoder:
         """Tokens of text one model input holds beside its special tokens."""
         return self.max_seq_len - self.special_tokens_per_text
 
-    def window_count(self, tokens: int, stride: int | None) -> int:
-        """How many windows `windows` cuts from a text of `tokens` tokens (stride < room)."""
-        if stride is None or tokens <= self.room:
+    def window_count(self, tokens: int, stride: int | None, room: int | None = None) -> int:
+        """How many windows `windows` cuts from a text of `tokens` tokens (stride < room), `room` tokens of it each
+        (default: a single text's room; the second text of a pair has less)."""
+        room = self.room if room is None else room
+        if stride is None or tokens <= room:
             return 1
-        return math.ceil((tokens - self.room) / (self.room - stride)) + 1
+        return math.ceil((tokens - room) / (room - stride)) + 1
+
+    def second_at(self, first: int) -> int:
+        """Where the second text of a pair starts in the model input, after `first` tokens of the first text."""
+        before, between, _ = self._pair_ends
+        return len(before) + first + len(between)
 
     def most_tokens(self, windows: int, stride: int) -> int:
         """The most tokens a text can have and still make at most `windows` windows (stride < room)."""

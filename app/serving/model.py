@@ -150,8 +150,9 @@ class ServedModel:
             run = self._executor.run_long if size > PIECE_CHARS else self._executor.run
             done = await run(self.encoder.content, [texts[index][a:b] for index, a, b in job], offsets=offsets, most=most + 1)
             for (index, start, end), piece in zip(job, done):
-                if offsets and start:
-                    piece = Tokens(piece.ids, piece.offsets + start)
+                if offsets and start:  # a later piece: its offsets into the whole text, its words after the earlier ones'
+                    words_before = max((int(p.words.max()) + 1 for p in found[index] if len(p.words)), default=0)
+                    piece = Tokens(piece.ids, piece.offsets + start, words=piece.words + words_before)
                 found[index].append(piece)
                 counts[index] += len(piece)
                 starts[index] = end
@@ -264,12 +265,13 @@ def _jobs(inputs: Sequence[TextInput], size: int) -> list[list[int]]:
 def _joined(pieces: list[Tokens], most: int, offsets: bool) -> Tokens:
     """One text's pieces as one Tokens, cut to `most` tokens (complete False where it had more)."""
     ids = pieces[0].ids if len(pieces) == 1 else np.concatenate([piece.ids for piece in pieces])
-    where = None
+    where = words = None
     if offsets:
         where = pieces[0].offsets if len(pieces) == 1 else np.concatenate([piece.offsets for piece in pieces])
+        words = pieces[0].words if len(pieces) == 1 else np.concatenate([piece.words for piece in pieces])
     if len(ids) <= most:
-        return Tokens(ids, where)
-    return Tokens(ids[:most], where[:most] if offsets else None, complete=False)
+        return Tokens(ids, where, words=words)
+    return Tokens(ids[:most], where[:most] if offsets else None, complete=False, words=words[:most] if offsets else None)
 
 
 def source_name(source: dict) -> str | None:

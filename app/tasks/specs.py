@@ -65,6 +65,10 @@ SPECS: dict[str, TaskSpec] = {
         # the tokens into one vector per text (export/embedding_graph.py).
         TaskSpec("feature-extraction", "/embed", "feature_extraction", "Model", "AutoModel", labelled=False,
                  outputs=("sentence_embedding",), probes=PROBES),
+        # Each window of a long context is one sequence: the question and a stretch of the context.
+        TaskSpec("question-answering", "/question-answering", "question_answering", "ForQuestionAnswering",
+                 "AutoModelForQuestionAnswering", labelled=False, outputs=("start_logits", "end_logits"), per_token=True,
+                 probes=PROBES),
         # A cross-encoder is a text classifier of one label; this task pairs a query with each document.
         TaskSpec("text-ranking", "/rerank", "rerank", None, None, labelled=True, outputs=("logits",)),
     )

@@ -12,6 +12,9 @@ ONNX files with target file name /abs/.../model.onnx"); the shim returns the bar
 200, and the 514-token startup warmup aborts startup; the shim truncates to that limit and turns the
 warmup (which only logs timings) off.
 
+The same bare-name fix is applied to its embedder (`/embeddings`, on a folder whose ONNX file outputs
+`last_hidden_state`: infinity pools itself) and its reranker (`/rerank`, on a sequence classifier).
+
 Usage (run with the infinity venv's interpreter):
     build/infinity-venv/bin/python bench/systems/infinity_shim.py --model <folder> --port 7997 [--batch-size 32]
 Readiness: GET http://127.0.0.1:<port>/health returns 200 once the model is loaded.
@@ -49,6 +52,8 @@ def main() -> None:
     from infinity_emb.log_handler import logger
     from infinity_emb.transformer import utils_optimum
     from infinity_emb.transformer.classifier import optimum as classifier_optimum
+    from infinity_emb.transformer.crossencoder import optimum as crossencoder_optimum
+    from infinity_emb.transformer.embedder import optimum as embedder_optimum
 
     def get_onnx_files(*, model_name_or_path, **_ignored) -> Path:
         # A relative name, as optimum's ORTModel._infer_file_path expects.
@@ -75,6 +80,8 @@ def main() -> None:
     transformers_pipeline = classifier_optimum.pipeline
     utils_optimum.get_onnx_files = get_onnx_files
     classifier_optimum.get_onnx_files = get_onnx_files
+    embedder_optimum.get_onnx_files = get_onnx_files  # its embedder and reranker imported the name too
+    crossencoder_optimum.get_onnx_files = get_onnx_files
     classifier_optimum.optimize_model = optimize_model
     classifier_optimum.pipeline = pipeline
 

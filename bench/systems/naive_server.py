@@ -2,6 +2,9 @@
 
     python -m bench.systems.naive_server CHECKPOINT PORT [TASK]     # TASK: text-classification (default), fill-mask,
                                                            # token-classification; served where the service serves it
+
+feature-extraction and text-ranking run sentence-transformers (SentenceTransformer.encode at /embed, CrossEncoder.predict
+at /rerank), one request at a time, as a user wraps them first.
 """
 
 from __future__ import annotations
@@ -12,11 +15,17 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-ROUTES = {"text-classification": "/classify", "fill-mask": "/fill-mask", "token-classification": "/token-classification"}
+ROUTES = {"text-classification": "/classify", "fill-mask": "/fill-mask", "token-classification": "/token-classification",
+          "feature-extraction": "/embed", "text-ranking": "/rerank"}
 
 
 class Body(BaseModel):
     inputs: str
+
+
+class RerankBody(BaseModel):
+    query: str
+    texts: list[str]
 
 
 def plain(value):
@@ -29,6 +38,8 @@ def plain(value):
 
 
 def build(checkpoint: str, task: str = "text-classification") -> FastAPI:
+    if task in ("feature-extraction", "text-ranking"):
+        return build_sentence_transformers(checkpoint, task)
     from transformers import pipeline
 
     options = {"top_k": None} if task == "text-classification" else {}
@@ -40,6 +51,31 @@ def build(checkpoint: str, task: str = "text-classification") -> FastAPI:
     async def answer(body: Body):
         result = model(body.inputs, **call)  # blocks the loop: one request at a time
         return [result] if task == "text-classification" else plain(result)
+
+    @app.get("/readyz")
+    async def readyz():
+        return {"status": "ready"}
+
+    return app
+
+
+def build_sentence_transformers(checkpoint: str, task: str) -> FastAPI:
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    app = FastAPI()
+    if task == "feature-extraction":
+        model = SentenceTransformer(checkpoint, device="cpu")
+
+        @app.post("/embed")
+        async def embed(body: Body):
+            return model.encode([body.inputs]).tolist()  # blocks the loop: one request at a time
+    else:
+        model = CrossEncoder(checkpoint, device="cpu")
+
+        @app.post("/rerank")
+        async def rerank(body: RerankBody):
+            scores = model.predict([(body.query, text) for text in body.texts])
+            return sorted(({"index": i, "score": float(s)} for i, s in enumerate(scores)), key=lambda r: -r["score"])
 
     @app.get("/readyz")
     async def readyz():
