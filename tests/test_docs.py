@@ -52,9 +52,10 @@ def documented_routes() -> set[tuple[str, str]]:
 
 
 def test_the_api_page_has_a_section_for_every_route_and_no_other(exported_classifier, exported_mlm, exported_ner, exported_nli,
-                                                                 exported_embedder, exported_reranker):
+                                                                 exported_embedder, exported_reranker, exported_qa):
     every_task = Settings(classify_model=exported_classifier, fill_mask_model=exported_mlm,
-                          models=f"ner={exported_ner},nli={exported_nli},embedder={exported_embedder},reranker={exported_reranker}")
+                          models=f"ner={exported_ner},nli={exported_nli},embedder={exported_embedder},"
+                                 f"reranker={exported_reranker},qa={exported_qa}")
     with ServerThread(every_task) as server:
         document = httpx.get(f"{server.url}/openapi.json").json()
         for page in ("/docs", "/redoc"):
@@ -120,7 +121,7 @@ def run_curl(command: str, url: str) -> object:
 
 @pytest.mark.slow
 def test_the_readme_curl_examples_print_what_it_shows(default_exports, exported_ner, exported_nli, exported_embedder,
-                                                      exported_reranker):
+                                                      exported_reranker, exported_qa):
     tool("curl")
     examples = readme_examples()
     answered = [(command, shown) for command, shown in examples if not shown.startswith("keys:")]
@@ -135,7 +136,7 @@ def test_the_readme_curl_examples_print_what_it_shows(default_exports, exported_
             actual = run_curl(command, server.url)
             assert close(actual, json.loads(shown)), f"{command}\nREADME: {shown}\nserved: {json.dumps(actual)}"
     # The tasks no embedded model does, on tiny models under the README's names: the answer's keys.
-    tiny = f"ner={exported_ner},nli={exported_nli},embedder={exported_embedder},reranker={exported_reranker}"
+    tiny = f"ner={exported_ner},nli={exported_nli},embedder={exported_embedder},reranker={exported_reranker},qa={exported_qa}"
     with ServerThread(Settings(models=tiny)) as server:
         for command, shown in shaped:
             keys = set(re.findall(r'"(\w+)"', shown))

@@ -66,10 +66,10 @@ def test_task_disagreement_is_refused(architectures, requested, message):
 
 
 @pytest.mark.parametrize("requested", [None, "text-classification", "fill-mask", "token-classification"])
-def test_a_question_answering_head_is_said_to_be_unsupported_whatever_the_task_asked(requested):
-    with pytest.raises(TaskMismatch, match=r"has a RobertaForQuestionAnswering head \(extractive question answering\), "
+def test_a_multiple_choice_head_is_said_to_be_unsupported_whatever_the_task_asked(requested):
+    with pytest.raises(TaskMismatch, match=r"has a RobertaForMultipleChoice head \(multiple choice\), "
                                            r"which the service does not support yet"):
-        resolve_task(checkpoint(architectures=["RobertaForQuestionAnswering"]), requested)
+        resolve_task(checkpoint(architectures=["RobertaForMultipleChoice"]), requested)
 
 
 def test_a_checkpoint_saved_without_its_tokenizer_is_refused_before_the_export_starts(tiny_classifier, tmp_path):
