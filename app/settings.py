@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(1024, ge=1, description="sequences waiting per model; beyond it requests get 429. At least max_inputs: a request is queued whole")
     max_inputs: int = Field(
-        64, ge=1, description="sequences per request (texts; zero-shot: texts x labels; token classification with a stride: "
-        "windows); beyond it 413. Fill-mask answers (texts x masks x top_k) are held to 32 per input allowed"
+        64, ge=1, description="sequences per request (texts; zero-shot: texts x labels; token classification with a stride "
+        "and question answering: windows; rerank: documents); beyond it 413. Fill-mask answers (texts x masks x top_k) are held to 32 per input allowed"
     )
     request_timeout_s: float = Field(30.0, gt=0, description="deadline of a request from arrival to answer")
     max_request_timeout_s: float = Field(

@@ -4,7 +4,8 @@
     python -m bench.embeddings --quick    # tiny encoder under roberta-base's vocabulary, 3 s a level: a smoke run
 
 Per workload, in one run, every level taken in slices in turn (bench.__main__'s measure_interleaved):
-S the service fp32 and S8 INT8 (ONNX Runtime, dynamic batching), F infinity-emb 0.0.78 on its optimum engine
+S the service fp32 and S8 INT8 (ONNX Runtime, dynamic batching), V the service on OpenVINO bf16 (where OpenVINO is
+installed and the CPU computes in bf16: what `auto` serves there), F infinity-emb 0.0.78 on its optimum engine
 with the same weights in fp32 (its own venv, bench/systems/infinity_shim.py), D sentence-transformers called one
 request at a time behind FastAPI (bench/systems/naive_server.py). S and F get the same OpenAI-shaped bodies.
 
@@ -13,8 +14,9 @@ request at a time behind FastAPI (bench/systems/naive_server.py). S and F get th
   pools and normalizes itself: mean, as the folder); D SentenceTransformer.encode. The E* limit is ONNX Runtime
   alone on the export's graph (pooling included), sorted batches of 32.
 - Rerank: a cross-encoder (a classifier of one label), one dev sentence as the query against the next 32 per
-  request, c=1/8 (each request is 32 sequences: c=8 keeps 256 in flight). S at Cohere's /v1/rerank; F at its
-  /rerank on the export's model.onnx; D CrossEncoder.predict.
+  request, c=1/4 (each request is 32 sequences: c=4 keeps 128 in flight), its levels four times as long (a request
+  takes seconds on roberta-base in fp32). S at Cohere's /v1/rerank; F at its /rerank on the export's model.onnx; D
+  CrossEncoder.predict.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from bench import servers, wrk
 from bench.__main__ import REPO, System, export, measure_interleaved, sst2_dev, write_report
+from bench.tasks import bf16_cpu
 from bench.limits import LimitSlices
 from bench.load import closed_loop, encode_requests
 
@@ -81,10 +84,10 @@ def measure(task: str, quick: bool, levels: list[int], seconds: float, rounds: i
         routes = {"S": "/v1/rerank", "F": "/rerank", "D": "/rerank"}
         infinity_folder, infinity_flags = folder, []
         limits = lambda: None  # noqa: E731  (no E* of pairs: the limit slices batch single texts)
-    bodies = {"S": service, "S8": service, "F": infinity, "D": naive}
+    bodies = {"S": service, "S8": service, "V": service, "F": infinity, "D": naive}
     with contextlib.ExitStack() as stack:
         systems = []
-        for name in ("S", "S8", "F", "D"):
+        for name in ("S", "S8", *(("V",) if bf16_cpu() else ()), "F", "D"):
             port = servers.free_port()
             log = WORK / "logs" / f"embeddings-{task}-{name}.log"
             if name == "D":
@@ -93,8 +96,8 @@ def measure(task: str, quick: bool, levels: list[int], seconds: float, rounds: i
                 server, is_service = servers.infinity(infinity_folder, port, log, "--served-model-name", "model",
                                                       *infinity_flags), False
             else:
-                precision = "fp32" if name == "S" else "int8"
-                server = servers.service_of(name, {"model": folder}, port, log, backend="onnxruntime", precision=precision)
+                backend, precision = {"S": ("onnxruntime", "fp32"), "S8": ("onnxruntime", "int8"), "V": ("openvino", "bf16")}[name]
+                server = servers.service_of(name, {"model": folder}, port, log, backend=backend, precision=precision)
                 is_service = True
             route = routes.get(name, routes["S"])
             requests = encode_requests("127.0.0.1", route, bodies[name])
@@ -104,11 +107,19 @@ def measure(task: str, quick: bool, levels: list[int], seconds: float, rounds: i
             asyncio.run(closed_loop("127.0.0.1", port, system.source, 1, min(2.0, seconds)))  # warm the path
             server.pause()
             systems.append(system)
-        more = {"int8": lambda: LimitSlices(folder, "model.int8.onnx", texts)} if task == "feature-extraction" else {}
+        more = {}
+        if task == "feature-extraction":
+            more["int8"] = lambda: LimitSlices(folder, "model.int8.onnx", texts)
+            if any(system.name == "V" for system in systems):
+                more["openvino_bf16"] = lambda: LimitSlices(folder, "model.onnx", texts, engine="openvino", hint="bf16")
         by_system, limits_by_level = measure_interleaved(systems, levels, seconds, None, rounds, limits, more)
         for system in systems:
             by_system[system.name]["memory_end"] = system.server.memory()
     return {"systems": by_system, "limits_by_level": limits_by_level}
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "–"
 
 
 def markdown(report: dict) -> str:
@@ -121,12 +132,24 @@ def markdown(report: dict) -> str:
         for index, level in enumerate(systems["S"]["levels"]):
             s8, f, d = (systems[name]["levels"][index] for name in ("S8", "F", "D"))
             limit = entry["limits_by_level"].get(level["level"], entry["limits_by_level"].get(str(level["level"])))
-            e_star = f"{level['requests_per_s'] / limit['E_star_seq_per_s']:.2f}" if limit else "–"
+            e_star = ratio(level['requests_per_s'], limit['E_star_seq_per_s']) if limit else "–"
             lines.append(
                 f"| {task} | {level['level']} | {level['requests_per_s']:.1f} | {s8['requests_per_s']:.1f} | "
-                f"{f['requests_per_s']:.1f} | {d['requests_per_s']:.1f} | {level['requests_per_s'] / f['requests_per_s']:.2f} | "
-                f"{s8['requests_per_s'] / f['requests_per_s']:.2f} | {level['requests_per_s'] / d['requests_per_s']:.2f} | "
+                f"{f['requests_per_s']:.1f} | {d['requests_per_s']:.1f} | {ratio(level['requests_per_s'], f['requests_per_s'])} | "
+                f"{ratio(s8['requests_per_s'], f['requests_per_s'])} | {ratio(level['requests_per_s'], d['requests_per_s'])} | "
                 f"{level['p50_ms']:.1f} | {f['p50_ms']:.1f} | {e_star} |")
+    with_v = [(task, entry) for task, entry in report["workloads"].items() if "V" in entry["systems"]]
+    if with_v:
+        lines += ["", "| workload | concurrency | V OpenVINO bf16 req/s | V / F | V / S | V / its E* |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for task, entry in with_v:
+            for index, level in enumerate(entry["systems"]["V"]["levels"]):
+                f, s_ = entry["systems"]["F"]["levels"][index], entry["systems"]["S"]["levels"][index]
+                limit = entry["limits_by_level"].get(level["level"], entry["limits_by_level"].get(str(level["level"])))
+                e = ratio(level['requests_per_s'], limit['openvino_bf16_E_star_seq_per_s']) if limit else "–"
+                lines.append(f"| {task} | {level['level']} | {level['requests_per_s']:.1f} | "
+                             f"{ratio(level['requests_per_s'], f['requests_per_s'])} | "
+                             f"{ratio(level['requests_per_s'], s_['requests_per_s'])} | {e} |")
     lines += ["", f"Rerank requests are one query against {DOCUMENTS} documents (32 sequences each)."]
     return "\n".join(lines) + "\n"
 
@@ -137,7 +160,7 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["feature-extraction", "text-ranking"],
                         choices=["feature-extraction", "text-ranking"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=None,
-                        help="default: 1 32 64 for embeddings, 1 8 for rerank")
+                        help="default: 1 32 64 for embeddings, 1 4 for rerank")
     parser.add_argument("--seconds", type=float, default=None, help="per level (default 12, quick 3)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--output", type=Path, default=None, help="default: build/bench (quick: build/bench-quick)")
@@ -149,9 +172,10 @@ def main() -> None:
               "when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, Python {platform.python_version()}",
               "seconds_per_level": seconds, "generator": "wrk" if wrk.available() else "python", "workloads": {}}
     for task in args.workloads:
-        levels = args.concurrency or ([1, 32, 64] if task == "feature-extraction" else [1, 8])
+        levels = args.concurrency or ([1, 32, 64] if task == "feature-extraction" else [1, 4])
         print(task, flush=True)
-        report["workloads"][task] = measure(task, args.quick, levels, seconds, args.rounds)
+        report["workloads"][task] = measure(task, args.quick, levels, seconds * (1 if task == "feature-extraction" else 4),
+                                            args.rounds)
     write_report(output, "embeddings", report, markdown(report))
 
 

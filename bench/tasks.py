@@ -1,4 +1,4 @@
-"""Fill-mask and token classification: the service against a naive pipeline server and ONNX Runtime alone.
+"""Fill-mask, token classification and question answering: the service against a naive pipeline server and ONNX Runtime alone.
 
     python -m bench.tasks                 # roberta-base shape (random weights, real tokenizer), c=1/8/32, 12 s a level
     python -m bench.tasks --quick         # tiny-encoder checkpoints, 3 s a level: a smoke run of the same report
@@ -9,7 +9,8 @@ S the service fp32, S8 the service INT8 (both on ONNX Runtime, dynamic batching)
 time, and the limits: ONNX Runtime alone on batches of 32 in file order (E) and sorted by length (E*, fp32 and
 INT8), OpenVINO bf16 alone on the sorted batches, and one sequence at a time. Workloads: SST-2 dev sentences,
 for fill-mask with the middle word masked (one mask each, top_k 5 as both servers default to);
-for token classification as they are (no aggregation, both servers' default).
+for token classification as they are (no aggregation, both servers' default); for question answering 120-word
+passages of the public-domain books with one of four questions (the pipeline's defaults).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from bench.limits import LimitSlices
 from bench.load import closed_loop, encode_requests
 
 WORK = REPO / "build" / "bench"
-ROUTES = {"fill-mask": "/fill-mask", "token-classification": "/token-classification"}
-NAMES = {"fill-mask": "roberta-base-mlm", "token-classification": "roberta-base-ner"}
-
+ROUTES = {"fill-mask": "/fill-mask", "token-classification": "/token-classification",
+          "question-answering": "/question-answering"}
+NAMES = {"fill-mask": "roberta-base-mlm", "token-classification": "roberta-base-ner", "question-answering": "roberta-base-qa"}
+BOOKS = REPO.parent / "shared" / "data" / "books" / "books_clean.txt"
+QUESTIONS = ("Who spoke first?", "Where did they go?", "What did she want?", "When did it happen?")
 
 
 def masked_sentences() -> list[str]:
@@ -42,6 +45,24 @@ def masked_sentences() -> list[str]:
         texts.append(" ".join(words))
     return texts
 
+def questions_and_contexts(count: int = 400, words: int = 120) -> list[dict]:
+    """The question-answering workload: passages of `words` words from the public-domain books (about SQuAD's
+    length), each with one of a few questions."""
+    text = BOOKS.read_text(encoding="utf-8").split()
+    return [{"question": QUESTIONS[i % len(QUESTIONS)], "context": " ".join(text[i * words: (i + 1) * words])}
+            for i in range(count)]
+
+
+def workload(task: str) -> tuple[list[dict], list[str]]:
+    """(request bodies, the texts the limits batch: for QA each question and its context as one text, about the
+    tokens of the pair)."""
+    if task == "question-answering":
+        pairs = questions_and_contexts()
+        return [{"inputs": pair} for pair in pairs], [f"{pair['question']} {pair['context']}" for pair in pairs]
+    texts = masked_sentences() if task == "fill-mask" else sst2_dev()[0]
+    return [{"inputs": text} for text in texts], texts
+
+
 def checkpoint(task: str, quick: bool) -> Path:
     name = NAMES[task] + ("-tiny-encoder" if quick else "")
     folder = WORK / name
@@ -52,9 +73,9 @@ def checkpoint(task: str, quick: bool) -> Path:
     return folder
 
 
-def measure(task: str, source: Path, texts: list[str], levels: list[int], seconds: float, rounds: int) -> dict:
+def measure(task: str, source: Path, levels: list[int], seconds: float, rounds: int) -> dict:
     folder = export(source, WORK)
-    bodies = [{"inputs": text} for text in texts]
+    bodies, texts = workload(task)
     requests = encode_requests("127.0.0.1", ROUTES[task], bodies)
     wrk_bodies = wrk.bodies_file(bodies) if wrk.available() else None
     with contextlib.ExitStack() as stack:
@@ -138,14 +159,12 @@ def main() -> None:
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
     seconds = args.seconds or (3.0 if args.quick else 12.0)
     output = args.output or (REPO / ("build/bench-quick" if args.quick else "build/bench"))
-    workloads = {"fill-mask": masked_sentences(), "token-classification": sst2_dev()[0]}
     report = {"model": "tiny encoder, roberta-base vocabulary" if args.quick else "roberta-base shape, random weights",
               "when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, Python {platform.python_version()}",
               "seconds_per_level": seconds, "generator": "wrk" if wrk.available() else "python", "tasks": {}}
     for task in args.tasks:
         print(f"{task}", flush=True)
-        report["tasks"][task] = measure(task, checkpoint(task, args.quick), workloads[task], args.concurrency, seconds,
-                                        args.rounds)
+        report["tasks"][task] = measure(task, checkpoint(task, args.quick), args.concurrency, seconds, args.rounds)
     write_report(output, "tasks", report, markdown(report))
 
 

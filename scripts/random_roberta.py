@@ -17,7 +17,8 @@ DEFAULT_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "dat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="text-classification",
-                        choices=["text-classification", "fill-mask", "token-classification", "feature-extraction", "text-ranking"],
+                        choices=["text-classification", "fill-mask", "token-classification", "question-answering", "feature-extraction",
+                                 "text-ranking"],
                         help="feature-extraction: a sentence-transformers folder (mean pooling, Normalize); text-ranking: a "
                         "cross-encoder (a classifier of one label)")
     parser.add_argument("--output", type=Path, required=True)
@@ -33,6 +34,7 @@ def main() -> None:
     from transformers import (
         RobertaConfig,
         RobertaForMaskedLM,
+        RobertaForQuestionAnswering,
         RobertaModel,
         RobertaForSequenceClassification,
         RobertaForTokenClassification,
@@ -49,6 +51,8 @@ def main() -> None:
     elif args.task == "token-classification":
         labels = dict(enumerate(["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]))
         model = RobertaForTokenClassification(RobertaConfig(id2label=labels, label2id={v: k for k, v in labels.items()}, **shape))
+    elif args.task == "question-answering":
+        model = RobertaForQuestionAnswering(RobertaConfig(**shape))
     elif args.task == "feature-extraction":
         model = RobertaModel(RobertaConfig(**shape), add_pooling_layer=False)
     elif args.task == "text-ranking":

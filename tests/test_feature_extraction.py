@@ -184,7 +184,10 @@ def test_texts_go_through_the_batcher_and_count_against_max_inputs(served):
 def test_a_parameter_of_another_task_is_a_422(served):
     response = httpx.post(f"{served.url}/models/embedder", json={"inputs": "x", "parameters": {"top_k": 2}})
     assert response.status_code == 422, response.text
-    assert "parameters" in response.json()["error"]
+    assert response.json()["error"].startswith("'top_k' is a text-classification parameter, and model 'embedder' does "
+                                               "not do text-classification; its body has no parameters object; accepted: inputs")
+    misspelt = httpx.post(f"{served.url}/models/embedder", json={"inputs": "x", "normalise": True})
+    assert misspelt.status_code == 422 and "did you mean 'normalize'?" in misspelt.json()["error"]
 
 
 def test_models_describes_the_embedding(served):
@@ -192,3 +195,14 @@ def test_models_describes_the_embedding(served):
     assert model["tasks"] == ["feature-extraction"]
     assert model["embedding"]["pooling"] == "mean" and model["embedding"]["dimensions"] == 32
     assert model["embedding"]["prompts"]["query"] == "query: "
+
+
+def test_with_two_embedding_models_and_no_default_v1_embeddings_still_answers_and_is_documented(exported_embedder):
+    settings = Settings(models=f"one={exported_embedder},two={exported_embedder}", backend="onnxruntime", max_wait_ms=1)
+    with ServerThread(settings) as server:
+        paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+        assert "/v1/embeddings" in paths and "/embed" not in paths
+        answer = httpx.post(f"{server.url}/v1/embeddings", json={"model": "two", "input": "x"})
+        assert answer.status_code == 200 and answer.json()["model"] == "two"
+        refused = httpx.post(f"{server.url}/embed", json={"inputs": "x"})
+        assert refused.status_code == 404 and "one, two" in refused.json()["error"]

@@ -128,9 +128,11 @@ class ServiceApp:
         raise NotFound(self._not_found(method, path))
 
     def _not_found(self, method: str, path: str) -> str:
-        served = self.services.models.defaults() if self.services is not None else {}
+        models = self.services.models if self.services is not None else None
+        served = set(models.defaults()) if models is not None else set()
+        answered = {task.name for model in models for task in models.tasks_of(model)} if models is not None else set()
         routes = sorted({f"{route.method} {route.path}" for route in self.routes
-                         if route.task is None or route.task.name in served})
+                         if route.task is None or route.task.name in (answered if route.names_model else served)})
         close = difflib.get_close_matches(path[:100], [route.split(" ", 1)[1] for route in routes], n=1, cutoff=0.7)
         hint = f"did you mean {close[0]}? " if close else ""
         return f"no route {method} {path[:100]}; {hint}the routes are: {', '.join(routes)}"
@@ -147,9 +149,11 @@ class ServiceApp:
     def openapi(self) -> dict:
         """The document for the models loaded (made once they are: the lifespan has run)."""
         if self._document is None:
-            served = set(self.services.models.defaults()) if self.services is not None else set()
+            models = self.services.models if self.services is not None else None
+            served = set(models.defaults()) if models is not None else set()
+            answered = {task.name for model in models for task in models.tasks_of(model)} if models is not None else set()
             protected = self._key is not None and self.settings.protect_health_and_metrics
-            self._document = openapi_document(self.routes, served, protected)
+            self._document = openapi_document(self.routes, served, protected, answered)
         return self._document
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:

@@ -24,13 +24,18 @@ TITLE = "roberta-serve"
 DESCRIPTION = "Dynamic-batching inference for fine-tuned RoBERTa models on ONNX Runtime."
 
 
-def openapi_document(routes: Sequence[Route], served_tasks: set[str], protected: bool) -> dict:
-    """`protected`: every route needs the API key (401 documented everywhere); else only the inference routes,
-    and only when a key is set, which the caller says by passing the inference routes' 401 in their errors."""
+def openapi_document(routes: Sequence[Route], served_tasks: set[str], protected: bool,
+                     answered_tasks: set[str] | None = None) -> dict:
+    """`served_tasks`: the tasks with a default model (their routes answer); `answered_tasks`: the tasks any model
+    answers (a route whose body names its model answers those). `protected`: every route needs the API key (401
+    documented everywhere); else only the inference routes, and only when a key is set, which the caller says by
+    passing the inference routes' 401 in their errors."""
+    answered_tasks = served_tasks if answered_tasks is None else answered_tasks
     components: dict[str, Any] = {}
     paths: dict[str, dict] = {}
     for route in routes:
-        if not route.in_schema or (route.task is not None and route.task.name not in served_tasks):
+        if not route.in_schema or (route.task is not None and
+                                   route.task.name not in (answered_tasks if route.names_model else served_tasks)):
             continue
         operation: dict[str, Any] = {"summary": route.summary, "operationId": _operation_id(route)}
         if "{name}" in route.path:

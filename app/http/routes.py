@@ -60,6 +60,7 @@ class Route:
     errors: tuple[int, ...] = ()  # statuses it may answer besides 200 (the document adds 401 where the key guards all)
     media_type: str = "application/json"
     in_schema: bool = True
+    names_model: bool = False  # the body names its model (a dialect's): it answers wherever a model does the task
 
 
 def task_route(task: Task, rules: validation.BodyRules) -> Route:
@@ -99,7 +100,7 @@ def dialect_route(task: Task, dialect: Dialect) -> Route:
         return await run_task(call, task, model, task_body, deadline, render)
 
     return Route("POST", dialect.route, answer, dialect.summary, inference=True, task=task, body=dialect.request,
-                 answer=dialect.response, errors=INFERENCE_ERRORS)
+                 answer=dialect.response, errors=INFERENCE_ERRORS, names_model=True)
 
 
 async def post_model(call: Call) -> Response:

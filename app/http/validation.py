@@ -72,9 +72,16 @@ def _describe_one(loc: tuple, errors: list[Mapping], rules: BodyRules, model_nam
         where = f" in {_display(parent)}" if parent else ""
         listing = f"; accepted: {', '.join(accepted)}" if accepted else ""
         other = rules.elsewhere.get(str(loc[-1])) if parent == ("parameters",) else None
+        who = f"model {model_name!r}" if model_name else "this endpoint"
         if other is not None:
-            who = f"model {model_name!r}" if model_name else "this endpoint"
             return f"{_quoted(str(loc[-1]))} is a {other} parameter, and {who} does not do {other}{listing}"
+        sent = unknown[0].get("input")
+        if loc == ("parameters",) and isinstance(sent, Mapping):  # a body whose task takes its options at the top level
+            theirs = [(str(key), rules.elsewhere[str(key)]) for key in sent if str(key) in rules.elsewhere]
+            if theirs:
+                key, other = theirs[0]
+                return (f"{_quoted(key)} is a {other} parameter, and {who} does not do {other}; its body has no "
+                        f"parameters object{listing}")
         return f"unknown field {_quoted(str(loc[-1]))}{where}{listing}{_closest(str(loc[-1]), accepted, rules, parent)}"
     if not loc and errors[0].get("type") in ("model_type", "model_attributes_type", "dict_type"):
         return "the body must be a JSON object"

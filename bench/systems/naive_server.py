@@ -16,11 +16,20 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 ROUTES = {"text-classification": "/classify", "fill-mask": "/fill-mask", "token-classification": "/token-classification",
-          "feature-extraction": "/embed", "text-ranking": "/rerank"}
+          "feature-extraction": "/embed", "text-ranking": "/rerank", "question-answering": "/question-answering"}
 
 
 class Body(BaseModel):
     inputs: str
+
+
+class QuestionAndContext(BaseModel):
+    question: str
+    context: str
+
+
+class QuestionBody(BaseModel):
+    inputs: QuestionAndContext
 
 
 class RerankBody(BaseModel):
@@ -47,10 +56,15 @@ def build(checkpoint: str, task: str = "text-classification") -> FastAPI:
     call = {"truncation": True} if task == "text-classification" else {}
     app = FastAPI()
 
-    @app.post(ROUTES[task])
-    async def answer(body: Body):
-        result = model(body.inputs, **call)  # blocks the loop: one request at a time
-        return [result] if task == "text-classification" else plain(result)
+    if task == "question-answering":
+        @app.post(ROUTES[task])
+        async def answer_question(body: QuestionBody):
+            return plain(model(question=body.inputs.question, context=body.inputs.context))  # one request at a time
+    else:
+        @app.post(ROUTES[task])
+        async def answer(body: Body):
+            result = model(body.inputs, **call)  # blocks the loop: one request at a time
+            return [result] if task == "text-classification" else plain(result)
 
     @app.get("/readyz")
     async def readyz():
