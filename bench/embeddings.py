@@ -65,7 +65,7 @@ def rerank_bodies(texts: list[str]) -> list[tuple[str, list[str]]]:
     return [(texts[i], texts[i + 1: i + 1 + DOCUMENTS]) for i in range(0, len(texts) - DOCUMENTS, 7)]
 
 
-def measure(task: str, quick: bool, levels: list[int], seconds: float, rounds: int) -> dict:
+def measure(task: str, quick: bool, levels: list[int], seconds: float, rounds: int, names: list[str]) -> dict:
     texts = sst2_dev()[0]
     source = checkpoint(task, quick)
     folder = export(source, WORK)
@@ -87,7 +87,7 @@ def measure(task: str, quick: bool, levels: list[int], seconds: float, rounds: i
     bodies = {"S": service, "S8": service, "V": service, "F": infinity, "D": naive}
     with contextlib.ExitStack() as stack:
         systems = []
-        for name in ("S", "S8", *(("V",) if bf16_cpu() else ()), "F", "D"):
+        for name in [name for name in ("S", "S8", "V", "F", "D") if name in names and (name != "V" or bf16_cpu())]:
             port = servers.free_port()
             log = WORK / "logs" / f"embeddings-{task}-{name}.log"
             if name == "D":
@@ -130,7 +130,8 @@ def markdown(report: dict) -> str:
     for task, entry in report["workloads"].items():
         systems = entry["systems"]
         for index, level in enumerate(systems["S"]["levels"]):
-            s8, f, d = (systems[name]["levels"][index] for name in ("S8", "F", "D"))
+            s8, f, d = (systems[name]["levels"][index] if name in systems else {"requests_per_s": 0.0, "p50_ms": 0.0}
+                        for name in ("S8", "F", "D"))
             limit = entry["limits_by_level"].get(level["level"], entry["limits_by_level"].get(str(level["level"])))
             e_star = ratio(level['requests_per_s'], limit['E_star_seq_per_s']) if limit else "–"
             lines.append(
@@ -138,7 +139,7 @@ def markdown(report: dict) -> str:
                 f"{f['requests_per_s']:.1f} | {d['requests_per_s']:.1f} | {ratio(level['requests_per_s'], f['requests_per_s'])} | "
                 f"{ratio(s8['requests_per_s'], f['requests_per_s'])} | {ratio(level['requests_per_s'], d['requests_per_s'])} | "
                 f"{level['p50_ms']:.1f} | {f['p50_ms']:.1f} | {e_star} |")
-    with_v = [(task, entry) for task, entry in report["workloads"].items() if "V" in entry["systems"]]
+    with_v = [(task, entry) for task, entry in report["workloads"].items() if {"V", "F"} <= set(entry["systems"])]
     if with_v:
         lines += ["", "| workload | concurrency | V OpenVINO bf16 req/s | V / F | V / S | V / its E* |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -161,6 +162,8 @@ def main() -> None:
                         choices=["feature-extraction", "text-ranking"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=None,
                         help="default: 1 32 64 for embeddings, 1 4 for rerank")
+    parser.add_argument("--systems", nargs="+", default=["S", "S8", "V", "F", "D"], choices=["S", "S8", "V", "F", "D"],
+                        help="S is always run (the tables are read against it); V only where the CPU computes in bf16")
     parser.add_argument("--seconds", type=float, default=None, help="per level (default 12, quick 3)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--output", type=Path, default=None, help="default: build/bench (quick: build/bench-quick)")
@@ -175,7 +178,7 @@ def main() -> None:
         levels = args.concurrency or ([1, 32, 64] if task == "feature-extraction" else [1, 4])
         print(task, flush=True)
         report["workloads"][task] = measure(task, args.quick, levels, seconds * (1 if task == "feature-extraction" else 4),
-                                            args.rounds)
+                                            args.rounds, ["S", *args.systems])
     write_report(output, "embeddings", report, markdown(report))
 
 

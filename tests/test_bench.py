@@ -60,13 +60,13 @@ def test_quick_benchmark_writes_a_complete_report(tmp_path):
         assert "A event-loop CPU per request at c=64 (ms)" not in report["targets"]  # no c=64 level in this run
 
 
-def test_quick_task_benchmark_measures_every_system_for_both_tasks(tmp_path):
+def test_quick_task_benchmark_measures_every_system_for_every_task(tmp_path):
     command = [sys.executable, "-m", "bench.tasks", "--quick", "--seconds", "1", "--rounds", "1", "--concurrency", "1", "4",
                "--output", str(tmp_path)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((tmp_path / "tasks.json").read_text())
-    assert set(report["tasks"]) == {"fill-mask", "token-classification"}
+    assert set(report["tasks"]) == {"fill-mask", "token-classification", "question-answering"}
     for task, entry in report["tasks"].items():
         for name in ("S", "S8", "D"):
             levels = entry["systems"][name]["levels"]
@@ -74,7 +74,25 @@ def test_quick_task_benchmark_measures_every_system_for_both_tasks(tmp_path):
             assert all(level["requests_per_s"] > 0 and set(level["statuses"]) == {"200"} for level in levels), (task, name)
         assert all(v["E_star_seq_per_s"] > 0 and v["int8_E_star_seq_per_s"] > 0 for v in entry["limits_by_level"].values())
     table = (tmp_path / "tasks.md").read_text()
-    assert "| fill-mask | 4 |" in table and "| token-classification | 4 |" in table
+    assert "| fill-mask | 4 |" in table and "| token-classification | 4 |" in table and "| question-answering | 4 |" in table
+
+
+def test_quick_embeddings_benchmark_measures_the_service_and_sentence_transformers(tmp_path):
+    # infinity (F) builds its own virtual environment on first use, minutes: left to the full benchmark.
+    command = [sys.executable, "-m", "bench.embeddings", "--quick", "--seconds", "1", "--rounds", "1", "--concurrency", "1", "4",
+               "--systems", "S8", "D", "--output", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "embeddings.json").read_text())
+    assert set(report["workloads"]) == {"feature-extraction", "text-ranking"}
+    for task, entry in report["workloads"].items():
+        assert set(entry["systems"]) == {"S", "S8", "D"}, task
+        for name, system in entry["systems"].items():
+            levels = system["levels"]
+            assert [level["level"] for level in levels] == [1, 4], (task, name)
+            assert all(level["requests_per_s"] > 0 and set(level["statuses"]) == {"200"} for level in levels), (task, name)
+    assert all(v["E_star_seq_per_s"] > 0 for v in report["workloads"]["feature-extraction"]["limits_by_level"].values())
+    assert "| feature-extraction | 4 |" in (tmp_path / "embeddings.md").read_text()
 
 
 def test_a_generators_cpu_is_read_while_it_runs_and_not_once_it_is_gone():
