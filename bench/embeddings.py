@@ -25,15 +25,13 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench import servers, wrk
 from bench.__main__ import REPO, System, export, measure_interleaved, sst2_dev, write_report
-from bench.tasks import bf16_cpu
+from bench.tasks import bf16_cpu, report_header
 from bench.limits import LimitSlices
 from bench.load import closed_loop, encode_requests
 
@@ -171,9 +169,7 @@ def main() -> None:
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
     seconds = args.seconds or (3.0 if args.quick else 12.0)
     output = args.output or (REPO / ("build/bench-quick" if args.quick else "build/bench"))
-    report = {"model": "tiny encoder, roberta-base vocabulary" if args.quick else "roberta-base shape, random weights",
-              "when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, Python {platform.python_version()}",
-              "seconds_per_level": seconds, "generator": "wrk" if wrk.available() else "python", "workloads": {}}
+    report = {**report_header(args.quick, seconds), "workloads": {}}
     for task in args.workloads:
         levels = args.concurrency or ([1, 32, 64] if task == "feature-extraction" else [1, 4])
         print(task, flush=True)

@@ -144,10 +144,17 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def report_header(quick: bool, seconds: float) -> dict:
+    """What a report of this kind says about its run (bench.embeddings' too)."""
     import platform
     import time
 
+    return {"model": "tiny encoder, roberta-base vocabulary" if quick else "roberta-base shape, random weights",
+            "when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, Python {platform.python_version()}",
+            "seconds_per_level": seconds, "generator": "wrk" if wrk.available() else "python"}
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.tasks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny-encoder checkpoints, 3 s per level")
     parser.add_argument("--tasks", nargs="+", default=list(ROUTES), choices=list(ROUTES))
@@ -159,9 +166,7 @@ def main() -> None:
     (WORK / "logs").mkdir(parents=True, exist_ok=True)
     seconds = args.seconds or (3.0 if args.quick else 12.0)
     output = args.output or (REPO / ("build/bench-quick" if args.quick else "build/bench"))
-    report = {"model": "tiny encoder, roberta-base vocabulary" if args.quick else "roberta-base shape, random weights",
-              "when": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, Python {platform.python_version()}",
-              "seconds_per_level": seconds, "generator": "wrk" if wrk.available() else "python", "tasks": {}}
+    report = {**report_header(args.quick, seconds), "tasks": {}}
     for task in args.tasks:
         print(f"{task}", flush=True)
         report["tasks"][task] = measure(task, checkpoint(task, args.quick), args.concurrency, seconds, args.rounds)

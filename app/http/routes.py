@@ -63,14 +63,19 @@ class Route:
     names_model: bool = False  # the body names its model (a dialect's): it answers wherever a model does the task
 
 
+async def read_body(call: Call, rules: validation.BodyRules) -> tuple[BaseModel, float]:
+    """The request's body, read and checked against `rules.model`, and its deadline."""
+    settings = call.state.settings
+    headers = request_headers(call.scope)
+    raw = await read_json(headers, call.receive, settings.max_body_bytes)
+    body = _validate(rules.model, raw, rules)
+    return body, deadline_of(headers, call.arrived, settings.request_timeout_s, settings.max_request_timeout_s)
+
+
 def task_route(task: Task, rules: validation.BodyRules) -> Route:
     async def answer(call: Call) -> Response:
-        state, settings = call.state, call.state.settings
-        headers = request_headers(call.scope)
-        raw = await read_json(headers, call.receive, settings.max_body_bytes)
-        body = _validate(task.request, raw, rules)
-        deadline = deadline_of(headers, call.arrived, settings.request_timeout_s, settings.max_request_timeout_s)
-        return await run_task(call, task, state.model(task=task.name), body, deadline)
+        body, deadline = await read_body(call, rules)
+        return await run_task(call, task, call.state.model(task=task.name), body, deadline)
 
     return Route("POST", task.route, answer, f"{task.summary} ({task.name}, the default model)", inference=True,
                  task=task, body=task.request, answer=task.response, errors=INFERENCE_ERRORS)
@@ -82,13 +87,9 @@ def dialect_route(task: Task, dialect: Dialect) -> Route:
     rules = validation.BodyRules(dialect.request, dialect.expected)
 
     async def answer(call: Call) -> Response:
-        state, settings = call.state, call.state.settings
-        headers = request_headers(call.scope)
-        raw = await read_json(headers, call.receive, settings.max_body_bytes)
-        body = _validate(dialect.request, raw, rules)
-        deadline = deadline_of(headers, call.arrived, settings.request_timeout_s, settings.max_request_timeout_s)
-        name = dialect.model_name(body)
-        model = state.model(name, task=task.name)
+        state = call.state
+        body, deadline = await read_body(call, rules)
+        model = state.model(dialect.model_name(body), task=task.name)
         if not task.serves(model.folder):
             raise InvalidInput(f"model {model.name!r} is a {model.task} model; {dialect.route} needs a {task.name} model "
                                f"({', '.join(m.name for m in state.models if task.serves(m.folder)) or 'none is loaded'})")
