@@ -130,7 +130,7 @@ class ServiceApp:
     def _not_found(self, method: str, path: str) -> str:
         models = self.services.models if self.services is not None else None
         served = set(models.defaults()) if models is not None else set()
-        answered = {task.name for model in models for task in models.tasks_of(model)} if models is not None else set()
+        answered = models.answered() if models is not None else set()
         routes = sorted({f"{route.method} {route.path}" for route in self.routes
                          if route.task is None or route.task.name in (answered if route.names_model else served)})
         close = difflib.get_close_matches(path[:100], [route.split(" ", 1)[1] for route in routes], n=1, cutoff=0.7)
@@ -151,7 +151,7 @@ class ServiceApp:
         if self._document is None:
             models = self.services.models if self.services is not None else None
             served = set(models.defaults()) if models is not None else set()
-            answered = {task.name for model in models for task in models.tasks_of(model)} if models is not None else set()
+            answered = models.answered() if models is not None else set()
             protected = self._key is not None and self.settings.protect_health_and_metrics
             self._document = openapi_document(self.routes, served, protected, answered)
         return self._document

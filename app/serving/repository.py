@@ -105,6 +105,10 @@ class ModelRepository:
         own, *others = self.tasks_of(model)
         return next((task for task in others if task.claims(body)), own)
 
+    def answered(self) -> set[str]:
+        """The tasks some model answers (a route whose body names its model serves those)."""
+        return {task.name for tasks in self._answers.values() for task in tasks}
+
     def default(self, task: str) -> ServedModel:
         if task in self._defaults:
             return self._models[self._defaults[task]]
