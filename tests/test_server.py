@@ -18,7 +18,7 @@ import uvicorn
 from starlette.responses import JSONResponse
 from uvicorn.server import ServerState
 
-from app.http.server import PIPELINED_SLICE, HttpLimits, limited_protocol
+from app.http.server import LATE_REQUEST_S, PIPELINED_SLICE, HttpLimits, limited_protocol, turn_away_new_connections
 from server import ServerProcess, metric_value, raw_connection, read_all
 
 TIMEOUT_S = 1.0
@@ -217,6 +217,52 @@ def test_an_answer_complete_when_the_server_closes_the_connection_in_that_step_g
 
     transport = asyncio.run(run())
     assert transport.closed and b"".join(transport.sends).endswith(b'{"ok":true}')
+
+
+def test_at_shutdown_a_new_connection_keeps_its_idle_time_for_its_request():
+    """A connection opened a moment before the drain, its request not yet sent (a client slowed by load): the
+    request is answered when it comes, past the moment a connection between requests gets, and closes it."""
+
+    async def app(scope, receive, send):
+        await receive()
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    async def run() -> RecordingTransport:
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", timeout_keep_alive=LATE_REQUEST_S * 3)
+        protocol = limited_protocol(HttpLimits(), is_draining=lambda: True)(config=config, server_state=ServerState(), app_state={})
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        protocol.shutdown()  # as uvicorn's Server.shutdown does
+        await asyncio.sleep(LATE_REQUEST_S * 1.5)
+        assert not transport.closed
+        protocol.data_received(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        deadline = time.monotonic() + 10
+        while not transport.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return transport
+
+    transport = asyncio.run(run())
+    answer = b"".join(transport.sends)
+    assert transport.closed and answer.startswith(b"HTTP/1.1 200") and b"connection: close" in answer.lower()
+
+
+def test_a_listener_that_turns_new_connections_away_still_hands_over_those_it_has():
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        queued = socket.create_connection(("127.0.0.1", port))
+        turn_away_new_connections(listener)
+        late = socket.socket()
+        late.settimeout(0.5)
+        with queued, late:
+            with pytest.raises(TimeoutError):  # its SYN dropped: no handshake, nothing it could send is lost
+                late.connect(("127.0.0.1", port))
+            accepted, _ = listener.accept()
+            with accepted:
+                queued.sendall(b"still here")
+                assert accepted.recv(16) == b"still here"
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):  # the late client is not in the backlog
+                listener.accept()
 
 
 def test_an_expected_100_continue_and_a_head_request_are_still_answered():

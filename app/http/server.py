@@ -17,19 +17,24 @@ reading. `limited_protocol` bounds the first two, `DrainingServer` the third:
 
 On SIGTERM the server goes unready, keeps serving for `shutdown_delay_s`, then has
 `shutdown_timeout_s` for everything else: admitted requests, responses still being written,
-uploads still arriving. When it stops listening, the connections the kernel has already
-accepted for it are taken and answered (503, `Connection: close`) rather than reset. At the
-deadline the connections left are closed (an unanswered request gets 503), and a second
+uploads still arriving. Before it stops listening, it turns new connections away (their first
+packet dropped: the client tries again a second later and is refused) and lets the handshakes
+under way complete; the connections the kernel has accepted for it are then taken and answered
+(503, `Connection: close`) rather than reset. A connection that has sent nothing yet keeps its
+idle time to send its request. At the deadline the connections left are closed (an unanswered request gets 503), and a second
 later aborted; then the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +56,9 @@ log = logging.getLogger("app.http.server")
 
 ABORT_AFTER_CLOSE_S = 1.0  # after the deadline, how long a closing connection may flush before it is cut
 LATE_REQUEST_S = 1.0  # at shutdown, how long a connection between requests has for one to arrive once no other is answered
+# At shutdown, how long handshakes already under way have to complete into the backlog once new ones are turned
+# away: a round trip's time, with room for a busy machine.
+HANDSHAKES_S = 0.1
 # Bytes reach the parser this many at a time (a body of known length whole), so that one read of pipelined
 # requests cannot queue thousands of them at once: the line is checked between slices.
 PIPELINED_SLICE = 1024
@@ -239,10 +247,13 @@ def limited_protocol(
             self._refuse(400, "bad_request", "the request is not valid HTTP/1.1")
 
         def shutdown(self) -> None:
+            if self.cycle is None and not self._begun:
+                # New, no byte of a request yet: it was opened to send one, which is answered (`Connection:
+                # close`) if it arrives before the idle timer, armed when the connection was made, closes it.
+                return
             if self.cycle is None or self.cycle.response_complete:
-                # No request being handled: between requests, new (accepted a moment ago, or taken from the
-                # backlog), or a request's head on its way. Closing now would reset a request already sent; it gets
-                # a moment to arrive, and its answer says `Connection: close`.
+                # No request being handled: between requests, or a request's head on its way. Closing now would
+                # reset a request already sent; it gets a moment to arrive, and its answer says `Connection: close`.
                 self.loop.call_later(LATE_REQUEST_S, self._close_if_idle)
                 return
             # Being handled, its body perhaps still arriving (until the shutdown deadline, close_at_deadline): its
@@ -400,11 +411,16 @@ class DrainingServer(uvicorn.Server):
                 loop.remove_reader(listener.fileno())
         for _ in range(2):
             await asyncio.sleep(0)
+        # A connection the kernel completes between the last accept and the close would be reset with its request
+        # sent; so new ones are turned away first, and those under way complete into the backlog meanwhile.
+        for server in self.servers:
+            for listener in server.sockets:
+                turn_away_new_connections(listener)
+        await asyncio.sleep(HANDSHAKES_S)
         accepted: list[socket.socket] = []
         for server in self.servers:
             # Copies of the listening sockets keep them listening while the server closes; each is then emptied
-            # and closed at once, which leaves only the microseconds between the two for a connection to arrive
-            # in the backlog and be reset by the close.
+            # and closed.
             listening = [socket.socket(fileno=os.dup(listener.fileno())) for listener in server.sockets]
             server.close()
             for sock in listening:
@@ -432,6 +448,28 @@ class DrainingServer(uvicorn.Server):
             log.warning("shutdown timeout reached: closing %d connections", len(left))
         for connection in left:
             connection.close_at_deadline()
+
+
+# A classic BPF socket filter: drop a TCP segment whose flags are SYN without ACK (a connection's first packet),
+# keep every other. A socket filter sees the TCP header at offset 0; byte 13 holds the flags.
+_DROP_SYN = (
+    (0x30, 0, 0, 13),  # ldb [13]
+    (0x54, 0, 0, 0x12),  # and #(SYN|ACK)
+    (0x15, 0, 1, 0x02),  # jeq #SYN: next, else skip one
+    (0x06, 0, 0, 0),  # ret #0: drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret #-1: keep whole
+)
+_SO_ATTACH_FILTER = 26
+
+
+def turn_away_new_connections(listener: socket.socket) -> None:
+    """From now on `listener` drops each new connection's SYN (the client tries again a second later, and by
+    then finds the socket closed, or another process of the pool), while handshakes under way and connections
+    already in its backlog complete as before. Linux only; elsewhere nothing changes."""
+    program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in _DROP_SYN))  # struct sock_filter[]
+    fprog = struct.pack("HP", len(_DROP_SYN), ctypes.addressof(program))  # struct sock_fprog: length, pointer
+    with contextlib.suppress(OSError, AttributeError):
+        listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
 
 
 def _start_watchdog(deadline: float) -> None:
