@@ -14,8 +14,9 @@
 #   TORCH_INDEX      extra index for a CPU-only torch in the export stage; empty to use PyPI / PIP_FIND_LINKS only
 #   PIP_FIND_LINKS   local wheel folder for pip (mounted at build time), for offline builds
 #   EXPORT_FLAGS     how the embedded models are exported (default "--quantize int8"; add --fp16 for the gpu target)
-#   SERVE_EXTRAS     the cpu target's install extras (default "cpu": ONNX Runtime only; "cpu,openvino" adds OpenVINO,
-#                    about 180 MB installed, which serves bf16 on CPUs that compute in it)
+#   SERVE_EXTRAS     the cpu target's install extras (default "cpu,otel": ONNX Runtime and OpenTelemetry's traces;
+#                    "cpu,otel,openvino" adds OpenVINO, about 180 MB installed, which serves bf16 on CPUs that
+#                    compute in it)
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 ARG GPU_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 
@@ -46,7 +47,7 @@ RUN for model in roberta-mini-sst2 roberta-mini-mlm; do \
 FROM ${BASE_IMAGE} AS cpu-build
 ARG PIP_CERT=""
 ARG PIP_FIND_LINKS=""
-ARG SERVE_EXTRAS=cpu
+ARG SERVE_EXTRAS=cpu,otel
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -88,7 +89,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app/ app/
 RUN python3 -m venv /opt/venv \
- && PIP_CERT="${PIP_CERT}" PIP_FIND_LINKS="${PIP_FIND_LINKS}" /opt/venv/bin/pip install ".[gpu]" \
+ && PIP_CERT="${PIP_CERT}" PIP_FIND_LINKS="${PIP_FIND_LINKS}" /opt/venv/bin/pip install ".[gpu,otel]" \
  && /opt/venv/bin/pip uninstall -y pip setuptools
 
 # ---------------------------------------------------------------- gpu: CUDA runtime (FP16 when exported with --fp16)

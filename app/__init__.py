@@ -1,3 +1,3 @@
 """The inference service: HTTP -> tokenizer -> batcher -> ONNX Runtime -> postprocess."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -125,10 +125,13 @@ def status_of(error: ServiceError) -> int:
     return 500
 
 
-def error_body(message: str, error_type: str) -> dict[str, str]:
-    return {"error": message, "error_type": error_type}
+def error_body(message: str, error_type: str, request_id: str | None = None) -> dict[str, str]:
+    body = {"error": message, "error_type": error_type}
+    if request_id:
+        body["request_id"] = request_id
+    return body
 
 
-def error_json(message: str, error_type: str) -> bytes:
+def error_json(message: str, error_type: str, request_id: str | None = None) -> bytes:
     """The error body as the bytes every answer carries, the HTTP protocol's own refusals included."""
-    return json.dumps(error_body(message, error_type), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return json.dumps(error_body(message, error_type, request_id), ensure_ascii=False, separators=(",", ":")).encode("utf-8")

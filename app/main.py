@@ -13,6 +13,7 @@ from app.http.server import DrainingServer, uvicorn_config
 from app.serving.logs import configure_logging
 from app.serving.metrics import Metrics
 from app.serving.model_folder import ModelFolderError
+from app.serving.tracing import TracingError
 from app.serving.supervisor import bind_or_exit, claim_port, leave_metrics, member_started
 from app.settings import Settings, exit_with, settings_or_exit
 from app.serving.state import AppState
@@ -39,17 +40,17 @@ def create_app(settings: Settings | None = None, state: AppState | None = None) 
     tasks = state.tasks if state is not None else build_tasks(settings)
 
     def build_state() -> AppState:
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         return state if state is not None else AppState.build(settings, metrics, tasks)
 
     return ServiceApp(settings, metrics, build_routes(tasks), build_state, warm_first=settings.processes > 1)
 
 
 def state_or_exit(settings: Settings, metrics: Metrics | None = None) -> AppState:
-    """Every model loaded; or one line naming the model and what is wrong, and exit 1."""
+    """Every model loaded and tracing configured; or one line naming what is wrong, and exit 1."""
     try:
         return AppState.build(settings, metrics or Metrics(), build_tasks(settings))
-    except ModelFolderError as exc:
+    except (ModelFolderError, TracingError) as exc:
         exit_with(str(exc))
 
 
@@ -66,7 +67,7 @@ def serve_member(settings: Settings, metrics_dir: Path, ready, supervisor_pid: i
     """One process of a pool (app.serving.supervisor): the models, then the shared port, then `ready` set once it
     listens."""
     member_started(supervisor_pid)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     state = state_or_exit(settings, Metrics(multiprocess_dir=metrics_dir))
     sock = bind_or_exit(settings.host, settings.port, reuse_port=True)
     try:

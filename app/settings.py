@@ -121,7 +121,13 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to bind (python -m app)")
     port: int = Field(8000, ge=0, le=65535, description="port to bind (python -m app)")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="the least severe log line written")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the least severe log line written (info: one access line per request)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="json: every log line, uvicorn's too, one JSON object with its request's request_id, "
+        "trace_id and span_id"
+    )
 
     @field_validator("model_repository", "models", "classify_model", "fill_mask_model", mode="before")
     @classmethod
@@ -245,7 +251,7 @@ def settings_or_exit(*, cli: bool) -> Settings:
             settings = Settings()
     except ValidationError as exc:
         exit_with(describe_settings_error(exc))
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     for line in unknown_variables(os.environ):
         logging.getLogger("app.settings").warning(line)
     return settings
@@ -262,6 +268,11 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
             hint = f"; did you mean {close[0]}?" if close else "; python -m app --help lists the settings"
             lines.append(f"{name} is not a setting and is ignored{hint}")
     return lines
+
+
+def opentelemetry_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """OpenTelemetry's own variables (OTEL_*), which configure tracing (app.serving.tracing.build_tracing)."""
+    return {name: value for name, value in (os.environ if environ is None else environ).items() if name.startswith("OTEL_")}
 
 
 def exit_with(message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -71,6 +72,14 @@ def raw_connection(url: str, receive_buffer: int | None = None) -> socket.socket
     sock.settimeout(15)
     sock.connect((host, int(port)))
     return sock
+
+
+def parse_raw(raw: bytes) -> tuple[int, dict[str, str], dict]:
+    """An answer read off a raw socket: its status, its headers (names in lower case) and its JSON body."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, json.loads(body)
 
 
 def read_all(sock: socket.socket) -> bytes:

@@ -31,7 +31,8 @@ def send(server, path, body=None, *, content=None, headers=None, timeout=60):
 def assert_error(response, status, error_type):
     assert response.status_code == status, response.text[:300]
     body = response.json()
-    assert set(body) == {"error", "error_type"} and body["error_type"] == error_type and body["error"]
+    assert set(body) == {"error", "error_type", "request_id"} and body["error_type"] == error_type and body["error"]
+    assert body["request_id"] == response.headers["x-request-id"]
     assert not LEAKS.search(body["error"]), body["error"]
 
 

@@ -128,7 +128,8 @@ def test_a_failing_batch_answers_500_and_the_next_batch_works(faulty):
     flag.touch()
     failed = classify(process)
     assert failed.status_code == 500
-    assert failed.json() == {"error": "inference failed for this request's batch", "error_type": "inference"}
+    assert failed.json() == {"error": "inference failed for this request's batch", "error_type": "inference",
+                             "request_id": failed.headers["x-request-id"]}
     assert "/opt/secret" not in failed.text and "Traceback" not in failed.text
     flag.unlink()
     assert classify(process).status_code == 200

@@ -123,7 +123,7 @@ def test_a_parameter_of_another_task_is_a_422_naming_it(served):
     assert zero_shot.status_code == 422 and "zero-shot-classification parameter" in zero_shot.json()["error"]
     for body, status in [(b"{", 400), (b"", 400), (b"[1]", 422)]:
         response = httpx.post(f"{served.url}/models/ner", content=body, headers={"content-type": "application/json"})
-        assert response.status_code == status and set(response.json()) == {"error", "error_type"}
+        assert response.status_code == status and set(response.json()) == {"error", "error_type", "request_id"}
     as_text = httpx.post(f"{served.url}/models/ner", content=b'{"inputs": "x"}', headers={"content-type": "text/plain"})
     assert as_text.status_code == 415
 

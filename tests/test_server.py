@@ -8,18 +8,24 @@ in its JSON error format where it still can, closes the connection, and keeps se
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 
 import httpx
 import pytest
 import uvicorn
+from server import ServerProcess, metric_value, raw_connection, read_all
+from server import parse_raw as parse
 from starlette.responses import JSONResponse
 from uvicorn.server import ServerState
 
-from app.http.server import LATE_REQUEST_S, PIPELINED_SLICE, HttpLimits, limited_protocol, turn_away_new_connections
-from server import ServerProcess, metric_value, raw_connection, read_all
+from app.http.server import (
+    LATE_REQUEST_S,
+    PIPELINED_SLICE,
+    HttpLimits,
+    limited_protocol,
+    turn_away_new_connections,
+)
 
 TIMEOUT_S = 1.0
 
@@ -32,13 +38,6 @@ def server(exported_classifier):
     ]
     with ServerProcess(*flags) as process:
         yield process
-
-
-def parse(raw: bytes) -> tuple[int, dict[str, str], dict]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, json.loads(body)
 
 
 def send_forever(sock: socket.socket, prefix: bytes, total: int) -> int:
@@ -132,7 +131,8 @@ def test_something_that_is_not_http_gets_a_json_400(server):
     with raw_connection(server.url) as sock:
         sock.sendall(b"GARBAGE\r\n\r\n")
         status, headers, body = parse(read_all(sock))
-    assert status == 400 and body == {"error": "the request is not valid HTTP/1.1", "error_type": "bad_request"}
+    assert status == 400 and body == {"error": "the request is not valid HTTP/1.1", "error_type": "bad_request",
+                                      "request_id": headers["x-request-id"]}
     assert headers["content-type"] == "application/json"
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from app.errors import DeadlineExceeded, InferenceFailed, NotReady, QueueFull
 from app.serving.metrics import ModelMetrics
+from app.serving.tracing import RequestRecord, Tracing
 
 log = logging.getLogger("app.engine.batcher")
 
@@ -43,6 +44,7 @@ class Item:
     deadline: float  # time.monotonic()
     future: asyncio.Future
     positions: np.ndarray | None = None  # token indices to compute output rows at (masks); None: one row per sequence
+    record: RequestRecord | None = None  # the request's, told its wait and its batch
     enqueued_at: float = field(default_factory=time.monotonic)
     length: int = field(init=False)  # read a few times per sequence per cut: an attribute, not a property
 
@@ -144,8 +146,11 @@ def right_pad(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray,
 
 
 class Batcher:
-    def __init__(self, run: RunBatch, *, pad_id: int, limits: BatchLimits, metrics: ModelMetrics, concurrency: int = 1) -> None:
+    def __init__(self, run: RunBatch, *, pad_id: int, limits: BatchLimits, metrics: ModelMetrics, concurrency: int = 1,
+                 tracing: Tracing | None = None, model: str = "") -> None:
         self._run = run
+        self._tracing = tracing or Tracing()
+        self._model = model  # its name, for the batch spans
         self.concurrency = concurrency
         self._pad_id = pad_id
         self.limits = limits
@@ -168,13 +173,15 @@ class Batcher:
             self._metrics.rejected.inc()
             raise QueueFull("the server is at capacity; retry shortly", headers={"Retry-After": "1"})
 
-    def submit(self, sequences: Sequence[np.ndarray], deadline: float, positions: Sequence[np.ndarray | None] | None = None) -> list[asyncio.Future]:
+    def submit(self, sequences: Sequence[np.ndarray], deadline: float, positions: Sequence[np.ndarray | None] | None = None,
+               record: RequestRecord | None = None) -> list[asyncio.Future]:
         """Queue one request's sequences; refused whole, at once, if they do not all fit."""
         self.check_room(len(sequences))
         loop = asyncio.get_running_loop()
         futures = []
         for index, ids in enumerate(sequences):
-            item = Item(ids=ids, deadline=deadline, future=loop.create_future(), positions=positions[index] if positions else None)
+            item = Item(ids=ids, deadline=deadline, future=loop.create_future(), positions=positions[index] if positions else None,
+                        record=record)
             self._queue.put_nowait(item)
             futures.append(item.future)
         self._count(len(sequences))
@@ -284,11 +291,14 @@ class Batcher:
         started = time.monotonic()
         for item in batch:
             self._metrics.queue_wait.observe(started - item.enqueued_at)
+            if item.record is not None:
+                item.record.batched(item.enqueued_at, started, len(batch))
         input_ids, attention_mask = right_pad([item.ids for item in batch], self._pad_id)
         real = int(attention_mask.sum())
         self._metrics.batch_size.observe(len(batch))
         self._metrics.padded_tokens.observe(input_ids.size)
         self._metrics.padding_ratio.observe(1.0 - real / input_ids.size)
+        failed = False
         try:
             positions = batch_positions([item.positions for item in batch])
             outputs = await self._run(input_ids, attention_mask, positions, alone)
@@ -298,6 +308,7 @@ class Batcher:
                     raise RuntimeError(f"model returned {len(rows)} rows of {name} where {expected} were asked for")
         except Exception as exc:
             log.exception("inference failed for a batch of %d", len(batch))
+            failed = True
             self._metrics.failed_batches.inc()
             self.consecutive_failures += 1
             for item in batch:
@@ -307,7 +318,11 @@ class Batcher:
                     item.future.set_exception(failure)
             return
         finally:
-            self._metrics.inference.observe(time.monotonic() - started)
+            ended = time.monotonic()
+            self._metrics.inference.observe(ended - started)
+            if self._tracing.enabled:
+                self._tracing.batch([item.record for item in batch if item.record is not None], started, ended, len(batch),
+                                    input_ids.size, self._model, failed)
         self.consecutive_failures = 0
         first = 0
         for row, item in enumerate(batch):

@@ -24,15 +24,32 @@ from app.http.requests import check_api_key, too_large
 from app.http.responses import error_response, json_response
 from app.http.routes import MODEL_ROUTE, MODELS_PREFIX, Call, Route
 from app.serving.metrics import Metrics
+from app.serving.tracing import CURRENT, RequestRecord, request_id
 from app.settings import Settings
+from app.tasks.base import NO_TRACING
 
 if TYPE_CHECKING:
     from app.serving.state import AppState
 
 log = logging.getLogger("app.http")
+access_log = logging.getLogger("app.access")
+
+
+def access_fields(record: RequestRecord, status: int, size: int, seconds: float) -> dict:
+    """What the access line says of a request besides its method, path and status."""
+    wait = record.queue_wait_s
+    fields = {"method": record.method, "route": record.route, "model": record.model or None, "status": status,
+              "bytes": size, "duration_ms": round(seconds * 1000, 3),
+              "queue_ms": round(wait * 1000, 3) if wait is not None else None,
+              "batch_size": record.batch_size or None, "request_id": record.id}
+    if record.trace_id is not None:
+        fields["trace_id"], fields["span_id"] = record.trace_id, record.span_id
+    return fields
 
 DOCS_ROUTES = ("/docs", "/redoc", "/openapi.json")
 OPENAI_PREFIX = "/v1/"  # routes in OpenAI's shape (and Cohere's /v1/rerank): errors too
+# Probes and scrapes, every few seconds from every replica: logged, not traced.
+UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class ServiceApp:
@@ -68,12 +85,17 @@ class ServiceApp:
             return
         if scope["type"] != "http":
             return  # no websockets here; the server closes the connection
-        if scope["method"] == "HEAD":
+        method, path = scope["method"], scope["path"]
+        if method == "HEAD":
             # HEAD is GET without the body: the app answers a GET, and the server, whose scope still says HEAD,
             # sends only the head (uvicorn drops the body of an answer to HEAD).
             scope = {**scope, "method": "GET"}
-        started = time.perf_counter()
-        status = 500
+        record = RequestRecord(request_id(scope["headers"]), method, self._endpoint(path))
+        tracing = self.services.tracing if self.services is not None else NO_TRACING
+        if tracing.enabled and record.route not in UNTRACED:
+            tracing.start(record, scope["headers"])
+        current = CURRENT.set(record)  # for the lines logged while it is answered (app.serving.logs)
+        status, size = 500, 0
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
@@ -83,14 +105,25 @@ class ServiceApp:
 
         try:
             try:
-                response = await self._answer(scope, receive)
+                response = await self._answer(scope, receive, record)
             except Exception as exc:  # a ServiceError as its table says; anything else a logged 500
-                response = error_response(exc, openai=scope["path"].startswith(OPENAI_PREFIX))
+                response = error_response(exc, openai=path.startswith(OPENAI_PREFIX), request_id=record.id)
+            response.raw_headers.append((b"x-request-id", record.id.encode("ascii")))
+            size = len(getattr(response, "body", b""))
             await response(scope, receive, send_and_record)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            seconds = time.monotonic() - record.started
+            self._record(record, status, seconds)
+            tracing.finish(record, status)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info("%s %s %d", method, path, status, extra=access_fields(record, status, size, seconds))
+            CURRENT.reset(current)
 
-    async def _answer(self, scope: Scope, receive: Receive) -> Response:
+    def _endpoint(self, path: str) -> str:
+        """The path as the metrics and the access line name its route: bounded, whatever clients send."""
+        return path if path in self._labels else MODEL_ROUTE if path.startswith(MODELS_PREFIX) else "other"
+
+    async def _answer(self, scope: Scope, receive: Receive, record: RequestRecord) -> Response:
         method, path = scope["method"], scope["path"]
         declared = next((value for key, value in scope["headers"] if key == b"content-length"), b"")
         if declared.isdigit() and int(declared) > self.settings.max_body_bytes:
@@ -104,7 +137,7 @@ class ServiceApp:
             check_api_key(scope, self._key)
         if route is None:
             return self._docs_page(path)
-        return await route.handler(Call(state, scope, receive, name))
+        return await route.handler(Call(state, scope, receive, record, name))
 
     def _route(self, method: str, path: str) -> tuple[Route | None, str | None]:
         """The route and `{name}`; None for the docs pages; 404 or 405 for anything else."""
@@ -156,17 +189,17 @@ class ServiceApp:
             self._document = openapi_document(self.routes, served, protected, answered)
         return self._document
 
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        path = scope["path"]
-        endpoint = path if path in self._labels else MODEL_ROUTE if path.startswith(MODELS_PREFIX) else "other"
-        model = scope.get("state", {}).get("model", "")
+    def _record(self, record: RequestRecord, status: int, seconds: float) -> None:
+        endpoint, model = record.route, record.model
         children = self._children.get((endpoint, model, status))
         if children is None:
             children = (self.metrics.requests.labels(endpoint, model, str(status)),
                         self.metrics.request_latency.labels(endpoint, model))
             self._children[(endpoint, model, status)] = children
         children[0].inc()
-        children[1].observe(seconds)
+        # A traced request's id beside its bucket (an exemplar, in the OpenMetrics exposition): a slow bucket on a
+        # dashboard leads to its trace.
+        children[1].observe(seconds, {"trace_id": record.trace_id} if record.trace_id is not None else None)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -21,14 +21,16 @@ def json_response(content, status_code: int = 200, headers: dict[str, str] | Non
     return Response(render_json(content), status_code=status_code, media_type="application/json", headers=headers)
 
 
-def error_response(error: Exception, openai: bool = False) -> Response:
+def error_response(error: Exception, openai: bool = False, request_id: str | None = None) -> Response:
     """The answer to anything a handler raised: a ServiceError as its table says, anything else a logged 500.
-    `openai`: in OpenAI's error shape, which the openai SDK reads (the /v1/ routes)."""
+    `openai`: in OpenAI's error shape, which the openai SDK reads (the /v1/ routes; the request id is in their
+    `X-Request-Id` header, where the SDK looks for it)."""
     if not isinstance(error, ServiceError):
         log.error("unhandled error", exc_info=error)
         error = ServiceError("internal error")
     status = status_of(error)
-    body = openai_error_json(error.message, error.error_type, status) if openai else error_json(error.message, error.error_type)
+    body = (openai_error_json(error.message, error.error_type, status) if openai
+            else error_json(error.message, error.error_type, request_id))
     return Response(body, status_code=status, media_type="application/json", headers=error.headers)
 
 

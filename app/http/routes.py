@@ -8,9 +8,8 @@ shape, so `huggingface_hub.InferenceClient(model=".../models/NAME")` works uncha
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
@@ -22,6 +21,7 @@ from app.http import validation
 from app.errors import InvalidInput, NotReady, error_json
 from app.http.requests import deadline_of, read_json, request_headers, unless_disconnected
 from app.http.responses import json_off_loop, json_response
+from app.serving.tracing import RequestRecord
 from app.tasks.base import Answer, Dialect, Task, Work, answer_request
 
 if TYPE_CHECKING:  # annotations only: handlers use the state the app hands them
@@ -40,8 +40,12 @@ class Call:
     state: AppState
     scope: Scope
     receive: Receive
+    record: RequestRecord  # its id, arrival, model, wait in the queue, spans
     name: str | None = None  # the `{name}` of /models/{name}
-    arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def arrived(self) -> float:
+        return self.record.started
 
 
 Handler = Callable[[Call], Awaitable[Response]]
@@ -67,8 +71,9 @@ async def read_body(call: Call, rules: validation.BodyRules) -> tuple[BaseModel,
     """The request's body, read and checked against `rules.model`, and its deadline."""
     settings = call.state.settings
     headers = request_headers(call.scope)
-    raw = await read_json(headers, call.receive, settings.max_body_bytes)
-    body = _validate(rules.model, raw, rules)
+    with call.state.tracing.span(call.record, "validate"):
+        raw = await read_json(headers, call.receive, settings.max_body_bytes)
+        body = _validate(rules.model, raw, rules)
     return body, deadline_of(headers, call.arrived, settings.request_timeout_s, settings.max_request_timeout_s)
 
 
@@ -109,14 +114,15 @@ async def post_model(call: Call) -> Response:
     headers = request_headers(call.scope)
     deadline = deadline_of(headers, call.arrived, settings.request_timeout_s, settings.max_request_timeout_s)
     model = state.model(call.name)
-    raw = await read_json(headers, call.receive, settings.max_body_bytes)
-    task = state.models.task_for(model, raw if isinstance(raw, dict) else {})
-    try:
-        body = task.request.model_validate(raw)
-    except ValidationError as exc:  # the rules for the message, only when there is one to write
-        elsewhere = validation.parameters_of(state.tasks, {answered.name for answered in state.models.tasks_of(model)})
-        rules = validation.BodyRules(task.request, task.expected, elsewhere, validation.parameters_of(state.tasks, set()))
-        raise InvalidInput(validation.describe(exc.errors(), rules, model_name=model.name)) from None
+    with state.tracing.span(call.record, "validate"):
+        raw = await read_json(headers, call.receive, settings.max_body_bytes)
+        task = state.models.task_for(model, raw if isinstance(raw, dict) else {})
+        try:
+            body = task.request.model_validate(raw)
+        except ValidationError as exc:  # the rules for the message, only when there is one to write
+            elsewhere = validation.parameters_of(state.tasks, {answered.name for answered in state.models.tasks_of(model)})
+            rules = validation.BodyRules(task.request, task.expected, elsewhere, validation.parameters_of(state.tasks, set()))
+            raise InvalidInput(validation.describe(exc.errors(), rules, model_name=model.name)) from None
     return await run_task(call, task, model, body, deadline)
 
 
@@ -125,9 +131,10 @@ async def run_task(call: Call, task: Task, model: ServedModel, body: BaseModel, 
     """The one path every inference request takes once its body is valid: counted and admitted before anything
     of it is built, run while the client stays, answered (in a dialect's shape with `render`)."""
     state = call.state
-    call.scope.setdefault("state", {})["model"] = model.name  # for the request metrics' model label
+    call.record.model = model.name  # for the request metrics' model label and the access line
     with state.admit(model, task.cost(body, model), task.counted):
-        answer = await unless_disconnected(call.receive, answer_request(task, model, body, deadline, render))
+        answer = await unless_disconnected(
+            call.receive, answer_request(task, model, body, deadline, render, call.record, state.tracing))
     if task.large_answers:  # up to megabytes: rendered off the event loop
         return await json_off_loop(answer.content, state.executor, headers=answer.headers)
     return json_response(answer.content, headers=answer.headers)
@@ -173,7 +180,7 @@ async def readyz(call: Call) -> Response:
     ready, reason = call.state.readiness()
     if not ready:
         error = NotReady(reason, headers={"Retry-After": "1"})
-        return Response(error_json(reason, error.error_type), status_code=503, media_type="application/json",
+        return Response(error_json(reason, error.error_type, call.record.id), status_code=503, media_type="application/json",
                         headers=error.headers)
     return json_response({"status": "ready"})
 
@@ -195,9 +202,9 @@ async def info(call: Call) -> Response:
 
 
 async def metrics(call: Call) -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST
-
-    return Response(call.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    accept = next((value for key, value in call.scope["headers"] if key == b"accept"), b"")
+    body, content_type = call.state.metrics.exposition(accept.decode("latin-1"))
+    return Response(body, headers={"content-type": content_type})
 
 
 def build_routes(tasks: Mapping[str, Task]) -> list[Route]:

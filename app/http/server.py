@@ -37,7 +37,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -48,6 +48,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from app.errors import error_json
+from app.serving.tracing import request_id
 
 if TYPE_CHECKING:
     from app.serving.state import AppState
@@ -75,10 +76,14 @@ class HttpLimits:
     max_pipelined: int = 16  # requests of one connection waiting behind the one being answered
 
 
-def raw_response(status: int, error_type: str, message: str, extra_headers: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """A complete HTTP/1.1 error response in the service's JSON format, for the protocol to write itself."""
-    body = error_json(message, error_type)
-    headers = [("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close")]
+def raw_response(status: int, error_type: str, message: str, extra_headers: tuple[tuple[str, str], ...] = (),
+                 request_headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    """A complete HTTP/1.1 error response in the service's JSON format, for the protocol to write itself; its
+    request id is the one `request_headers` carry (when they arrived whole), else a new one."""
+    identifier = request_id(request_headers)
+    body = error_json(message, error_type, identifier)
+    headers = [("content-type", "application/json"), ("content-length", str(len(body))), ("connection", "close"),
+               ("x-request-id", identifier)]
     lines = [f"{name}: {value}\r\n".encode("latin-1") for name, value in (*headers, *extra_headers)]
     return b"".join([STATUS_LINE[status], *lines, b"\r\n", body])
 
@@ -314,7 +319,8 @@ def limited_protocol(
             answered = self._headers_done and self.cycle is not None and self.cycle.response_started
             if not in_flight and not answered:
                 headers = (*extra_headers, *((n.decode(), v.decode()) for n, v in self.server_state.default_headers))
-                self.transport.write(raw_response(status, error_type, message, headers))
+                known = self.cycle.scope["headers"] if self._headers_done and self.cycle is not None else ()
+                self.transport.write(raw_response(status, error_type, message, headers, known))
             if self.cycle is not None:
                 self.cycle.disconnected = True  # the handler's receive() sees a disconnect; its sends are dropped
                 self.cycle.message_event.set()
@@ -503,6 +509,7 @@ def uvicorn_config(app, state: AppState) -> uvicorn.Config:
         ),
         timeout_keep_alive=limits.keep_alive_timeout_s,
         server_header=False,  # what runs here is nobody's business
+        access_log=False,  # the app writes each request's line, with its model, queue wait and request id
         lifespan="on",
         log_config=None,  # uvicorn's lines go through the service's own handler (app.serving.logs), off the event loop
     )

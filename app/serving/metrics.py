@@ -11,7 +11,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
 # Latency buckets from 1 ms to 60 s: a tiny model on a GPU and roberta-base at batch 64 on two cores.
@@ -120,17 +121,20 @@ class Metrics:
         for reason in HTTP_REFUSALS:
             self.http_refused.labels(reason)
 
-    def exposition(self) -> bytes:
-        """The text a scrape gets: this process's registry, or every process's samples in multiprocess mode."""
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The text a scrape gets, and its content type: this process's registry, or every process's samples in
+        multiprocess mode; in the OpenMetrics format (which carries exemplars) when `accept` (the scrape's Accept
+        header) asks for it, as Prometheus does, else in Prometheus' text format."""
+        encode, content_type = choose_encoder(accept)
         if self.multiprocess_dir is None:
-            return generate_latest(self.registry)
+            return encode(self.registry), content_type
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(self.multiprocess_dir))
         try:
-            return generate_latest(registry)
+            return encode(registry), content_type
         except struct.error:
             # A process creating its file at this moment shows it empty for an instant (prometheus/client_python#1199).
-            return generate_latest(registry)
+            return encode(registry), content_type
 
     def for_model(self, model: str) -> ModelMetrics:
         return ModelMetrics(

@@ -24,6 +24,7 @@ from app.serving.model_folder import ModelFolder
 from app.engine.engine import Engine, warm_up_shapes
 from app.engine.tokenize import Encoded, TextEncoder, TextInput, Tokens
 from app.engine.threads import ThreadPool
+from app.serving.tracing import RequestRecord, Tracing
 
 log = logging.getLogger("app.serving.model")
 
@@ -43,6 +44,7 @@ class ServedModel:
         executor: ThreadPool,
         *,
         memory_bytes: int | None = None,  # what loading it added to the process's resident memory
+        tracing: Tracing | None = None,
     ) -> None:
         self.name = name
         self.folder = folder
@@ -50,7 +52,8 @@ class ServedModel:
         self.engine = engine
         self.metrics = metrics
         self.batcher = Batcher(
-            engine.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics, concurrency=engine.concurrent_runs
+            engine.run, pad_id=encoder.pad_id, limits=limits, metrics=metrics, concurrency=engine.concurrent_runs,
+            tracing=tracing, model=name,
         )
         self._executor = executor
         self.memory_bytes = memory_bytes
@@ -167,10 +170,11 @@ class ServedModel:
     async def off_loop(self, function, *args, **kwargs):
         return await self._executor.run(function, *args, **kwargs)
 
-    async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[dict[str, np.ndarray]]:
+    async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None,
+                    record: RequestRecord | None = None) -> list[dict[str, np.ndarray]]:
         """Each sequence's share of every output, by name: one row, or with `positions` (token indices per
-        sequence) one per position."""
-        futures = self.batcher.submit(sequences, deadline, positions)
+        sequence) one per position. `record`: the request's, told its wait in the queue and its batch."""
+        futures = self.batcher.submit(sequences, deadline, positions, record)
         # One sequence (most requests) needs no gather: one future fewer on the event loop per request.
         waiting = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
         try:

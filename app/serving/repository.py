@@ -19,6 +19,7 @@ from app.serving.metrics import Metrics
 from app.serving.model import ServedModel, resident_bytes
 from app.serving.model_folder import ModelFolderError, load_model_folder
 from app.serving.model_sources import ModelSource, model_sources
+from app.serving.tracing import Tracing
 from app.engine.backends import open_engine
 from app.engine.engine import EngineConfig
 from app.engine.onnx_runtime import spins
@@ -42,7 +43,8 @@ class ModelRepository:
         }
 
     @classmethod
-    def build(cls, settings: Settings, metrics: Metrics, executor: ThreadPool, tasks: Mapping[str, Task]) -> ModelRepository:
+    def build(cls, settings: Settings, metrics: Metrics, executor: ThreadPool, tasks: Mapping[str, Task],
+              tracing: Tracing | None = None) -> ModelRepository:
         limits = BatchLimits(
             max_batch_size=settings.max_batch_size,
             max_batch_tokens=settings.max_batch_tokens,
@@ -66,7 +68,8 @@ class ModelRepository:
         try:
             for source in sources:
                 try:
-                    models[source.name] = _build_model(source, tasks, limits, session, metrics, executor, settings, len(sources))
+                    models[source.name] = _build_model(source, tasks, limits, session, metrics, executor, settings, len(sources),
+                                                          tracing)
                 except ModelFolderError as exc:
                     raise ModelFolderError(f"model {source.name!r} ({source.setting}): {exc}") from exc
         except BaseException:
@@ -125,7 +128,7 @@ class ModelRepository:
 
 
 def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, executor, settings: Settings,
-                 models_loaded: int) -> ServedModel:
+                 models_loaded: int, tracing: Tracing | None) -> ServedModel:
     before = resident_bytes()
     folder = load_model_folder(source.path, source.default_for)
     spin = spins(models_loaded, folder.hidden_size)
@@ -141,7 +144,7 @@ def _build_model(source: ModelSource, tasks, limits, session, metrics: Metrics, 
     after = resident_bytes()
     model = ServedModel(
         source.name, folder, encoder, engine, limits, metrics.for_model(source.name), executor,
-        memory_bytes=after - before if before is not None and after is not None else None,
+        memory_bytes=after - before if before is not None and after is not None else None, tracing=tracing,
     )
     try:
         for task in tasks.values():

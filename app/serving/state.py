@@ -17,7 +17,8 @@ from app.errors import InvalidInput, NotReady, PayloadTooLarge, TooManyInputs
 from app.serving.metrics import Metrics
 from app.serving.model import ServedModel
 from app.serving.repository import ModelRepository
-from app.settings import Settings
+from app.serving.tracing import Tracing, build_tracing
+from app.settings import Settings, opentelemetry_environment
 from app.tasks.base import Cost, Task
 from app.engine.threads import ThreadPool
 
@@ -34,8 +35,10 @@ class AppState:
         tasks: dict[str, Task],
         models: ModelRepository,
         executor: ThreadPool,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
+        self.tracing = tracing or Tracing()
         self.metrics = metrics
         self.tasks = tasks
         self.models = models
@@ -50,16 +53,19 @@ class AppState:
 
     @classmethod
     def build(cls, settings: Settings, metrics: Metrics, tasks: dict[str, Task]) -> AppState:
-        """`tasks`: app.tasks.build_tasks(settings), every task the service answers."""
+        """`tasks`: app.tasks.build_tasks(settings), every task the service answers. Tracing as OpenTelemetry's
+        variables ask (TracingError, before any model loads, for what it cannot do)."""
+        tracing = build_tracing(opentelemetry_environment())
         # A lane of its own for tokenizing that cannot be cut into pieces (app.serving.model.ServedModel.tokens): a long
         # unbroken text, or any long one for a tokenizer with a normalizer. Other requests never queue behind it.
         executor = ThreadPool(1, "tokenize", long_threads=1)
         try:
-            models = ModelRepository.build(settings, metrics, executor, tasks)
+            models = ModelRepository.build(settings, metrics, executor, tasks, tracing)
         except BaseException:
             executor.shutdown(wait=False)
+            tracing.shutdown()
             raise
-        return cls(settings, metrics, tasks, models, executor)
+        return cls(settings, metrics, tasks, models, executor, tracing)
 
     async def start(self, *, warm_first: bool = False) -> None:
         """Starts the batchers and the warm-up; with `warm_first`, returns once warm (a process of a pool, which
@@ -110,6 +116,7 @@ class AppState:
             self._warm_up_task.cancel()
         await asyncio.gather(*(model.stop() for model in self.models))
         self._executor.shutdown(wait=True)
+        self.tracing.shutdown()  # the last spans sent
 
     def readiness(self) -> tuple[bool, str]:
         if self._draining or self._closing:

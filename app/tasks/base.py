@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from app.engine.tokenize import Encoded, TextEncoder, TextInput, Tokens
 from app.errors import InvalidInput, ServiceError
 from app.serving.model_folder import ModelFolder
+from app.serving.tracing import RequestRecord, Tracing
 from app.settings import Settings
 from app.tasks.specs import TaskSpec
 
@@ -43,7 +44,8 @@ class Model(Protocol):
                      too_long: Callable[[int], ServiceError] | None = None) -> list[Tokens]:
         """Each text's tokens (no special tokens), at most `most`; see ServedModel.tokens."""
 
-    async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None) -> list[dict[str, np.ndarray]]:
+    async def infer(self, sequences: list[np.ndarray], deadline: float, positions=None,
+                    record: RequestRecord | None = None) -> list[dict[str, np.ndarray]]:
         """Each sequence's share of every output of the graph, by name (the spec's `outputs`), through the batcher."""
 
     async def off_loop(self, function, *args, **kwargs):
@@ -163,15 +165,23 @@ class Task(ABC):
         return {}
 
 
+NO_TRACING = Tracing()
+
+
 async def answer_request(task: Task, model: Model, body: BaseModel, deadline: float,
-                         render: Callable[[Work, Answer], Answer] | None = None) -> Answer:
+                         render: Callable[[Work, Answer], Answer] | None = None,
+                         record: RequestRecord | None = None, tracing: Tracing = NO_TRACING) -> Answer:
     """The path every task's request takes once it is admitted: its sequences, the model's rows for them, the
-    answer (in a dialect's shape when `render` is given)."""
-    work = await task.prepare(model, body, deadline)
-    rows = await model.infer(work.sequences, deadline, work.positions)
-    if task.large_answers:
-        return await model.off_loop(_answer, task, model, body, work, rows, render)
-    return _answer(task, model, body, work, rows, render)
+    answer (in a dialect's shape when `render` is given). `record`: the request's, its steps traced by `tracing`."""
+    with tracing.span(record, "tokenize"):
+        work = await task.prepare(model, body, deadline)
+    rows = await model.infer(work.sequences, deadline, work.positions, record)
+    if record is not None and record.span is not None and record.ran is not None:
+        tracing.interval(record, "queue", record.queued, record.ran)
+    with tracing.span(record, "postprocess"):
+        if task.large_answers:
+            return await model.off_loop(_answer, task, model, body, work, rows, render)
+        return _answer(task, model, body, work, rows, render)
 
 
 def _answer(task: Task, model: Model, body: BaseModel, work: Work, rows: list[dict[str, np.ndarray]],

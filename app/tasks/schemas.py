@@ -33,3 +33,4 @@ Options = Annotated[dict | None, Field(description="accepted for Inference API c
 class ErrorBody(BaseModel):
     error: str
     error_type: str
+    request_id: str = Field("", description="the request's id, as in the answer's X-Request-Id header")

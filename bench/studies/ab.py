@@ -4,6 +4,7 @@
     python -m bench.studies.ab ../other-checkout --seconds 10 --concurrency 8
     python -m bench.studies.ab . --other-env ROBERTA_ONNX_SCHEDULER=idle     # a setting
     python -m bench.studies.ab . --folder NEW_EXPORT --other-folder OLD_EXPORT   # two exports of one model
+    python -m bench.studies.ab . --log-level info --this-env OTEL_TRACES_EXPORTER=otlp   # tracing on against off
 
 For a change to the serving path (the HTTP layer, the batcher) whose cost must be seen beside the
 code before it: both servers run `python -m app` with the same flags on the same exported folder,
@@ -28,12 +29,13 @@ from bench.load import closed_loop, concurrency_level, encode_requests
 WORK = REPO / "build" / "bench"
 
 
-def checkout_server(name: str, checkout: Path, folder: Path, precision: str, env: dict[str, str]) -> servers.ServerProcess:
+def checkout_server(name: str, checkout: Path, folder: Path, precision: str, env: dict[str, str],
+                    log_level: str = "warning") -> servers.ServerProcess:
     """`python -m app` with `checkout` first on sys.path, so its `app` package is the one that runs, and `env`
     (ROBERTA_* settings; a pool's size among them) added to its environment."""
     launcher = f"import sys; sys.path.insert(0, {str(checkout.resolve())!r}); from app.__main__ import main; main()"
     return servers.ServerProcess("--classify-model", str(folder), "--precision", precision, launcher=[sys.executable, "-c", launcher],
-                                 port=servers.free_port(), log_level="warning", env=env, log=WORK / "logs" / f"ab-{name}.log",
+                                 port=servers.free_port(), log_level=log_level, env=env, log=WORK / "logs" / f"ab-{name}.log",
                                  name=name, processes=int(env.get("ROBERTA_PROCESSES", 1)))
 
 
@@ -49,6 +51,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=concurrency_level, nargs="+", default=[32, 64])
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--log-level", default="warning", help="both servers' (info: an access line per request)")
     parser.add_argument("--this-env", nargs="*", default=[], metavar="KEY=VALUE", help="settings for this checkout's server")
     parser.add_argument("--other-env", nargs="*", default=[], metavar="KEY=VALUE", help="settings for the other's")
     args = parser.parse_args()
@@ -61,7 +64,8 @@ def main() -> None:
         systems = []
         folders = {"this": args.folder, "other": args.other_folder or args.folder}
         for name, checkout in (("this", REPO), ("other", args.other)):
-            server = stack.enter_context(checkout_server(name, checkout, folders[name], args.precision, envs[name]))
+            server = stack.enter_context(checkout_server(name, checkout, folders[name], args.precision, envs[name],
+                                                         args.log_level))
             system = System(name, server, itertools.cycle(requests), is_service=True, bodies=bodies)
             asyncio.run(closed_loop("127.0.0.1", server.port, system.source, 1, 2.0))  # warm the path
             server.pause()
