@@ -214,6 +214,9 @@ def test_without_opentelemetrys_variables_lines_are_text_and_carry_no_trace(expo
                               headers={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
         assert response.status_code == 200
         scrape = httpx.get(f"{server.url}/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert httpx.get(f"{server.url}/x%0Afake%20line").status_code == 404
     assert scrape.headers["content-type"].startswith("application/openmetrics-text") and "trace_id" not in scrape.text
+    assert any(" app.access: GET /x\\nfake line 404 " in line for line in server.lines), server.lines[-5:]  # escaped
+    assert not any(line.startswith("fake line") for line in server.lines)
     (line,) = [line for line in server.lines if " app.access: POST /classify 200" in line]
     assert f"request_id={response.headers['x-request-id']}" in line and "trace_id" not in line and "queue_ms=" in line

@@ -23,6 +23,7 @@ from app.http.openapi import TITLE, openapi_document
 from app.http.requests import check_api_key, too_large
 from app.http.responses import error_response, json_response
 from app.http.routes import MODEL_ROUTE, MODELS_PREFIX, Call, Route
+from app.serving.logs import log_line
 from app.serving.metrics import Metrics
 from app.serving.tracing import CURRENT, RequestRecord, request_id
 from app.settings import Settings
@@ -48,6 +49,7 @@ def access_fields(record: RequestRecord, status: int, size: int, seconds: float)
 
 DOCS_ROUTES = ("/docs", "/redoc", "/openapi.json")
 OPENAI_PREFIX = "/v1/"  # routes in OpenAI's shape (and Cohere's /v1/rerank): errors too
+MAX_LOGGED_PATH = 256  # characters of a request's path in its access line; a decoded newline is written escaped
 # Probes and scrapes, every few seconds from every replica: logged, not traced.
 UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -116,7 +118,8 @@ class ServiceApp:
             self._record(record, status, seconds)
             tracing.finish(record, status)
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info("%s %s %d", method, path, status, extra=access_fields(record, status, size, seconds))
+                shown = path[:MAX_LOGGED_PATH] if path.isprintable() else path[:MAX_LOGGED_PATH].encode("unicode_escape").decode()
+                log_line(access_log, logging.INFO, f"{method} {shown} {status}", access_fields(record, status, size, seconds))
             CURRENT.reset(current)
 
     def _endpoint(self, path: str) -> str:
