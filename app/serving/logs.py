@@ -71,7 +71,6 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = record.exc_text
         return json.dumps(line, ensure_ascii=False, default=str)
 QUEUE_LINES = 10_000  # lines waiting for the writer; beyond them, lines are dropped (and counted)
-WRITE_LINES = 256  # lines the writer formats and writes out at once, at most
 FLUSH_S = 2.0  # at exit, how long the lines still queued may take to be written
 
 
@@ -83,7 +82,8 @@ class _Enqueue(QueueHandler):
         self.dropped = 0
         self.addFilter(_stamp)
         self._writer = threading.Thread(target=self._write, name="log-writer", daemon=True)
-        self._output = _Lines(formatter)
+        self._output = logging.StreamHandler(sys.stderr)
+        self._output.setFormatter(formatter)
         self._writer.start()
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
@@ -103,22 +103,14 @@ class _Enqueue(QueueHandler):
 
     def _write(self) -> None:
         written_drops = 0
-        ended = False
-        while not ended:
-            # What has queued up meanwhile goes out in one write: a line per request is a write per request else.
-            records = [self.queue.get()]
-            while len(records) < WRITE_LINES and not self.queue.empty():
-                records.append(self.queue.get_nowait())
-            if None in records:
-                records, ended = records[: records.index(None)], True
+        while (record := self.queue.get()) is not None:
             if self.dropped != written_drops:
                 count, written_drops = self.dropped - written_drops, self.dropped
-                records.insert(0, logging.makeLogRecord({
+                self._output.handle(logging.makeLogRecord({
                     "name": "app.serving.logs", "levelno": logging.WARNING, "levelname": "WARNING",
                     "msg": f"{count} log lines were dropped: the log output was not being read",
                 }))
-            if records:
-                self._output.emit_all(records)
+            self._output.handle(record)
 
     def close(self) -> None:
         """Called by logging.shutdown (at exit, or before os._exit): what is queued is written first, within FLUSH_S."""
@@ -128,27 +120,6 @@ class _Enqueue(QueueHandler):
             pass
         self._writer.join(timeout=FLUSH_S)
         super().close()
-
-
-class _Lines(logging.StreamHandler):
-    """stderr, written several lines at a time."""
-
-    def __init__(self, formatter: logging.Formatter) -> None:
-        super().__init__(sys.stderr)
-        self.setFormatter(formatter)
-
-    def emit_all(self, records: list[logging.LogRecord]) -> None:
-        lines = []
-        for record in records:
-            try:
-                lines.append(self.format(record))
-            except Exception:
-                self.handleError(record)
-        try:
-            self.stream.write("\n".join(lines) + "\n")
-            self.flush()
-        except Exception:
-            self.handleError(records[-1])
 
 
 def log_line(logger: logging.Logger, level: int, message: str, fields: dict) -> None:
